@@ -1,0 +1,396 @@
+"""Settings from ``VENDING_*`` environment variables and the YAML policy file.
+
+This is the only module that reads ``os.environ``. Everything is validated
+once at cold start; a bad value raises ``ConfigError`` naming the variable, or
+the file and the field (``config/example.yaml: entitlements[0].max_lifetime:
+...``), and the process does not start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vending.errors import ConfigError
+
+# Hard limits of the IAM Credentials API (reference §2.2, §8).
+DEFAULT_MAX_LIFETIME_S = 3600       # without the org-policy extension
+EXTENDED_MAX_LIFETIME_S = 43200     # with constraints/iam.allowServiceAccountCredentialLifetimeExtension
+SIGNED_JWT_MAX_TTL_S = 43200        # signJwt: exp at most 12 h away
+SIGNED_JWT_GOOGLE_API_MAX_TTL_S = 3600  # self-signed JWTs for Google APIs: 1 h
+BREAK_GLASS_MAX_WINDOW_S = 3600     # break-glass windows stay short
+
+ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"})
+CREDENTIAL_KINDS = ("access_token", "id_token", "signed_jwt", "signed_blob")
+CredentialKind = Literal["access_token", "id_token", "signed_jwt", "signed_blob"]
+
+SA_EMAIL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?@[a-z0-9](?:[a-z0-9.-]{0,200}[a-z0-9])?\.gserviceaccount\.com")
+_DURATION_RE = re.compile(r"([0-9]+)(s|m|h)?")
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds from ``600``, ``"600s"``, ``"10m"`` or ``"1h"`` (config files only)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 600, '600s', '10m' or '1h'")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _DURATION_RE.fullmatch(value.strip())
+        if m:
+            return int(m.group(1)) * {"s": 1, None: 1, "m": 60, "h": 3600}[m.group(2)]
+    raise ValueError("must be a duration such as 600, '600s', '10m' or '1h'")
+
+
+def normalize_delegate(value: str) -> str:
+    """``EMAIL`` or ``projects/-/serviceAccounts/EMAIL`` -> the canonical form."""
+    email = value
+    prefix = "projects/-/serviceAccounts/"
+    if value.startswith(prefix):
+        email = value[len(prefix):]
+    if not SA_EMAIL_RE.fullmatch(email):
+        raise ValueError(f"{value!r} is not a service account email or projects/-/serviceAccounts/EMAIL")
+    return prefix + email
+
+
+Seconds = Annotated[int, Field(gt=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _durations(cls, value: Any, info: Any) -> Any:
+        name = info.field_name or ""
+        if name.endswith(("lifetime", "window", "timeout", "ttl", "_seconds")) and value is not None:
+            return parse_duration(value)
+        return value
+
+
+class Pattern(_Model):
+    """An anchored full-match regular expression."""
+
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from exc
+        return value
+
+    @cached_property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile(self.pattern)
+
+
+Matcher = Union[str, Pattern]
+
+
+def matches(matcher: Matcher, value: Any) -> bool:
+    """Exact string equality, or an anchored full match; never a substring."""
+    if not isinstance(value, str) or any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        return False
+    if isinstance(matcher, str):
+        return value == matcher
+    return matcher.regex.fullmatch(value) is not None
+
+
+class Issuer(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")
+    issuer: str
+    jwks_uri: str
+    audience: str
+    algorithms: tuple[str, ...] = ("RS256",)
+    identity_claim: str = "sub"
+    replay_protection: bool = True
+    leeway_seconds: int = Field(default=30, ge=0, le=300)
+    jwks_ttl_seconds: int = Field(default=3600, gt=0)
+    jwks_cooldown_seconds: int = Field(default=30, ge=0)
+    max_token_ttl_seconds: int = Field(default=86400, gt=0)
+    development: bool = False
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [a for a in value if a not in ALLOWED_ALGORITHMS]
+        if bad or not value:
+            raise ValueError(f"only asymmetric algorithms {sorted(ALLOWED_ALGORITHMS)} are allowed, got {bad or 'none'}")
+        return value
+
+
+class PrincipalRule(_Model):
+    issuer: str
+    claims: dict[str, Matcher] = Field(min_length=1)
+
+
+class IdTokenRules(_Model):
+    audiences: tuple[Matcher, ...] = Field(min_length=1)
+
+
+class SignedJwtRules(_Model):
+    audiences: tuple[Matcher, ...] = Field(min_length=1)
+    max_ttl: int = Field(default=3600, gt=0, le=SIGNED_JWT_MAX_TTL_S)
+    allowed_claims: tuple[str, ...] = ()
+
+
+class SignedBlobRules(_Model):
+    max_payload_bytes: int = Field(default=65536, gt=0, le=1024 * 1024)
+    gcs_v4_only: bool = False
+    buckets: tuple[Matcher, ...] = ()
+
+    @model_validator(mode="after")
+    def _buckets_need_v4(self) -> "SignedBlobRules":
+        if self.buckets and not self.gcs_v4_only:
+            raise ValueError("buckets restricts Cloud Storage V4 string-to-sign payloads; set gcs_v4_only: true")
+        return self
+
+
+class ApprovalRules(_Model):
+    approvers: tuple[str, ...] = ()
+    quorum: int = Field(default=1, ge=1, le=10)
+    max_window: int = Field(default=3600, gt=0, le=EXTENDED_MAX_LIFETIME_S)
+    max_uses: int = Field(default=1, ge=1, le=1000)
+    pending_timeout: int = Field(default=86400, gt=0)
+    justification_pattern: Pattern | None = None
+    break_glass: bool = False
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "ApprovalRules":
+        if self.break_glass:
+            if self.justification_pattern is None:
+                raise ValueError("break_glass entitlements need a justification_pattern")
+            if self.max_window > BREAK_GLASS_MAX_WINDOW_S:
+                raise ValueError(f"break_glass max_window must be at most {BREAK_GLASS_MAX_WINDOW_S}s")
+        elif not self.approvers:
+            raise ValueError("approvers must list at least one identity or group")
+        return self
+
+
+class Entitlement(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")
+    principals: tuple[PrincipalRule, ...] = Field(min_length=1)
+    service_account: str
+    scopes: tuple[str, ...] = ()
+    max_lifetime: int = Field(default=DEFAULT_MAX_LIFETIME_S, gt=0)
+    lifetime_extension: bool = False
+    delegates: tuple[str, ...] = ()
+    credentials: tuple[CredentialKind, ...] = ("access_token",)
+    id_token: IdTokenRules | None = None
+    signed_jwt: SignedJwtRules | None = None
+    signed_blob: SignedBlobRules | None = None
+    approval: ApprovalRules | None = None
+
+    @field_validator("service_account")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if not SA_EMAIL_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a service account email")
+        return value
+
+    @field_validator("delegates")
+    @classmethod
+    def _delegates(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(normalize_delegate(v) for v in value)
+
+    @model_validator(mode="after")
+    def _limits(self) -> "Entitlement":
+        cap = EXTENDED_MAX_LIFETIME_S if self.lifetime_extension else DEFAULT_MAX_LIFETIME_S
+        if self.max_lifetime > cap:
+            hint = "" if self.lifetime_extension else " (declare lifetime_extension: true if the organization policy allows up to 43200s)"
+            raise ValueError(f"max_lifetime {self.max_lifetime}s is above {cap}s{hint}")
+        if "access_token" in self.credentials and not self.scopes:
+            raise ValueError("scopes must list at least one OAuth scope for access tokens")
+        for kind in ("id_token", "signed_jwt", "signed_blob"):
+            if kind in self.credentials and getattr(self, kind) is None:
+                raise ValueError(f"credentials lists {kind} but the {kind} section is missing")
+        if self.approval and self.approval.break_glass and self.max_lifetime > self.approval.max_window:
+            raise ValueError("break-glass max_lifetime must not exceed approval.max_window")
+        return self
+
+    @property
+    def requires_approval(self) -> bool:
+        return self.approval is not None
+
+
+class Bot(_Model):
+    service_account: str
+    actions: tuple[Literal["request", "approve", "deny", "revoke"], ...] = ("request", "approve", "deny", "revoke")
+
+
+class Policy(_Model):
+    issuers: tuple[Issuer, ...] = Field(min_length=1)
+    entitlements: tuple[Entitlement, ...] = ()
+    groups: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    auditors: tuple[str, ...] = ()
+    bots: tuple[Bot, ...] = ()
+    bot_audience: str | None = None
+    bot_message_max_ttl_seconds: int = Field(default=600, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _references(self) -> "Policy":
+        names = [i.name for i in self.issuers]
+        if len(set(names)) != len(names):
+            raise ValueError("issuer names must be unique")
+        ent_names = [e.name for e in self.entitlements]
+        if len(set(ent_names)) != len(ent_names):
+            raise ValueError("entitlement names must be unique")
+        for e in self.entitlements:
+            for p in e.principals:
+                if p.issuer not in names:
+                    raise ValueError(f"entitlement {e.name!r} names unknown issuer {p.issuer!r}")
+            refs = list(e.approval.approvers) if e.approval else []
+            for ref in refs + list(self.auditors):
+                if ref.startswith("group:") and ref[6:] not in self.groups:
+                    raise ValueError(f"unknown group {ref!r}")
+        return self
+
+    def issuer(self, name: str) -> Issuer | None:
+        return next((i for i in self.issuers if i.name == name), None)
+
+    def entitlement(self, name: str) -> Entitlement | None:
+        return next((e for e in self.entitlements if e.name == name), None)
+
+    def expand(self, refs: tuple[str, ...]) -> frozenset[str]:
+        """Identities named directly or through ``group:NAME``."""
+        out: set[str] = set()
+        for ref in refs:
+            if ref.startswith("group:"):
+                out.update(self.groups.get(ref[6:], ()))
+            else:
+                out.add(ref)
+        return frozenset(out)
+
+    def is_auditor(self, identity: str) -> bool:
+        return identity in self.expand(self.auditors)
+
+
+def _format_validation(path: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ""
+        for part in err["loc"]:
+            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+        lines.append(f"{path}: {loc or '(top level)'}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: policy file not found (set VENDING_CONFIG)") from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read policy file: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: (top level): must be a mapping")
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(path, exc)) from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process settings; every field maps to one ``VENDING_*`` variable."""
+
+    config_path: str                 # VENDING_CONFIG
+    store: str                       # VENDING_STORE: "firestore" or "sqlite:PATH"
+    project: str                     # VENDING_PROJECT (falls back to GOOGLE_CLOUD_PROJECT)
+    firestore_database: str          # VENDING_FIRESTORE_DATABASE
+    iam_endpoint: str                # VENDING_IAM_ENDPOINT
+    iam_token: str | None            # VENDING_IAM_TOKEN: static bearer, local stand-in only
+    iam_timeout_s: float             # VENDING_IAM_TIMEOUT, seconds per attempt
+    iam_retries: int                 # VENDING_IAM_RETRIES, extra attempts on 500/503
+    keys_base_url: str               # VENDING_KEYS_BASE_URL, service account public keys
+    notifications_topic: str | None  # VENDING_NOTIFICATIONS_TOPIC
+    alerts_topic: str | None         # VENDING_ALERTS_TOPIC
+    events_file: str | None          # VENDING_EVENTS_FILE, local JSONL sink for events
+    retention_days: int              # VENDING_RETENTION_DAYS, purge_at = expiry + this
+    reservation_timeout_s: int       # VENDING_RESERVATION_TIMEOUT, issuing -> unconfirmed
+    log_level: str                   # VENDING_LOG_LEVEL
+    policy: Policy
+
+    @property
+    def store_kind(self) -> str:
+        return "firestore" if self.store == "firestore" else "sqlite"
+
+    @property
+    def sqlite_path(self) -> str:
+        return self.store.split(":", 1)[1]
+
+
+ENV_VARS = (
+    "VENDING_CONFIG", "VENDING_STORE", "VENDING_PROJECT", "VENDING_FIRESTORE_DATABASE",
+    "VENDING_IAM_ENDPOINT", "VENDING_IAM_TOKEN", "VENDING_IAM_TIMEOUT", "VENDING_IAM_RETRIES",
+    "VENDING_KEYS_BASE_URL", "VENDING_NOTIFICATIONS_TOPIC", "VENDING_ALERTS_TOPIC",
+    "VENDING_EVENTS_FILE", "VENDING_RETENTION_DAYS", "VENDING_RESERVATION_TIMEOUT", "VENDING_LOG_LEVEL",
+)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _number(name: str, default: str, kind: type, minimum: float, maximum: float) -> Any:
+    raw = _env(name, default)
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {raw!r} is not a number") from exc
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name}: {value} is outside [{minimum}, {maximum}]")
+    return value
+
+
+def load_settings() -> Settings:
+    """Read and validate every setting; raise ConfigError naming the culprit."""
+    store = _env("VENDING_STORE", "sqlite:.vending-local/vending.db") or ""
+    if store != "firestore" and not (store.startswith("sqlite:") and len(store) > 7):
+        raise ConfigError(f"VENDING_STORE: {store!r} must be 'firestore' or 'sqlite:PATH'")
+    config_path = _env("VENDING_CONFIG", "config/example.yaml") or ""
+    policy = load_policy(config_path)
+    project = _env("VENDING_PROJECT") or _env("GOOGLE_CLOUD_PROJECT") or "local-project"
+    iam_endpoint = (_env("VENDING_IAM_ENDPOINT", "https://iamcredentials.googleapis.com") or "").rstrip("/")
+    if not iam_endpoint.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+        raise ConfigError("VENDING_IAM_ENDPOINT: must be https:// (plain http only on loopback)")
+    settings = Settings(
+        config_path=config_path,
+        store=store,
+        project=project,
+        firestore_database=_env("VENDING_FIRESTORE_DATABASE", "(default)") or "(default)",
+        iam_endpoint=iam_endpoint,
+        iam_token=_env("VENDING_IAM_TOKEN"),
+        iam_timeout_s=_number("VENDING_IAM_TIMEOUT", "10", float, 0.1, 60),
+        iam_retries=_number("VENDING_IAM_RETRIES", "2", int, 0, 5),
+        keys_base_url=(_env("VENDING_KEYS_BASE_URL", "https://www.googleapis.com") or "").rstrip("/"),
+        notifications_topic=_env("VENDING_NOTIFICATIONS_TOPIC"),
+        alerts_topic=_env("VENDING_ALERTS_TOPIC"),
+        events_file=_env("VENDING_EVENTS_FILE"),
+        retention_days=_number("VENDING_RETENTION_DAYS", "90", int, 1, 3650),
+        reservation_timeout_s=_number("VENDING_RESERVATION_TIMEOUT", "300", int, 30, 3600),
+        log_level=(_env("VENDING_LOG_LEVEL", "INFO") or "INFO").upper(),
+        policy=policy,
+    )
+    if settings.iam_token and iam_endpoint.startswith("https://iamcredentials.googleapis.com"):
+        raise ConfigError("VENDING_IAM_TOKEN: a static token is only for the local IAM stand-in")
+    if settings.store_kind == "firestore":
+        dev = [i.name for i in policy.issuers if i.development]
+        if dev:
+            raise ConfigError(
+                f"{config_path}: issuers: development issuer(s) {dev} only run with the embedded "
+                "SQLite store, never with VENDING_STORE=firestore"
+            )
+    return settings
