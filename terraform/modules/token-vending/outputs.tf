@@ -1,0 +1,74 @@
+output "function_url" {
+  description = "HTTPS endpoint of vend_http (POST /v1/access-tokens)."
+  value       = google_cloudfunctions2_function.vend_http.service_config[0].uri
+}
+
+output "runtime_service_account_email" {
+  description = "The service's own identity: grant it nothing by hand, use the policy file."
+  value       = google_service_account.runtime.email
+}
+
+output "trigger_service_account_email" {
+  description = "Identity Eventarc uses to invoke the event functions."
+  value       = google_service_account.trigger.email
+}
+
+output "topics" {
+  description = "Full topic names (projects/P/topics/T)."
+  value = {
+    approvals     = google_pubsub_topic.approvals.id
+    notifications = google_pubsub_topic.notifications.id
+    alerts        = google_pubsub_topic.alerts.id
+    sweep         = google_pubsub_topic.sweep.id
+    dead_letter   = google_pubsub_topic.dead_letter.id
+  }
+}
+
+output "approvals_topic" {
+  description = "Bots publish signed messages here."
+  value       = google_pubsub_topic.approvals.id
+}
+
+output "notifications_topic" {
+  value = google_pubsub_topic.notifications.id
+}
+
+output "alerts_topic" {
+  value = google_pubsub_topic.alerts.id
+}
+
+output "sweep_topic" {
+  value = google_pubsub_topic.sweep.id
+}
+
+output "dead_letter_topic" {
+  value = google_pubsub_topic.dead_letter.id
+}
+
+output "event_subscriptions" {
+  description = "Pull subscriptions for the chat-ops bots (with dead-lettering)."
+  value = {
+    notifications = google_pubsub_subscription.notifications.id
+    alerts        = google_pubsub_subscription.alerts.id
+    dead_letter   = google_pubsub_subscription.dead_letter.id
+  }
+}
+
+output "approvals_trigger" {
+  description = "Eventarc trigger feeding handle_pubsub (its subscription takes the dead-letter policy, see README)."
+  value       = google_cloudfunctions2_function.handle_pubsub.event_trigger[0].trigger
+}
+
+output "firestore_database" {
+  value = google_firestore_database.this.name
+}
+
+output "token_creator_targets" {
+  description = "Service accounts the runtime account holds Token Creator on, derived from the policy."
+  value       = sort(tolist(local.token_creator_targets))
+}
+
+output "lifetime_extension_entitlements" {
+  description = "Entitlements that need constraints/iam.allowServiceAccountCredentialLifetimeExtension (tokens over 1 h)."
+  value       = local.extended_lifetime_entitlements
+}

@@ -1,0 +1,1 @@
+"""Contract suites: one suite per Protocol, run against every backend."""

@@ -1,0 +1,1 @@
+"""Integration tests: real servers over real sockets (stand-ins and emulators)."""

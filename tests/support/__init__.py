@@ -1,0 +1,1 @@
+"""Shared test helpers: a test OIDC issuer and fake service-account keys."""

@@ -1,0 +1,183 @@
+"""HTTP transport: routing, body limits, and the one error-to-response mapping.
+
+``handle(request)`` takes a Flask/Werkzeug request (functions-framework) and
+returns a Flask response. Handlers call ``vending.service`` and return JSON
+dicts; every ``VendingError`` becomes
+``{"error": {"code", "status", "reason", "message", "request_id"}}`` here and
+nowhere else. Unexpected exceptions become a generic 500: no stack trace and
+no credential material ever reaches a caller.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import traceback
+import uuid
+from typing import Any, Callable
+
+from flask import Request, Response
+
+from vending import log
+from vending.errors import (
+    AuthenticationError,
+    BadRequestError,
+    InternalError,
+    MethodNotAllowedError,
+    NotFoundError,
+    RateLimitedError,
+    VendingError,
+)
+from vending.inputs import MAX_BODY_BYTES
+
+Handler = Callable[[Request, dict[str, str]], Any]
+
+_ID = r"(?P<id>[^/:]+)"
+ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("GET", re.compile(r"/healthz"), "healthz"),
+    ("POST", re.compile(r"/v1/access-tokens"), "access_token"),
+    ("POST", re.compile(r"/v1/id-tokens"), "id_token"),
+    ("POST", re.compile(r"/v1/signed-jwts"), "signed_jwt"),
+    ("POST", re.compile(r"/v1/signed-blobs"), "signed_blob"),
+    ("POST", re.compile(r"/v1/requests"), "create_request"),
+    ("GET", re.compile(rf"/v1/requests/{_ID}"), "get_request"),
+    ("POST", re.compile(rf"/v1/requests/{_ID}:(?P<action>withdraw|approve|deny|revoke)"), "act_on_request"),
+    ("GET", re.compile(r"/v1/issuances"), "list_issuances"),
+    ("GET", re.compile(rf"/v1/issuances/{_ID}"), "get_issuance"),
+]
+
+
+def _read_body(request: Request) -> bytes:
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise BadRequestError(f"The body is larger than {MAX_BODY_BYTES} bytes.", reason="body-too-large")
+    data = request.stream.read(MAX_BODY_BYTES + 1)
+    if len(data) > MAX_BODY_BYTES:
+        raise BadRequestError(f"The body is larger than {MAX_BODY_BYTES} bytes.", reason="body-too-large")
+    return data
+
+
+def _json(status: int, payload: dict[str, Any], request_id: str, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(payload, separators=(",", ":"))
+    resp = Response(body, status=status, mimetype="application/json")
+    resp.headers["X-Request-Id"] = request_id
+    resp.headers["Cache-Control"] = "no-store"
+    for key, value in (headers or {}).items():
+        resp.headers[key] = value
+    return resp
+
+
+def error_response(exc: VendingError, request_id: str) -> Response:
+    """The one mapping from the error tree to HTTP."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, RateLimitedError):
+        headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, AuthenticationError):
+        headers["WWW-Authenticate"] = 'Bearer realm="token-vending"'
+    if isinstance(exc, MethodNotAllowedError) and exc.detail:
+        headers["Allow"] = exc.detail
+    payload = {"error": {"code": exc.http_status, "status": exc.status, "reason": exc.reason,
+                         "message": exc.message, "request_id": request_id}}
+    return _json(exc.http_status, payload, request_id, headers)
+
+
+def _route(method: str, path: str) -> tuple[str, dict[str, str]]:
+    allowed = []
+    for route_method, pattern, name in ROUTES:
+        m = pattern.fullmatch(path)
+        if m:
+            if route_method == method:
+                return name, m.groupdict()
+            allowed.append(route_method)
+    if allowed:
+        raise MethodNotAllowedError(f"Method {method} is not allowed on {path}.", detail=", ".join(sorted(set(allowed))))
+    raise NotFoundError(f"No such endpoint: {path}.", reason="unknown-path")
+
+
+def _trace(request: Request, project: str) -> str | None:
+    header = request.headers.get("X-Cloud-Trace-Context", "")
+    trace_id = header.split("/", 1)[0]
+    if re.fullmatch(r"[0-9a-f]{32}", trace_id):
+        return f"projects/{project}/traces/{trace_id}"
+    return None
+
+
+def handle(request: Request, get_handlers: Callable[[], Any]) -> Response:
+    """Entry point for every HTTP request."""
+    request_id = uuid.uuid4().hex
+    path = request.path.rstrip("/") or "/"
+    token = log.bind(request_id=request_id, http_method=request.method, path=path[:200])
+    handlers = None
+    try:
+        name, params = _route(request.method, path)
+        handlers = get_handlers()
+        trace = _trace(request, handlers.project)
+        if trace:
+            log.bind(trace=trace)
+        result = getattr(handlers, name)(request, params)
+        status = 200
+        if isinstance(result, tuple):
+            status, result = result
+        return _json(status, result, request_id)
+    except VendingError as exc:
+        if exc.http_status >= 500:
+            log.error("request failed", reason=exc.reason, status=exc.http_status, detail=exc.detail or exc.message)
+        return error_response(exc, request_id)
+    except Exception as exc:  # never leak a stack trace to the caller
+        log.error("unhandled error", error_type=type(exc).__name__,
+                  traceback=log.redact(traceback.format_exc(limit=20)))
+        return error_response(InternalError("An internal error occurred; it has been logged."), request_id)
+    finally:
+        if handlers is not None:
+            handlers.after_request()
+        log.reset(token)
+
+
+class Handlers:
+    """Binds routes to the service; one instance per process."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.project = service.settings.project
+
+    def after_request(self) -> None:
+        self.service.events.flush(2.0)
+
+    def healthz(self, request: Request, params: dict[str, str]) -> dict[str, Any]:
+        return {"status": "ok"}
+
+    def access_token(self, request: Request, params: dict[str, str]) -> dict[str, Any]:
+        result: dict[str, Any] = self.service.vend_access_token(request.headers.get("Authorization"),
+                                                                 _read_body(request))
+        return result
+
+    def create_request(self, request: Request, params: dict[str, str]) -> Any:
+        return self.service.create_request(request.headers.get("Authorization"), _read_body(request))
+
+    def get_request(self, request: Request, params: dict[str, str]) -> Any:
+        return self.service.get_request(request.headers.get("Authorization"), params["id"])
+
+    def act_on_request(self, request: Request, params: dict[str, str]) -> Any:
+        return self.service.act_on_request(request.headers.get("Authorization"), params["id"], params["action"],
+                                           _read_body(request))
+
+    def list_issuances(self, request: Request, params: dict[str, str]) -> Any:
+        args = {}
+        for key in request.args:
+            values = request.args.getlist(key)
+            if len(values) != 1:
+                raise BadRequestError(f"Query parameter {key!r} must appear once.", reason="invalid-argument")
+            args[key] = values[0]
+        return self.service.list_issuances(request.headers.get("Authorization"), args)
+
+    def get_issuance(self, request: Request, params: dict[str, str]) -> Any:
+        return self.service.get_issuance(request.headers.get("Authorization"), params["id"])
+
+    def id_token(self, request: Request, params: dict[str, str]) -> Any:
+        return self.service.vend_id_token(request.headers.get("Authorization"), _read_body(request))
+
+    def signed_jwt(self, request: Request, params: dict[str, str]) -> Any:
+        return self.service.vend_signed_jwt(request.headers.get("Authorization"), _read_body(request))
+
+    def signed_blob(self, request: Request, params: dict[str, str]) -> Any:
+        return self.service.vend_signed_blob(request.headers.get("Authorization"), _read_body(request))

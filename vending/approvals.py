@@ -1,0 +1,433 @@
+"""Access requests: the approval state machine (PAM's vocabulary).
+
+    APPROVAL_AWAITED --quorum of distinct approvers--> ACTIVE
+    APPROVAL_AWAITED --deny--> DENIED
+    APPROVAL_AWAITED | ACTIVE --withdraw (requester)--> WITHDRAWN
+    APPROVAL_AWAITED | ACTIVE --revoke (approver/auditor)--> REVOKED
+    APPROVAL_AWAITED --pending time over--> EXPIRED
+    ACTIVE --window over--> EXPIRED
+    ACTIVE --last use consumed--> ENDED
+    DENIED, WITHDRAWN, REVOKED, EXPIRED, ENDED are terminal.
+
+``TRANSITIONS`` is the table; ``transition()`` is the only function that
+changes a state and refuses anything else, leaving the record unchanged.
+Writes use optimistic concurrency (``expect_version``), never a
+transaction, so contention gives a clean conflict rather than a lock
+timeout. Each use of an approval is consumed by creating a document with a
+deterministic id (``USES/{request}-{n}``) in the same atomic batch as the
+issuance reservation: of 50 concurrent vends on a single-use approval,
+exactly one create succeeds and the others get a 409.
+
+Break-glass entitlements are self-approved at creation (with a
+justification matching the entitlement's pattern), every use is flagged
+and announced on the alerts topic.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from typing import Any
+
+from vending import clock, inputs, log, policy
+from vending.config import Entitlement, matches
+from vending.errors import (
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    VendingError,
+)
+from vending.events import make_event
+from vending.identity import Principal
+from vending.ledger import new_id
+from vending.store.base import Create, Doc, StoreConflict, Update
+from vending.store.indexes import REQUESTS, USES
+
+AWAITED, ACTIVE, DENIED, REVOKED, WITHDRAWN, EXPIRED, ENDED = (
+    "APPROVAL_AWAITED", "ACTIVE", "DENIED", "REVOKED", "WITHDRAWN", "EXPIRED", "ENDED")
+STATES = (AWAITED, ACTIVE, DENIED, REVOKED, WITHDRAWN, EXPIRED, ENDED)
+TERMINAL = frozenset({DENIED, REVOKED, WITHDRAWN, EXPIRED, ENDED})
+
+# (from state, event) -> to state. Anything not listed is illegal.
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (AWAITED, "activate"): ACTIVE,
+    (AWAITED, "deny"): DENIED,
+    (AWAITED, "withdraw"): WITHDRAWN,
+    (ACTIVE, "withdraw"): WITHDRAWN,
+    (AWAITED, "revoke"): REVOKED,
+    (ACTIVE, "revoke"): REVOKED,
+    (AWAITED, "expire"): EXPIRED,
+    (ACTIVE, "expire"): EXPIRED,
+    (ACTIVE, "end"): ENDED,
+}
+EVENT_NAMES = {ACTIVE: "request.activated", DENIED: "request.denied", WITHDRAWN: "request.withdrawn",
+               REVOKED: "request.revoked", EXPIRED: "request.expired", ENDED: "request.ended"}
+MAX_RETRIES = 8
+
+
+class IllegalTransitionError(ConflictError):
+    reason = "illegal-transition"
+
+
+def transition(state: str, event: str) -> str:
+    """The next state, or IllegalTransitionError (the record stays unchanged)."""
+    nxt = TRANSITIONS.get((state, event))
+    if nxt is None:
+        raise IllegalTransitionError(f"The request is {state}; it cannot {event}.")
+    return nxt
+
+
+def effective_state(req: dict[str, Any], now: _dt.datetime) -> str:
+    """A request past its pending time or window reads as EXPIRED, sweep or not."""
+    state = str(req.get("state"))
+    if state in (AWAITED, ACTIVE):
+        until = req.get("expires_at")
+        if until is not None and until <= now:
+            return EXPIRED
+    return state
+
+
+def view(req: dict[str, Any], now: _dt.datetime) -> dict[str, Any]:
+    def fmt(v: Any) -> Any:
+        if isinstance(v, _dt.datetime):
+            return clock.rfc3339(v)
+        if isinstance(v, list):
+            return [fmt(x) for x in v]
+        if isinstance(v, dict):
+            return {k: fmt(x) for k, x in v.items()}
+        return v
+
+    keys = ("id", "state", "entitlement", "service_account", "scopes", "requester", "duration_s",
+            "justification", "break_glass", "quorum", "max_uses", "uses", "approvals", "created_at",
+            "pending_until", "window_start", "window_end", "timeline")
+    out = {k: fmt(req.get(k)) for k in keys}
+    out["state"] = effective_state(req, now)
+    return out
+
+
+class Approvals:
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    @property
+    def policy(self) -> Any:
+        return self.service.policy
+
+    @property
+    def store(self) -> Any:
+        return self.service.store
+
+    # -- reading ---------------------------------------------------------------
+    def load(self, request_id: str) -> Doc:
+        doc = self.store.get(REQUESTS, request_id)
+        if doc is None:
+            raise NotFoundError(f"No access request {request_id}.", reason="request-not-found")
+        return doc
+
+    def approvers_of(self, ent: Entitlement) -> frozenset[str]:
+        return self.policy.expand(ent.approval.approvers) if ent.approval else frozenset()
+
+    def get(self, principal: Principal, request_id: str) -> dict[str, Any]:
+        doc = self.load(request_id)
+        ent = self.policy.entitlement(doc.data["entitlement"])
+        readers = self.approvers_of(ent) if ent else frozenset()
+        if not policy.can_read(self.policy, principal, doc.data["requester"], readers):
+            raise PermissionDeniedError("Only the requester, its approvers and auditors may read this request.",
+                                        reason="not-a-reader")
+        return view(doc.data, clock.now())
+
+    # -- creating ----------------------------------------------------------------
+    def create(self, principal: Principal, raw_body: bytes) -> dict[str, Any]:
+        body = inputs.parse_json(raw_body)
+        inputs.check_fields(body, (), ("entitlement", "service_account", "duration", "justification", "scopes"))
+        ent = self._entitlement_for(principal, body)
+        scopes = inputs.scopes(body.get("scopes"))
+        if scopes and any(s not in ent.scopes for s in scopes):
+            raise PermissionDeniedError("Scope(s) not granted by the entitlement.", reason="scope-not-allowed")
+        duration = inputs.lifetime(body.get("duration"))
+        justification = inputs.text(body.get("justification"), "justification", required=False)
+        request_id = new_id()
+        record = self._new_record(request_id, ent, principal.identity, scopes or ent.scopes, duration,
+                                  justification, via="http")
+        self.store.write([Create(REQUESTS, request_id, record)])
+        self._announce_created(record)
+        return view(record, clock.now())
+
+    def _entitlement_for(self, principal: Principal, body: dict[str, Any]) -> Entitlement:
+        name = body.get("entitlement")
+        if name is not None:
+            if not isinstance(name, str) or len(name) > 63:
+                raise BadRequestError("entitlement must be an entitlement name.", reason="invalid-entitlement")
+            ent = self.policy.entitlement(name)
+            if ent is None or not policy.is_principal_of(ent, principal):
+                raise PermissionDeniedError(f"This caller may not request entitlement {name!r}.",
+                                            reason="entitlement-not-allowed")
+        else:
+            sa = inputs.service_account(body.get("service_account"))
+            found = [e for e in policy.entitlements_for(self.policy, principal, sa) if e.requires_approval]
+            if not found:
+                raise PermissionDeniedError(f"No entitlement with approval lets this caller request {sa}.",
+                                            reason="entitlement-not-allowed")
+            ent = found[0]
+        if not ent.requires_approval:
+            raise BadRequestError(f"Entitlement {ent.name!r} needs no approval; vend directly.",
+                                  reason="approval-not-required")
+        return ent
+
+    def _new_record(self, request_id: str, ent: Entitlement, requester: str, scopes: tuple[str, ...],
+                    duration: int | None, justification: str | None, *, via: str,
+                    requested_by: str | None = None) -> dict[str, Any]:
+        rules = ent.approval
+        assert rules is not None
+        if duration is not None and duration > rules.max_window:
+            raise BadRequestError(f"duration {duration}s is above the maximum window of {rules.max_window}s.",
+                                  reason="duration-too-long")
+        if rules.justification_pattern is not None and not matches(rules.justification_pattern, justification):
+            raise BadRequestError(f"justification must match {rules.justification_pattern.pattern!r}.",
+                                  reason="invalid-justification")
+        now = clock.now()
+        window = duration or rules.max_window
+        record: dict[str, Any] = {
+            "id": request_id, "state": AWAITED, "entitlement": ent.name, "service_account": ent.service_account,
+            "scopes": list(scopes), "requester": requester, "duration_s": window,
+            "justification": justification, "break_glass": rules.break_glass, "quorum": rules.quorum,
+            "max_uses": rules.max_uses, "uses": 0, "approvals": [], "created_at": now,
+            "pending_until": now + _dt.timedelta(seconds=rules.pending_timeout),
+            "window_start": None, "window_end": None,
+            "expires_at": now + _dt.timedelta(seconds=rules.pending_timeout),
+            "timeline": [{"at": now, "event": "created", "actor": requested_by or requester, "via": via}],
+            "purge_at": now + _dt.timedelta(seconds=rules.pending_timeout) + self.service.ledger.retention,
+        }
+        if rules.break_glass:
+            self._activate(record, now, actor=requester, via=via)
+            record["timeline"][-1]["event"] = "break-glass self-approved"
+        return record
+
+    def _activate(self, record: dict[str, Any], now: _dt.datetime, *, actor: str, via: str) -> None:
+        record["state"] = transition(record["state"], "activate")
+        end = now + _dt.timedelta(seconds=int(record["duration_s"]))
+        record.update(window_start=now, window_end=end, expires_at=end,
+                      purge_at=end + self.service.ledger.retention)
+        record["timeline"].append({"at": now, "event": "activated", "actor": actor, "via": via})
+
+    def _announce_created(self, record: dict[str, Any]) -> None:
+        events = self.service.events
+        events.publish("notifications", self._event("request.created", record, actor=record["requester"]))
+        if record["state"] == ACTIVE:
+            events.publish("notifications", self._event("request.activated", record, actor=record["requester"]))
+        if record["break_glass"]:
+            alert = self._event("break_glass.activated", record, actor=record["requester"])
+            events.publish("alerts", alert)
+            log.alert("break-glass access activated", request_id=record["id"], entitlement=record["entitlement"],
+                      requester=record["requester"], justification=record["justification"])
+
+    def _event(self, type_: str, record: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return make_event(type_, request_id=record["id"], entitlement=record["entitlement"],
+                          service_account=record["service_account"], requester=record["requester"],
+                          state=record["state"], window_end=record.get("window_end"), **extra)
+
+    # -- deciding ------------------------------------------------------------------
+    def act(self, principal_identity: str, request_id: str, action: str, *, via: str,
+            comment: str | None = None, as_requester_check: bool = True) -> dict[str, Any]:
+        """Apply approve / deny / withdraw / revoke by ``principal_identity``; idempotent per actor."""
+        for _ in range(MAX_RETRIES):
+            doc = self.load(request_id)
+            record = {**doc.data, "timeline": list(doc.data.get("timeline", [])),
+                      "approvals": list(doc.data.get("approvals", []))}
+            now = clock.now()
+            ent = self.policy.entitlement(record["entitlement"])
+            if ent is None or ent.approval is None:
+                raise ConflictError("The request's entitlement no longer exists.", reason="entitlement-removed")
+            self._authorize(ent, record, principal_identity, action)
+            before = record["state"]
+            if effective_state(record, now) == EXPIRED and before != EXPIRED:
+                record["state"] = transition(before, "expire")
+                record["timeline"].append({"at": now, "event": "expired", "actor": "system", "via": via})
+                self._save(doc, record)
+                self._announce(record, before)
+                raise IllegalTransitionError(f"The request is {EXPIRED}; it cannot {action}.")
+            changed = self._apply(record, ent, principal_identity, action, via, comment, now)
+            if not changed:
+                return view(record, now)
+            try:
+                self._save(doc, record)
+            except StoreConflict:
+                continue  # someone else changed it: re-read and re-apply
+            self._announce(record, before, actor=principal_identity, action=action, via=via)
+            return view(record, now)
+        raise ConflictError("The request is being changed concurrently; retry.", reason="request-busy")
+
+    def _authorize(self, ent: Entitlement, record: dict[str, Any], who: str, action: str) -> None:
+        approvers = self.approvers_of(ent)
+        if action == "withdraw":
+            if who != record["requester"]:
+                raise PermissionDeniedError("Only the requester may withdraw a request.", reason="not-requester")
+        elif action in ("approve", "deny"):
+            if who == record["requester"]:
+                raise PermissionDeniedError("Nobody approves or denies their own request.",
+                                            reason="self-approval")
+            if who not in approvers:
+                raise PermissionDeniedError(f"{who} is not an approver of entitlement {ent.name!r}.",
+                                            reason="not-an-approver")
+        elif action == "revoke":
+            if who not in approvers and not self.policy.is_auditor(who):
+                raise PermissionDeniedError("Only approvers and auditors may revoke a request.",
+                                            reason="not-an-approver")
+        else:
+            raise BadRequestError(f"Unknown action {action!r}.", reason="invalid-action")
+
+    def _apply(self, record: dict[str, Any], ent: Entitlement, who: str, action: str, via: str,
+               comment: str | None, now: _dt.datetime) -> bool:
+        """Mutate ``record``; False when the action changes nothing (a duplicate)."""
+        state = record["state"]
+        entry = {"at": now, "event": action, "actor": who, "via": via}
+        if comment:
+            entry["comment"] = comment[:500]
+        if action == "approve":
+            if any(a["approver"] == who for a in record["approvals"]):
+                return False  # the same approver twice counts once
+            if state == ACTIVE:
+                return False  # quorum already met: extra approvals change nothing
+            if state != AWAITED:
+                transition(state, "activate")  # raises: illegal
+            record["approvals"].append({"approver": who, "at": now, "via": via, "comment": comment})
+            record["timeline"].append(entry)
+            if len({a["approver"] for a in record["approvals"]}) >= int(record["quorum"]):
+                self._activate(record, now, actor=who, via=via)
+            return True
+        event = {"deny": "deny", "withdraw": "withdraw", "revoke": "revoke"}[action]
+        target = TRANSITIONS.get((state, event))
+        if target is None and state == {"deny": DENIED, "withdraw": WITHDRAWN, "revoke": REVOKED}[action]:
+            return False  # already there: a redelivered message
+        record["state"] = transition(state, event)
+        record["timeline"].append(entry)
+        record["expires_at"] = None
+        return True
+
+    def _save(self, doc: Doc, record: dict[str, Any]) -> None:
+        changes = {k: v for k, v in record.items() if doc.data.get(k) != v}
+        if changes:
+            self.store.write([Update(REQUESTS, doc.id, changes, expect_version=doc.version)])
+
+    def _announce(self, record: dict[str, Any], before: str, **extra: Any) -> None:
+        events = self.service.events
+        if extra.get("action") == "approve":
+            events.publish("notifications", self._event("request.approval_received", record,
+                                                         approver=extra.get("actor"), via=extra.get("via")))
+        if record["state"] != before and record["state"] in EVENT_NAMES:
+            events.publish("notifications", self._event(EVENT_NAMES[record["state"]], record,
+                                                        actor=extra.get("actor", "system")))
+
+    # -- consuming -------------------------------------------------------------------
+    def prepare_use(self, principal: Principal, request_id: str, now: _dt.datetime) -> Any:
+        """Check an ACTIVE request for its requester; return the writes that consume one use."""
+        from vending.service import Approved
+
+        doc = self.load(request_id)
+        req = doc.data
+        if req["requester"] != principal.identity:
+            raise PermissionDeniedError("This access request belongs to another requester.",
+                                        reason="not-requester")
+        ent = self.policy.entitlement(req["entitlement"])
+        if ent is None:
+            raise PermissionDeniedError("The request's entitlement no longer exists.", reason="entitlement-removed")
+        state = effective_state(req, now)
+        if state != ACTIVE:
+            reason = {AWAITED: "approval-pending", ENDED: "approval-consumed", EXPIRED: "approval-expired",
+                      DENIED: "approval-denied", REVOKED: "approval-revoked",
+                      WITHDRAWN: "approval-withdrawn"}.get(state, "approval-not-active")
+            error: VendingError = (ConflictError if state == ENDED else PermissionDeniedError)(
+                f"The access request is {state}, not ACTIVE.", reason=reason)
+            raise error
+        window_end = req["window_end"]
+        if int((window_end - now).total_seconds()) - 1 < 1:
+            raise PermissionDeniedError("The approval window ends now; ask for a new request.",
+                                        reason="approval-expired")
+        start = int(req.get("uses", 0)) + 1
+        numbers = list(range(start, int(req["max_uses"]) + 1)) or [int(req["max_uses"])]
+
+        def writes_for(n: int) -> list[Any]:
+            return [Create(USES, f"{request_id}-{n}", {"request_id": request_id, "n": n, "used_at": now,
+                                                        "purge_at": window_end + self.service.ledger.retention})]
+
+        # window end minus one second so the token never outlives the window
+        return Approved(request_id=request_id, entitlement=ent, window_end=window_end - _dt.timedelta(seconds=1),
+                        writes=[], break_glass=bool(req.get("break_glass")), numbers=numbers,
+                        writes_for=writes_for)
+
+    def record_use(self, request_id: str, n: int) -> None:
+        """After an issuance: count the use, and END the request when all are consumed."""
+        for _ in range(MAX_RETRIES):
+            doc = self.store.get(REQUESTS, request_id)
+            if doc is None:
+                return
+            record = {**doc.data, "timeline": list(doc.data.get("timeline", []))}
+            if int(record.get("uses", 0)) >= n:
+                return
+            before = record["state"]
+            record["uses"] = n
+            now = clock.now()
+            record["timeline"].append({"at": now, "event": "used", "actor": record["requester"], "via": "http"})
+            if n >= int(record["max_uses"]) and record["state"] == ACTIVE:
+                record["state"] = transition(ACTIVE, "end")
+                record["expires_at"] = None
+            try:
+                self._save(doc, record)
+            except StoreConflict:
+                continue
+            self._announce(record, before)
+            return
+
+    # -- Pub/Sub bot messages -------------------------------------------------------------
+    def apply_bot_message(self, bot_email: str, claims: dict[str, Any], message_id: str) -> dict[str, Any] | None:
+        action = claims.get("action")
+        actor = claims.get("actor")
+        comment = claims.get("comment")
+        if not isinstance(actor, str) or not actor or len(actor) > 320:
+            raise BadRequestError("The message has no acting identity (actor).", reason="invalid-message")
+        if comment is not None and not isinstance(comment, str):
+            raise BadRequestError("comment must be a string.", reason="invalid-message")
+        via = f"pubsub:{bot_email}:{message_id}"
+        if action == "request":
+            return self._bot_request(claims, actor, via)
+        if action not in ("approve", "deny", "revoke"):
+            raise BadRequestError(f"Unknown action {action!r}.", reason="invalid-message")
+        request_id = inputs.record_id(claims.get("request_id"))
+        if request_id is None:
+            raise BadRequestError("The message names no request_id.", reason="invalid-message")
+        return self.act(actor, request_id, action, via=via, comment=comment)
+
+    def _bot_request(self, claims: dict[str, Any], actor: str, via: str) -> dict[str, Any]:
+        name = claims.get("entitlement")
+        requester = claims.get("requester") or actor
+        ent = self.policy.entitlement(name) if isinstance(name, str) else None
+        if ent is None or ent.approval is None:
+            raise BadRequestError(f"Unknown entitlement {name!r} (or it needs no approval).",
+                                  reason="invalid-message")
+        if requester != actor:
+            raise PermissionDeniedError("A bot may only file a request for the acting human.",
+                                        reason="not-requester")
+        asserted = Principal(issuer="*", identity=actor, claims={"sub": actor, "email": actor})
+        if not any(_bot_rule_matches(rule, asserted) for rule in ent.principals):
+            raise PermissionDeniedError(f"{actor} is not a principal of entitlement {ent.name!r}.",
+                                        reason="entitlement-not-allowed")
+        duration = inputs.lifetime(claims.get("duration"))
+        justification = inputs.text(claims.get("justification"), "justification")
+        # Deterministic id from the message's jti: a redelivered request creates nothing new.
+        request_id = hashlib.sha256(f"bot-request:{claims['jti']}".encode()).hexdigest()[:32]
+        record = self._new_record(request_id, ent, actor, ent.scopes, duration, justification, via=via,
+                                  requested_by=actor)
+        try:
+            self.store.write([Create(REQUESTS, request_id, record)])
+        except StoreConflict:
+            return view(self.load(request_id).data, clock.now())
+        self._announce_created(record)
+        return view(record, clock.now())
+
+
+def _bot_rule_matches(rule: Any, asserted: Principal) -> bool:
+    """Bot-asserted humans carry only an identity: match rules on sub/email claims alone."""
+    if not set(rule.claims) <= {"sub", "email"}:
+        return False
+    return all(matches(m, asserted.claims.get(claim)) for claim, m in rule.claims.items())

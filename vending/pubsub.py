@@ -1,0 +1,64 @@
+"""Pub/Sub transport: decode CloudEvents for approvals and the sweep.
+
+``handle_approval_event``: the message data is a JWT signed by a trusted
+bot's service account (IAM ``signJwt``). Verified, then applied to the
+access request. Permanent problems (malformed, forged, expired, untrusted,
+illegal transition) are logged with their reason and acknowledged by
+returning normally; retryable ones (storage unavailable) raise so that
+Pub/Sub redelivers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from vending import log
+from vending.errors import BadRequestError, VendingError
+
+
+def _message(event: Any) -> tuple[str, str]:
+    data = getattr(event, "data", None)
+    if not isinstance(data, dict):
+        raise BadRequestError("The CloudEvent carries no Pub/Sub message.", reason="invalid-message")
+    message = data.get("message")
+    if not isinstance(message, dict) or not isinstance(message.get("data"), str):
+        raise BadRequestError("The Pub/Sub message has no data.", reason="invalid-message")
+    message_id = str(message.get("messageId") or message.get("message_id") or "")[:100]
+    try:
+        raw = base64.b64decode(message["data"], validate=True)
+        if len(raw) > 16 * 1024:
+            raise ValueError("too large")
+        return raw.decode("ascii").strip(), message_id
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequestError("The Pub/Sub message data is not a signed JWT.", reason="invalid-message") from exc
+
+
+def handle_approval_event(event: Any, service: Any) -> None:
+    message_id = ""
+    try:
+        token, message_id = _message(event)
+        bot, claims = service.bot_verifier().verify(token)
+        action = claims.get("action")
+        if action not in bot.actions:
+            raise BadRequestError(f"Bot {bot.service_account} may not send {action!r}.", reason="action-not-allowed")
+        result = service.approvals.apply_bot_message(bot.service_account, claims, message_id)
+        log.notice("approval message applied", audit=True, message_id=message_id, bot=bot.service_account,
+                   action=action, actor=claims.get("actor"), request_id=(result or {}).get("id"),
+                   state=(result or {}).get("state"))
+    except VendingError as exc:
+        if exc.retryable:
+            log.warning("approval message will be retried", message_id=message_id, reason=exc.reason,
+                        detail=exc.detail or exc.message)
+            raise
+        log.warning("approval message rejected", message_id=message_id, reason=exc.reason,
+                    detail=exc.detail or exc.message)
+    finally:
+        service.events.flush(5.0)
+
+
+def handle_sweep_event(event: Any, service: Any) -> None:
+    from vending.sweep import sweep
+
+    sweep(service)
