@@ -28,12 +28,16 @@ install_checkov() {
   echo "checkov: installing checkov==$CHECKOV_VERSION into $VENV" >&2
   rm -rf "$VENV"
   "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+  local log; log="$(mktemp)"
+  if ! "$VENV/bin/pip" install --disable-pip-version-check "checkov==$CHECKOV_VERSION" >"$log" 2>&1; then
+    grep -v '^WARNING: Location' "$log" | tail -n 30 >&2; rm -f "$log"; exit 1
+  fi
+  rm -f "$log"
   touch "$marker"
 }
 
 # One installer at a time (pytest may call this script while CI does).
-exec 9>"$ROOT/.venv-checkov.lock"
+exec 9>"${TMPDIR:-/tmp}/venv-checkov.$(printf %s "$VENV" | cksum | cut -d' ' -f1).lock"
 flock 9
 install_checkov
 flock -u 9
@@ -122,9 +126,9 @@ for check in failures:
     else:
         unlisted.append(check)
 
-print(f"checkov: {passed} passed, {failed} failed ({failed - len(unlisted)} listed in "
-      f"{skip_path.rsplit('/', 1)[-1]}, {len(unlisted)} not), {parsing} parsing errors, "
-      f"{resources} resources, {elapsed}s")
+print(f"checkov: {passed} passed, {failed - len(unlisted)} skipped (failed, listed with a reason in "
+      f"{skip_path.rsplit('/', 1)[-1]}), {len(unlisted)} failed, {parsing} parsing errors; "
+      f"{resources} resources scanned in {elapsed}s")
 for check in unlisted:
     print(f"  FAILED {check.get('check_id')} {check.get('resource')} "
           f"({check.get('file_path')}:{(check.get('file_line_range') or ['?'])[0]}): {check.get('check_name')}")

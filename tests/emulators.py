@@ -48,7 +48,7 @@ def free_port() -> int:
 
 def _http_get(url: str, timeout: float = 1.0) -> str | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError):
         return None
@@ -209,7 +209,7 @@ def reset_firestore(host: str, project: str, database: str = "(default)") -> Non
     """Delete every document of the emulator's database."""
     url = f"http://{host}/emulator/v1/projects/{project}/databases/{database}/documents"
     req = urllib.request.Request(url, method="DELETE")
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(req, timeout=10) as resp:
         if resp.status != 200:
             raise EmulatorError(f"reset of {url} answered {resp.status}")
 

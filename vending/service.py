@@ -182,7 +182,7 @@ class Service(Queries):
             audit.set(principal=caller.principal.identity, issuer=caller.principal.issuer)
             body = inputs.access_token_body(inputs.parse_json(raw_body))
             audit.set(service_account=body.service_account, scopes=body.scopes, lifetime_s=body.lifetime_s,
-                      request_id=body.request_id)
+                      access_request_id=body.request_id)
             now = clock.now()
             approved = self._approved(caller.principal, body.request_id, now)
             window_left = None
@@ -222,7 +222,7 @@ class Service(Queries):
             caller = self.authenticate(authorization)
             audit.set(principal=caller.principal.identity, issuer=caller.principal.issuer)
             body = inputs.id_token_body(inputs.parse_json(raw_body))
-            audit.set(service_account=body.service_account, audience=body.audience, request_id=body.request_id)
+            audit.set(service_account=body.service_account, audience=body.audience, access_request_id=body.request_id)
             now = clock.now()
             approved = self._approved(caller.principal, body.request_id, now)
 
@@ -259,7 +259,7 @@ class Service(Queries):
             audit.set(principal=caller.principal.identity, issuer=caller.principal.issuer)
             body = inputs.signed_jwt_body(inputs.parse_json(raw_body))
             audit.set(service_account=body.service_account, audience=body.claims.get("aud"),
-                      request_id=body.request_id)
+                      access_request_id=body.request_id)
             now = clock.now()
             approved = self._approved(caller.principal, body.request_id, now)
             claims: dict[str, Any] = {}
@@ -294,7 +294,7 @@ class Service(Queries):
             audit.set(principal=caller.principal.identity, issuer=caller.principal.issuer)
             body = inputs.signed_blob_body(inputs.parse_json(raw_body))
             audit.set(service_account=body.service_account, payload_bytes=len(body.payload),
-                      payload_sha256=ledger.sha256(body.payload), request_id=body.request_id)
+                      payload_sha256=ledger.sha256(body.payload), access_request_id=body.request_id)
             now = clock.now()
             approved = self._approved(caller.principal, body.request_id, now)
             url: list[Any] = []

@@ -90,7 +90,7 @@ def test_create_then_get_round_trips_every_value_type(store: Store) -> None:
 def test_naive_datetime_is_refused(store: Store) -> None:
     # GIVEN a naive datetime / WHEN written / THEN ValueError (a programming error), nothing stored
     with pytest.raises(ValueError, match="naive"):
-        store.write([Create(KIND, "naive", {"at": dt.datetime(2026, 1, 1)})])  # noqa: DTZ001
+        store.write([Create(KIND, "naive", {"at": dt.datetime(2026, 1, 1)})])
     assert store.get(KIND, "naive") is None
 
 
@@ -337,19 +337,19 @@ def test_one_optimistic_update_wins_per_version_round(store: Store) -> None:
     threads, rounds = 20, 5
     store.write([Create(KIND, "counter", {"n": 0})])
     per_round = []
+
+    def bump(barrier: threading.Barrier) -> str:
+        doc = store.get(KIND, "counter")
+        barrier.wait(timeout=30)  # everybody has read the same version
+        assert doc is not None
+        return outcome(lambda: store.write(
+            [Update(KIND, "counter", {"n": doc.data["n"] + 1}, expect_version=doc.version)]))
+
     for _ in range(rounds):
-        barrier = threading.Barrier(threads)
-
-        def bump() -> str:
-            doc = store.get(KIND, "counter")
-            barrier.wait(timeout=30)  # everybody has read the same version
-            assert doc is not None
-            return outcome(lambda: store.write(
-                [Update(KIND, "counter", {"n": doc.data["n"] + 1}, expect_version=doc.version)]))
-
         # WHEN all of them read, then update expecting the version they read
+        barrier = threading.Barrier(threads)
         with ThreadPoolExecutor(threads) as pool:
-            per_round.append(Counter(pool.map(lambda _: bump(), range(threads))))
+            per_round.append(Counter(pool.map(bump, [barrier] * threads)))
     # THEN each round has exactly one winner and no update was lost
     assert per_round == [{"ok": 1, "conflict": threads - 1}] * rounds
     doc = store.get(KIND, "counter")

@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -158,7 +158,8 @@ class JwksServer:
 
     ``fail`` makes every request fail: ``"500"`` (HTTP 500), ``"404"``,
     ``"bad-json"`` (200 with a broken body), ``"not-jwks"`` (200, ``{}``) or
-    ``"reset"`` (connection closed without a response). ``delay_s`` slows
+    ``"redirect"`` (302 to the same path) or ``"reset"`` (connection closed
+    without a response). ``delay_s`` slows
     every response down (for single-flight tests).
     """
 
@@ -172,11 +173,11 @@ class JwksServer:
         self._thread: threading.Thread | None = None
 
     # lifecycle
-    def start(self) -> JwksServer:
+    def start(self) -> Self:
         if self._httpd is None:
             self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
             self._httpd.daemon_threads = True
-            self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+            self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01},
                                             name="test-jwks-server", daemon=True)
             self._thread.start()
         return self
@@ -190,7 +191,7 @@ class JwksServer:
             self._httpd = None
             self._thread = None
 
-    def __enter__(self) -> JwksServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -228,6 +229,11 @@ class JwksServer:
                     self._send(200, b'{"keys": [')
                 elif fail == "not-jwks":
                     self._send(200, b"{}")
+                elif fail == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", path + "?redirected=1")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                 elif route is None:
                     self._send(404, b'{"error": "not found"}')
                 else:
@@ -276,7 +282,7 @@ class TestIssuer:
         self.server.routes[path] = self.jwks
 
     # lifecycle
-    def start(self) -> TestIssuer:
+    def start(self) -> Self:
         self.server.start()
         return self
 
@@ -284,7 +290,7 @@ class TestIssuer:
         if self._own_server:
             self.server.stop()
 
-    def __enter__(self) -> TestIssuer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -432,7 +438,7 @@ class FakeServiceAccountKeys:
         self.keys: dict[str, list[SigningKey]] = {}
         self._next_index = 3000
 
-    def start(self) -> FakeServiceAccountKeys:
+    def start(self) -> Self:
         self.server.start()
         return self
 
@@ -440,7 +446,7 @@ class FakeServiceAccountKeys:
         if self._own_server:
             self.server.stop()
 
-    def __enter__(self) -> FakeServiceAccountKeys:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

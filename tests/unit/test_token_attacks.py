@@ -55,9 +55,9 @@ def idp(frozen: Any) -> Iterator[TestIssuer]:
         yield issuer
 
 
-@pytest.fixture
-def evil(frozen: Any) -> Iterator[TestIssuer]:
-    """The attacker's own issuer: other keys, same kids, a live JWKS endpoint."""
+@pytest.fixture(scope="module")
+def evil() -> Iterator[TestIssuer]:
+    """The attacker's own issuer: other keys, same kids, a live JWKS endpoint (never to be fetched)."""
     with TestIssuer(issuer="https://evil.example", name="evil", key_set=7) as issuer:
         yield issuer
 

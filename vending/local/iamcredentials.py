@@ -43,8 +43,7 @@ import socket
 import socketserver
 import sys
 import threading
-import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -97,6 +96,7 @@ DEFAULT_ACCESS_TOKEN_LIFETIME_S = 3600
 SIGNED_JWT_MAX_TTL_S = 43200
 CERTS_MAX_AGE_S = 3600
 MAX_BODY_BYTES = 8 * 1024 * 1024
+_ISSUED_PRUNE_AT = 10_000  # drop expired minted access tokens (usable as bearers) beyond this many
 CALLER_SCOPES = frozenset({"https://www.googleapis.com/auth/cloud-platform", "https://www.googleapis.com/auth/iam"})
 _SHORT_SCOPES = frozenset({"openid", "email", "profile"})
 _OAUTH_KEY_NAME = "google-oauth2"
@@ -547,7 +547,9 @@ class IamStandIn:
     """The stand-in server: start/stop, test hooks and the request logic.
 
     ``policy`` says who may do what; ``host``/``port`` where to listen (port 0
-    picks a free one); ``key_dir`` optionally keeps keys across restarts.
+    picks a free one); ``key_dir`` optionally keeps keys across restarts;
+    ``certs_max_age_s`` is the Cache-Control max-age of the key endpoints;
+    ``max_minted`` bounds the in-memory record list (oldest dropped first).
     """
 
     def __init__(
@@ -558,6 +560,7 @@ class IamStandIn:
         *,
         key_dir: str | Path | None = None,
         certs_max_age_s: int = CERTS_MAX_AGE_S,
+        max_minted: int = 100_000,
     ) -> None:
         self._policy = policy
         self.host = host
@@ -568,7 +571,7 @@ class IamStandIn:
         self._fault: _Fault | None = None
         self._latency_s = 0.0
         self._hang_release = threading.Event()
-        self._minted: list[MintedCredential] = []
+        self._minted: deque[MintedCredential] = deque(maxlen=max_minted)
         self._issued: dict[str, _IssuedToken] = {}
         self._calls: Counter[str] = Counter()
         self._httpd: _HttpServer | None = None
@@ -735,30 +738,26 @@ class IamStandIn:
 
     # ---- request handling -------------------------------------------------
 
-    def handle(self, verb: str, target: str, headers: Mapping[str, str], body: bytes) -> _Reply:
-        """Route one HTTP request. Never raises."""
+    def _dispatch(self, verb: str, target: str, headers: Mapping[str, str], body: bytes) -> _Reply:
+        """Answer one HTTP request (admin requests get no added latency). Never raises."""
         parts = urlsplit(target)
         path = unquote(parts.path)
         query = parse_qs(parts.query)
         try:
-            return self._route(verb, path, query, headers, body)
+            reply = self._route(verb, path, query, headers, body)
         except ApiError as err:
-            return self._error_reply(err)
+            reply = _error_reply(err)
         except Exception:  # a bug in the stand-in: still answer like Google would
             log.exception("IAM stand-in failed on %s %s", verb, path)
-            return self._error_reply(ApiError(500, TEXT_INTERNAL))
-
-    def _error_reply(self, err: ApiError) -> _Reply:
-        with self._lock:
-            latency = self._latency_s
-        return _Reply(err.code, err.body(), dict(err.headers), latency_s=latency)
+            reply = _error_reply(ApiError(500, TEXT_INTERNAL))
+        if not path.startswith("/_standin/"):
+            with self._lock:
+                reply.latency_s = self._latency_s
+        return reply
 
     def _route(self, verb: str, path: str, query: Mapping[str, list[str]], headers: Mapping[str, str], body: bytes) -> _Reply:
         if path.startswith("/_standin/"):
             return self._admin(verb, path, query, body)
-
-        with self._lock:
-            latency = self._latency_s
 
         match = _API_PATH_RE.fullmatch(path)
         if match is not None:
@@ -779,7 +778,6 @@ class IamStandIn:
             reply = self._oauth_certs(path.startswith("/oauth2/v3/"))
         else:
             raise _not_found_path(path)
-        reply.latency_s = latency
         return reply
 
     # ---- the API ------------------------------------------------------------
@@ -945,6 +943,9 @@ class IamStandIn:
         token = "ya29.c." + secrets.token_urlsafe(96)
         scopes = frozenset("https://www.googleapis.com/auth/cloud-platform" if s == "" else s for s in body["scope"])
         with self._lock:
+            if len(self._issued) >= _ISSUED_PRUNE_AT:
+                now_s = now.timestamp()
+                self._issued = {t: i for t, i in self._issued.items() if i.expire_epoch > now_s}
             self._issued[token] = _IssuedToken(target.email, expire.timestamp(), scopes)
         self._record("generateAccessToken", caller, target, delegates, now, expire, token, None)
         return _Reply(200, {"accessToken": token, "expireTime": clock.rfc3339(expire)})
@@ -1014,7 +1015,7 @@ class IamStandIn:
     def _cache_headers(self) -> dict[str, str]:
         return {
             "Cache-Control": f"public, max-age={self.certs_max_age_s}, must-revalidate, no-transform",
-            "Expires": email.utils.formatdate(time.time() + self.certs_max_age_s, usegmt=True),
+            "Expires": email.utils.formatdate(clock.epoch() + self.certs_max_age_s, usegmt=True),
         }
 
     def _public_keys(self, kind: str, ident: str) -> _Reply:
@@ -1125,6 +1126,10 @@ def _admin_json(raw: bytes) -> dict[str, Any]:
     return data
 
 
+def _error_reply(err: ApiError) -> _Reply:
+    return _Reply(err.code, err.body(), dict(err.headers))
+
+
 def _not_found_path(path: str) -> ApiError:
     return ApiError(404, f"The requested URL {path} was not found on this server.")
 
@@ -1216,18 +1221,47 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._serve("DELETE")
 
-    def _serve(self, verb: str) -> None:
-        standin = self.server.standin
+    def do_HEAD(self) -> None:
+        self._serve("HEAD")
+
+    def do_OPTIONS(self) -> None:
+        self._serve("OPTIONS")
+
+    def _read_body(self) -> bytes | None:
+        """The request body (Content-Length or chunked), or None if unreadable / too large."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            total = 0
+            while True:
+                try:
+                    size = int(self.rfile.readline(1024).split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    return None
+                total += size
+                if size < 0 or total > MAX_BODY_BYTES:
+                    return None
+                if size == 0:
+                    while self.rfile.readline(8192).strip():  # trailers
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(8)  # CRLF after each chunk
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
-            length = -1
+            return None
         if length < 0 or length > MAX_BODY_BYTES:
+            return None
+        return self.rfile.read(length) if length else b""
+
+    def _serve(self, verb: str) -> None:
+        standin = self.server.standin
+        body = self._read_body()
+        if body is None:
             self.close_connection = True
-            reply = standin._error_reply(ApiError(400 if length < 0 else 413, "Invalid request body length."))
+            reply = _error_reply(ApiError(400, "Invalid request body: bad Content-Length or chunked encoding, or larger than 8 MiB."))
         else:
-            body = self.rfile.read(length) if length else b""
-            reply = standin.handle(verb, self.path, self.headers, body)
+            reply = standin._dispatch(verb, self.path, self.headers, body)
 
         if reply.hang_s is not None:
             # Hold the request, then close without a response (or earlier on stop / clear_faults).
@@ -1252,7 +1286,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(payload)
+        if self.command != "HEAD":
+            self.wfile.write(payload)
 
 
 # --------------------------------------------------------------------------- command line

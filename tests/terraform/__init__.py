@@ -1,0 +1,1 @@
+"""Offline checks of the Terraform in terraform/: wiring against the code, and broken copies."""
