@@ -299,6 +299,32 @@ def test_query_skips_documents_without_the_order_field(store: Store) -> None:
     assert [d.id for d in got] == ["with"]
 
 
+def test_query_equality_matches_type_and_null_exactly(store: Store) -> None:
+    # GIVEN states of several types, null, and a missing state
+    values: dict[str, Any] = {"s-true": True, "s-one": 1, "s-text": "1", "s-null": None, "s-false": False}
+    store.write([Create(ISSUANCES, i, {"state": v, "created_at": T0}) for i, v in values.items()]
+                + [Create(ISSUANCES, "s-missing", {"created_at": T0})])
+
+    def ids(value: Any) -> list[str]:
+        return [d.id for d in store.query(Query(ISSUANCES, (Filter("state", "==", value),), order_by="created_at"))]
+
+    # WHEN filtering on each / THEN only the same type and value matches; None matches null, not missing
+    assert ids(True) == ["s-true"]
+    assert ids(1) == ["s-one"]
+    assert ids("1") == ["s-text"]
+    assert ids(None) == ["s-null"]
+    assert ids(False) == ["s-false"]
+
+
+def test_query_range_matches_only_the_bound_type(store: Store) -> None:
+    # GIVEN expires_at holding a datetime, a number and a string
+    store.write([Create(REPLAY, "dt", {"expires_at": T0}), Create(REPLAY, "num", {"expires_at": 5}),
+                 Create(REPLAY, "str", {"expires_at": "zzz"})])
+    # WHEN ranging over datetimes / numbers / THEN only values of that type come back
+    assert [d.id for d in store.query(Query(REPLAY, (Filter("expires_at", ">", T0 - dt.timedelta(days=1)),)))] == ["dt"]
+    assert [d.id for d in store.query(Query(REPLAY, (Filter("expires_at", ">=", 0),)))] == ["num"]
+
+
 @pytest.mark.parametrize("query", [
     Query(ISSUANCES, order_by="expire_time"),                                           # order not declared alone
     Query(ISSUANCES, (Filter("principal", "==", "p"),), order_by="expire_time"),

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import google.auth.exceptions
+import google.auth.iam
 import google.auth.jwt
 import google.auth.transport.requests
 import google.oauth2.credentials
@@ -153,11 +155,12 @@ def call(
     *,
     token: str | None = SERVICE_TOKEN,
     timeout: float = 10,
+    headers: dict[str, str] | None = None,
 ) -> requests.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    auth = {"Authorization": f"Bearer {token}"} if token is not None else {}
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return http.post(server.endpoint(target, method), data=data, headers={**headers, "Content-Type": "application/json"},
-                     timeout=timeout)
+    return http.post(server.endpoint(target, method), data=data,
+                     headers={**auth, "Content-Type": "application/json", **(headers or {})}, timeout=timeout)
 
 
 def error_of(response: requests.Response) -> dict[str, Any]:
@@ -420,6 +423,33 @@ def test_unknown_path_is_404_json_and_wrong_verb_is_405_json(server: IamStandIn,
     assert error_of(bad_method)["code"] == 404
     assert error_of(wrong_verb)["code"] == 405
     assert wrong_verb.headers["Allow"] == "POST"
+
+
+def test_head_and_options_get_405_without_a_body(server: IamStandIn, http: requests.Session) -> None:
+    # GIVEN HEAD and OPTIONS on a POST-only method
+    head = http.head(server.endpoint(DEPLOYER, "signBlob"))
+    options = http.options(server.endpoint(DEPLOYER, "signBlob"))
+
+    # THEN both are 405; HEAD carries no body, and the connection stays usable
+    assert (head.status_code, head.content) == (405, b"")
+    assert error_of(options)["code"] == 405
+    assert call(http, server, "signBlob", DEPLOYER, {"payload": "aGk="}).status_code == 200
+
+
+def test_chunked_request_body_is_read(server: IamStandIn, http: requests.Session) -> None:
+    # GIVEN a body sent with Transfer-Encoding: chunked
+    def chunks() -> Iterator[bytes]:
+        yield b'{"scope": ["https://www.googleapis.com/'
+        yield b'auth/cloud-platform"], "lifetime": "60s"}'
+
+    # WHEN it is posted, then a second request reuses the session
+    response = http.post(server.endpoint(DEPLOYER, "generateAccessToken"), data=chunks(),
+                         headers={"Authorization": f"Bearer {SERVICE_TOKEN}", "Content-Type": "application/json"})
+    again = call(http, server, "signBlob", DEPLOYER, {"payload": "aGk="})
+
+    # THEN both succeed
+    assert response.status_code == 200, response.text
+    assert again.status_code == 200
 
 
 # --------------------------------------------------------------------------- request bodies
@@ -735,6 +765,31 @@ def test_google_auth_impersonated_credentials_surface_403_as_refresh_error(serve
     # THEN the raw JSON error body is carried, as with the real API
     assert caught.value.args[0] == "Unable to acquire impersonated credentials"
     assert json.loads(caught.value.args[1])["error"]["status"] == "PERMISSION_DENIED"
+
+
+def test_google_auth_sign_bytes_and_id_token_credentials_work(server: IamStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN google-auth's signBlob and generateIdToken endpoint templates pointed at the stand-in
+    monkeypatch.setattr(google.auth.iam, "_IAM_SIGN_ENDPOINT", f"{server.url}/v1/projects/-/serviceAccounts/{{}}:signBlob")
+    monkeypatch.setattr(google.auth.iam, "_IAM_IDTOKEN_ENDPOINT",
+                        f"{server.url}/v1/projects/-/serviceAccounts/{{}}:generateIdToken")
+    target = impersonated_credentials.Credentials(
+        source_credentials=google.oauth2.credentials.Credentials(token=SERVICE_TOKEN),
+        target_principal=BOT, target_scopes=[CLOUD_PLATFORM], lifetime=500,
+        iam_endpoint_override=server.endpoint(BOT, "generateAccessToken"),
+    )
+    id_creds = impersonated_credentials.IDTokenCredentials(target, target_audience="https://svc.example", include_email=True)
+
+    # WHEN google-auth signs bytes and fetches an ID token
+    signature = target.sign_bytes(b"message")
+    id_creds.refresh(google.auth.transport.requests.Request())
+
+    # THEN the signature verifies with the published key and the ID token carries the email
+    pem = next(iter(requests.get(server.x509_url(BOT), timeout=5).json().values()))
+    x509.load_pem_x509_certificate(pem.encode()).public_key().verify(  # type: ignore[call-arg, union-attr]
+        signature, b"message", padding.PKCS1v15(), hashes.SHA256())
+    assert jwt_parts(id_creds.token)[1]["email"] == BOT
+    assert id_creds.expiry is not None
+    assert [m.method for m in server.minted] == ["signBlob", "generateIdToken"]
 
 
 # --------------------------------------------------------------------------- generateIdToken
@@ -1135,7 +1190,8 @@ def test_minted_records_every_credential_with_its_hash(server: IamStandIn, http:
     # GIVEN one credential of each kind, one through a delegate
     with freeze_time(FROZEN, tick=False):
         at = call(http, server, "generateAccessToken", PROD, {"scope": [CLOUD_PLATFORM], "lifetime": "600s",
-                                                              "delegates": [HOP]}, token=CI_TOKEN).json()
+                                                              "delegates": [HOP]}, token=CI_TOKEN,
+                  headers={"X-Goog-Request-Reason": "issuance 42"}).json()
         idt = call(http, server, "generateIdToken", DEPLOYER, {"audience": "a"}).json()
         blob = call(http, server, "signBlob", DEPLOYER, {"payload": "aGk="}).json()
         sjwt = call(http, server, "signJwt", DEPLOYER, {"payload": '{"exp": 1772359500}'}).json()
@@ -1158,5 +1214,8 @@ def test_minted_records_every_credential_with_its_hash(server: IamStandIn, http:
         "2026-03-01T10:10:00+00:00", "2026-03-01T11:00:00+00:00", None, "2026-03-01T10:05:00+00:00",
     ]
     assert [m.key_id for m in minted][2:] == [blob["keyId"], sjwt["keyId"]]
+    assert [(m.scopes, m.audience, m.request_reason) for m in minted] == [
+        ((CLOUD_PLATFORM,), None, "issuance 42"), ((), "a", None), ((), None, None), ((), None, None),
+    ]
     assert all(m.credential not in repr(m) for m in minted)
     assert isinstance(minted[0], MintedCredential)

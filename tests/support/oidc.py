@@ -157,10 +157,10 @@ class JwksServer:
     """Serves JWKS documents by path on 127.0.0.1 and counts every GET.
 
     ``fail`` makes every request fail: ``"500"`` (HTTP 500), ``"404"``,
-    ``"bad-json"`` (200 with a broken body), ``"not-jwks"`` (200, ``{}``) or
+    ``"bad-json"`` (200 with a broken body), ``"not-jwks"`` (200, ``{}``),
     ``"redirect"`` (302 to the same path) or ``"reset"`` (connection closed
-    without a response). ``delay_s`` slows
-    every response down (for single-flight tests).
+    without a response). ``delay_s`` slows every response down (for
+    single-flight tests).
     """
 
     def __init__(self) -> None:

@@ -97,7 +97,8 @@ SIGNED_JWT_MAX_TTL_S = 43200
 CERTS_MAX_AGE_S = 3600
 MAX_BODY_BYTES = 8 * 1024 * 1024
 _ISSUED_PRUNE_AT = 10_000  # drop expired minted access tokens (usable as bearers) beyond this many
-CALLER_SCOPES = frozenset({"https://www.googleapis.com/auth/cloud-platform", "https://www.googleapis.com/auth/iam"})
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+CALLER_SCOPES = frozenset({CLOUD_PLATFORM, "https://www.googleapis.com/auth/iam"})
 _SHORT_SCOPES = frozenset({"openid", "email", "profile"})
 _OAUTH_KEY_NAME = "google-oauth2"
 
@@ -407,6 +408,9 @@ class MintedCredential:
     sha256: str
     key_id: str | None
     credential: str = field(repr=False)
+    scopes: tuple[str, ...] = ()          # generateAccessToken
+    audience: str | None = None           # generateIdToken
+    request_reason: str | None = None     # the X-Goog-Request-Reason header, if sent
 
     def to_json(self, *, include_credential: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -418,6 +422,9 @@ class MintedCredential:
             "expireTime": clock.rfc3339(self.expire_time) if self.expire_time else None,
             "sha256": self.sha256,
             "keyId": self.key_id,
+            "scopes": list(self.scopes),
+            "audience": self.audience,
+            "requestReason": self.request_reason,
         }
         if include_credential:
             data["credential"] = self.credential
@@ -452,6 +459,16 @@ class _Reply:
     hang_s: float | None = None        # close without answering after this long
     hang_release: threading.Event | None = None
     latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Who asked for what: the authorized parts of one API request."""
+
+    caller: str
+    target: ServiceAccount
+    delegates: tuple[str, ...]
+    request_reason: str | None
 
 
 @dataclass
@@ -816,14 +833,14 @@ class IamStandIn:
         if not policy.has_permission(chain[-1], permission, target):
             raise _permission_denied(permission)
 
-        delegate_emails = tuple(d.email for d in delegates)
+        call = _Call(caller, target, tuple(d.email for d in delegates), headers.get("X-Goog-Request-Reason"))
         mint = {
             "generateAccessToken": self._generate_access_token,
             "generateIdToken": self._generate_id_token,
             "signBlob": self._sign_blob,
             "signJwt": self._sign_jwt,
         }[method]
-        return mint(policy, caller, target, delegate_emails, body)
+        return mint(policy, call, body)
 
     def _take_fault(self, method: str) -> _Fault | None:
         fault = self._fault
@@ -915,68 +932,68 @@ class IamStandIn:
             raise _not_found(ident)
         return account
 
-    def _record(self, method: str, caller: str, target: ServiceAccount, delegates: tuple[str, ...], issued_at: _dt.datetime,
-                expire: _dt.datetime | None, credential: str, key_id: str | None) -> None:
+    def _record(self, call: _Call, method: str, issued_at: _dt.datetime, expire: _dt.datetime | None, credential: str,
+                key_id: str | None, *, scopes: tuple[str, ...] = (), audience: str | None = None) -> None:
         record = MintedCredential(
             method=method,
-            target=target.email,
-            delegates=delegates,
-            caller=caller,
+            target=call.target.email,
+            delegates=call.delegates,
+            caller=call.caller,
             issued_at=issued_at,
             expire_time=expire,
             sha256=hashlib.sha256(credential.encode("utf-8")).hexdigest(),
             key_id=key_id,
             credential=credential,
+            scopes=scopes,
+            audience=audience,
+            request_reason=call.request_reason,
         )
         with self._lock:
             self._minted.append(record)
 
-    def _generate_access_token(self, policy: StandInPolicy, caller: str, target: ServiceAccount,
-                               delegates: tuple[str, ...], body: Mapping[str, Any]) -> _Reply:
+    def _generate_access_token(self, policy: StandInPolicy, call: _Call, body: Mapping[str, Any]) -> _Reply:
         lifetime_ns = body.get("lifetime", DEFAULT_ACCESS_TOKEN_LIFETIME_S * 1_000_000_000)
         if lifetime_ns <= 0:
             raise ApiError(400, TEXT_ZERO_LIFETIME)
-        if lifetime_ns > policy.max_lifetime_s(target) * 1_000_000_000:
-            raise ApiError(400, TEXT_LIFETIME_TOO_LONG.format(email=target.email))
+        if lifetime_ns > policy.max_lifetime_s(call.target) * 1_000_000_000:
+            raise ApiError(400, TEXT_LIFETIME_TOO_LONG.format(email=call.target.email))
         now = clock.now()
         expire = (now + _dt.timedelta(microseconds=lifetime_ns // 1000)).replace(microsecond=0)
         token = "ya29.c." + secrets.token_urlsafe(96)
-        scopes = frozenset("https://www.googleapis.com/auth/cloud-platform" if s == "" else s for s in body["scope"])
+        scopes = tuple(CLOUD_PLATFORM if s == "" else s for s in body["scope"])
         with self._lock:
             if len(self._issued) >= _ISSUED_PRUNE_AT:
                 now_s = now.timestamp()
                 self._issued = {t: i for t, i in self._issued.items() if i.expire_epoch > now_s}
-            self._issued[token] = _IssuedToken(target.email, expire.timestamp(), scopes)
-        self._record("generateAccessToken", caller, target, delegates, now, expire, token, None)
+            self._issued[token] = _IssuedToken(call.target.email, expire.timestamp(), frozenset(scopes))
+        self._record(call, "generateAccessToken", now, expire, token, None, scopes=scopes)
         return _Reply(200, {"accessToken": token, "expireTime": clock.rfc3339(expire)})
 
-    def _generate_id_token(self, policy: StandInPolicy, caller: str, target: ServiceAccount,
-                           delegates: tuple[str, ...], body: Mapping[str, Any]) -> _Reply:
+    def _generate_id_token(self, policy: StandInPolicy, call: _Call, body: Mapping[str, Any]) -> _Reply:
         now = clock.now()
         iat = int(now.timestamp())
         claims: dict[str, Any] = {
             "aud": body["audience"],
-            "azp": target.email if body.get("use_email_azp") else target.unique_id,
+            "azp": call.target.email if body.get("use_email_azp") else call.target.unique_id,
         }
         if body.get("include_email"):
-            claims["email"] = target.email
+            claims["email"] = call.target.email
             claims["email_verified"] = True
-        claims.update({"exp": iat + ID_TOKEN_LIFETIME_S, "iat": iat, "iss": GOOGLE_ISSUER, "sub": target.unique_id})
+        claims.update({"exp": iat + ID_TOKEN_LIFETIME_S, "iat": iat, "iss": GOOGLE_ISSUER, "sub": call.target.unique_id})
         key = self.keys.current(_OAUTH_KEY_NAME)
         token = key.sign_jwt({"alg": "RS256", "kid": key.key_id, "typ": "JWT"}, json.dumps(claims, separators=(",", ":")).encode())
-        self._record("generateIdToken", caller, target, delegates, now, clock.from_epoch(iat + ID_TOKEN_LIFETIME_S), token, key.key_id)
+        self._record(call, "generateIdToken", now, clock.from_epoch(iat + ID_TOKEN_LIFETIME_S), token, key.key_id,
+                     audience=body["audience"])
         return _Reply(200, {"token": token})
 
-    def _sign_blob(self, policy: StandInPolicy, caller: str, target: ServiceAccount,
-                   delegates: tuple[str, ...], body: Mapping[str, Any]) -> _Reply:
+    def _sign_blob(self, policy: StandInPolicy, call: _Call, body: Mapping[str, Any]) -> _Reply:
         now = clock.now()
-        key = self.keys.current(target.email)
+        key = self.keys.current(call.target.email)
         signed = base64.b64encode(key.sign(body["payload"])).decode("ascii")
-        self._record("signBlob", caller, target, delegates, now, None, signed, key.key_id)
+        self._record(call, "signBlob", now, None, signed, key.key_id)
         return _Reply(200, {"keyId": key.key_id, "signedBlob": signed})
 
-    def _sign_jwt(self, policy: StandInPolicy, caller: str, target: ServiceAccount,
-                  delegates: tuple[str, ...], body: Mapping[str, Any]) -> _Reply:
+    def _sign_jwt(self, policy: StandInPolicy, call: _Call, body: Mapping[str, Any]) -> _Reply:
         payload_text: str = body["payload"]
         try:
             claims = json.loads(payload_text, parse_constant=_reject_constant)
@@ -996,9 +1013,9 @@ class IamStandIn:
             if exp > now_s + SIGNED_JWT_MAX_TTL_S:
                 raise ApiError(400, TEXT_JWT_EXP_FAR)
             expire = clock.from_epoch(exp)
-        key = self.keys.current(target.email)
+        key = self.keys.current(call.target.email)
         signed = key.sign_jwt({"alg": "RS256", "kid": key.key_id, "typ": "JWT"}, payload_text.encode("utf-8"))
-        self._record("signJwt", caller, target, delegates, now, expire, signed, key.key_id)
+        self._record(call, "signJwt", now, expire, signed, key.key_id)
         return _Reply(200, {"keyId": key.key_id, "signedJwt": signed})
 
     def _allowed_locations(self, project: str, sa_id: str) -> _Reply:

@@ -106,6 +106,15 @@ def _param(value: Any) -> Any:
     return encode_datetime(value) if isinstance(value, _dt.datetime) else value
 
 
+def _json_types(value: Any) -> str:
+    """The SQLite ``json_type`` names a range bound of this Python type can match."""
+    if isinstance(value, bool):
+        return "('true', 'false')"
+    if isinstance(value, (int, float)):
+        return "('integer', 'real')"
+    return "('text')"  # str and datetime (stored as text)
+
+
 def _path(field: str) -> str:
     # Field paths are validated by plan_query ([A-Za-z_][A-Za-z0-9_]* joined by dots)
     # and inlined so the expression matches the index expression exactly.
@@ -290,16 +299,19 @@ class SqliteStore:
         for f in plan.equality:
             if f.value is None:
                 where.append(f"json_type(data, '$.{f.field}') = 'null'")
-            else:
-                where.append(f"{_path(f.field)} = ?")
-                params.append(_param(f.value))
+                continue
+            where.append(f"{_path(f.field)} = ?")
+            params.append(_param(f.value))
+            if isinstance(f.value, bool):  # json_extract gives 1/0: tell true from 1
+                where.append(f"json_type(data, '$.{f.field}') = '{'true' if f.value else 'false'}'")
         direction = "DESC" if plan.descending else "ASC"
         if plan.order is not None:
             order = _path(plan.order)
             # Like Firestore, ordering by a field excludes documents without it.
             where.append(f"json_type(data, '$.{plan.order}') IS NOT NULL")
             for f in plan.ranges:
-                where.append(f"{order} {_SQL_OPS[f.op]} ?")
+                # Like Firestore, a range only matches values of the bound's type.
+                where.append(f"{order} {_SQL_OPS[f.op]} ? AND json_type(data, '$.{plan.order}') IN {_json_types(f.value)}")
                 params.append(_param(f.value))
             if plan.start_after is not None:
                 where.append(f"({order}, id) {'<' if plan.descending else '>'} (?, ?)")
