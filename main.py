@@ -13,7 +13,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import flask
 import functions_framework
+from werkzeug.exceptions import HTTPException
 
 from vending import api, wiring
 from vending.errors import ConfigError
@@ -28,6 +30,12 @@ except ConfigError as _exc:
 @functions_framework.http
 def vend_http(request: Any) -> Any:
     return api.handle(request, wiring.handlers)
+
+
+@functions_framework.errorhandler(HTTPException)
+def framework_error(exc: HTTPException) -> Any:
+    """Errors raised by the framework before ``vend_http`` runs: the same JSON envelope."""
+    return api.framework_error(exc, flask.request.path)
 
 
 @functions_framework.cloud_event

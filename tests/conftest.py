@@ -81,3 +81,13 @@ def firestore_store(firestore_emulator: emulators.Emulator) -> Iterator[Any]:
 def store(request: pytest.FixtureRequest) -> Any:
     """Each backend in turn (the contract suite runs once per backend)."""
     return request.getfixturevalue(f"{request.param}_store")
+
+
+# -- one clock, frozen only for our code ------------------------------------------------
+# freezegun freezes time for vending's clock; the Google client libraries must keep
+# real time or their retry deadlines never pass (a frozen monotonic clock makes
+# api_core retry forever).
+import freezegun  # noqa: E402
+
+freezegun.configure(extend_ignore_list=["google.api_core", "google.cloud", "google.auth", "grpc", "urllib3",
+                                        "requests"])

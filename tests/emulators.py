@@ -11,7 +11,8 @@ java), so ``stop`` can reach every process: SIGTERM to the leaves first (the
 Java server; its parents then exit and are reaped normally, leaving no
 zombies), then SIGTERM to the group, then SIGKILL after a timeout. Output goes
 to a log file under a temp dir (``Emulator.log_path``), never to test output.
-An ``atexit`` hook stops anything still running if the test session dies.
+An ``atexit`` hook and a SIGTERM / SIGHUP handler (``timeout pytest ...``)
+stop anything still running if the test session ends early.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 10.0
@@ -56,6 +59,12 @@ def _http_get(url: str, timeout: float = 1.0) -> str | None:
 
 def _group_members(pgid: int) -> list[tuple[int, int, str]]:
     """Live (pid, ppid, state) of a process group, zombies excluded (Linux /proc)."""
+    if not os.path.isdir("/proc"):  # not Linux: only "does the group still exist"
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [(pgid, 0, "?")]
     members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -101,6 +110,8 @@ class Emulator:
         if not self.owned or self.running:
             return self
         assert self.log_path is not None
+        if _port_open(self.host):
+            raise EmulatorError(f"cannot start the {self.name} emulator: {self.host} is already in use")
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
             self.proc = subprocess.Popen(
@@ -110,6 +121,7 @@ class Emulator:
         finally:
             log.close()
         _running.add(self)
+        _install_signal_handlers()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ready():
@@ -219,3 +231,25 @@ def _stop_all() -> None:
     for emulator in list(_running):
         with contextlib.suppress(Exception):
             emulator.stop()
+
+
+_previous_handlers: dict[int, Any] = {}
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _stop_all()
+    previous = _previous_handlers.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def _install_signal_handlers() -> None:
+    """atexit does not run when the process is killed by a signal: stop emulators first."""
+    if _previous_handlers or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        _previous_handlers[signum] = signal.getsignal(signum)
+        signal.signal(signum, _on_signal)

@@ -17,6 +17,7 @@ import uuid
 from typing import Any, Callable
 
 from flask import Request, Response
+from werkzeug.exceptions import HTTPException
 
 from vending import log
 from vending.errors import (
@@ -79,6 +80,26 @@ def error_response(exc: VendingError, request_id: str) -> Response:
     payload = {"error": {"code": exc.http_status, "status": exc.status, "reason": exc.reason,
                          "message": exc.message, "request_id": request_id}}
     return _json(exc.http_status, payload, request_id, headers)
+
+
+def framework_error(exc: HTTPException, path: str) -> Response:
+    """An error Flask/werkzeug raised before ``handle`` ran, in the same envelope.
+
+    The framework's router refuses some paths itself (one holding a newline,
+    ``/robots.txt``, ``/favicon.ico``) with an HTML 404; callers must only
+    ever see the JSON envelope.
+    """
+    request_id = uuid.uuid4().hex
+    code = exc.code or 500
+    error: VendingError
+    if code == 404:
+        error = NotFoundError(f"No such endpoint: {path[:200]}.", reason="unknown-path")
+    elif 400 <= code < 500:
+        error = BadRequestError("The request could not be understood.", reason="invalid-request")
+    else:
+        log.error("framework error", request_id=request_id, status=code, error_type=type(exc).__name__)
+        error = InternalError("An internal error occurred; it has been logged.")
+    return error_response(error, request_id)
 
 
 def _route(method: str, path: str) -> tuple[str, dict[str, str]]:

@@ -27,10 +27,12 @@ def _dev_token(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from vending import wiring
+    from vending import log, wiring
     from vending.sweep import sweep
 
-    summary = sweep(wiring.service())
+    service = wiring.service()
+    log.configure(service.settings.log_level, stream=sys.stderr)  # stdout carries the summary only
+    summary = sweep(service)
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
 

@@ -27,7 +27,10 @@ def parse_rfc3339(text: str) -> _dt.datetime:
     value = _dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     if value.tzinfo is None:
         raise ValueError("timestamp has no timezone")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ValueError("timestamp is out of range") from exc
 
 
 def from_epoch(seconds: float) -> _dt.datetime:

@@ -138,9 +138,22 @@ class IdTokenRules(_Model):
 
 
 class SignedJwtRules(_Model):
+    """``aud`` must be one of ``audiences``; ``exp`` at most ``max_ttl`` away (1 h for Google APIs)."""
+
     audiences: tuple[Matcher, ...] = Field(min_length=1)
     max_ttl: int = Field(default=3600, gt=0, le=SIGNED_JWT_MAX_TTL_S)
     allowed_claims: tuple[str, ...] = ()
+
+    @field_validator("allowed_claims")
+    @classmethod
+    def _not_reserved(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        reserved = sorted({"iss", "sub", "iat", "aud", "exp"} & set(value))
+        if reserved:
+            raise ValueError(f"{reserved} cannot be listed: the service sets iss, sub and iat; "
+                             "aud and exp are governed by audiences and max_ttl")
+        if any(not c for c in value):
+            raise ValueError("claim names must not be empty")
+        return value
 
 
 class SignedBlobRules(_Model):

@@ -116,7 +116,7 @@ class _DuplicateKeyError(ValueError):
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
-        if False:
+        if key in obj:
             raise _DuplicateKeyError(key)
         obj[key] = value
     return obj

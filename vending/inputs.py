@@ -38,7 +38,7 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
         body = json.loads(text, object_pairs_hook=_reject_duplicates) if text.strip() else None
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
         if isinstance(exc, BadRequestError):
             raise
         raise BadRequestError("The body is not valid JSON.", reason="invalid-json") from exc
@@ -179,8 +179,12 @@ class IdTokenBody:
 
 def id_token_body(body: dict[str, Any]) -> IdTokenBody:
     check_fields(body, ("service_account", "audience"), ("include_email", "delegates", "reason", "request_id"))
-    audience = text(body["audience"], "audience", max_len=1000, required=True)
-    assert audience is not None
+    audience = body["audience"]
+    # Shape only: a string of bounded length. Whether it is an acceptable audience (no control
+    # characters, exact or anchored full match) is the policy's decision: 403 audience-not-allowed.
+    if not isinstance(audience, str) or not audience.strip() or len(audience) > 1000:
+        raise BadRequestError("audience must be a non-empty string of at most 1000 characters.",
+                              reason="invalid-audience")
     return IdTokenBody(service_account(body["service_account"]), audience,
                        boolean(body.get("include_email"), "include_email"), delegates(body.get("delegates")),
                        text(body.get("reason"), "reason"), record_id(body.get("request_id")))
@@ -216,7 +220,17 @@ class SignedBlobBody:
 
 def signed_blob_body(body: dict[str, Any]) -> SignedBlobBody:
     check_fields(body, ("service_account", "payload"), ("canonical_request", "delegates", "reason", "request_id"))
-    return SignedBlobBody(service_account(body["service_account"]), base64_payload(body["payload"]),
-                          text(body.get("canonical_request"), "canonical_request", max_len=16384),
+    payload = base64_payload(body["payload"])
+    if not payload:
+        raise BadRequestError("payload must not be empty.", reason="invalid-payload")
+    canonical_request = body.get("canonical_request")
+    # A V4 canonical request is lines separated by "\n": newlines are allowed, other controls are not.
+    if canonical_request is not None and (
+            not isinstance(canonical_request, str) or not canonical_request or len(canonical_request) > 16384
+            or any((ord(c) < 0x20 and c != "\n") or c == "\x7f" for c in canonical_request)):
+        raise BadRequestError("canonical_request must be a Cloud Storage V4 canonical request: at most 16384 "
+                              "printable characters in lines separated by \\n.",
+                              reason="invalid-canonical-request")
+    return SignedBlobBody(service_account(body["service_account"]), payload, canonical_request,
                           delegates(body.get("delegates")), text(body.get("reason"), "reason"),
                           record_id(body.get("request_id")))

@@ -202,8 +202,8 @@ def _decode_cursor(token: str) -> tuple[_dt.datetime, str]:
         value = _dt.datetime.fromisoformat(created)
         if value.tzinfo is None or not isinstance(doc_id, str) or len(doc_id) != 32:
             raise ValueError("bad cursor")
-        return value, doc_id
-    except (ValueError, TypeError) as exc:
+        return value.astimezone(clock.UTC), doc_id
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise BadRequestError("page_token is not a token returned by this service.",
                               reason="invalid-page-token") from exc
 

@@ -258,7 +258,8 @@ class Service(Queries):
             caller = self.authenticate(authorization)
             audit.set(principal=caller.principal.identity, issuer=caller.principal.issuer)
             body = inputs.signed_jwt_body(inputs.parse_json(raw_body))
-            audit.set(service_account=body.service_account, audience=body.claims.get("aud"),
+            aud = body.claims.get("aud")
+            audit.set(service_account=body.service_account, audience=aud[:1000] if isinstance(aud, str) else None,
                       access_request_id=body.request_id)
             now = clock.now()
             approved = self._approved(caller.principal, body.request_id, now)
@@ -417,38 +418,55 @@ def _valid_id(value: str, what: str) -> str:
     return value
 
 
-GOOGLE_API_AUDIENCE = re.compile(r"https://[a-z0-9.-]+\.googleapis\.com/?")
+# A Google API audience: any https URL on googleapis.com or a subdomain (``https://SERVICE.googleapis.com/``,
+# also the older ``https://SERVICE.googleapis.com/API_NAME`` form); host compared case-insensitively.
+GOOGLE_API_AUDIENCE = re.compile(r"https://(?:[a-z0-9-]+\.)*googleapis\.com(?::443)?(?:/[^?#]*)?", re.IGNORECASE)
 RESERVED_CLAIMS = frozenset({"iss", "sub", "iat"})
 
 
 def _jwt_claims(ent: Any, requested: dict[str, Any], now: _dt.datetime, approved: Approved | None) -> dict[str, Any]:
-    """Check caller claims against the entitlement; return them with ``exp`` set."""
+    """Check caller claims against the entitlement; return them with ``exp`` set.
+
+    ``iss``/``sub``/``iat`` are the service's (refused here, set after the decision); ``aud`` must be
+    one of the entitlement's audiences; ``exp`` defaults to the latest allowed: now + ``max_ttl``
+    (at most 12 h, 1 h for a Google API audience), never past an approval window.
+    """
+    from vending.config import SIGNED_JWT_GOOGLE_API_MAX_TTL_S, SIGNED_JWT_MAX_TTL_S
+
     rules = ent.signed_jwt
     refused = sorted(k for k in requested if k in RESERVED_CLAIMS or (k not in ("aud", "exp")
                                                                        and k not in rules.allowed_claims))
     if refused:
-        raise PermissionDeniedError(f"Claim(s) {refused} may not be set (iss, sub and iat are set by the service).",
+        shown = ", ".join(repr(k[:100]) for k in refused[:10])
+        raise PermissionDeniedError(f"Claim(s) {shown} may not be set: iss, sub and iat are set by the service; "
+                                    f"aud, exp and {list(rules.allowed_claims) or 'no other claims'} may be set.",
                                     reason="claim-not-allowed")
     aud = requested.get("aud")
     if not isinstance(aud, str) or not any(matches(m, aud) for m in rules.audiences):
-        raise PermissionDeniedError(f"Audience {str(aud)[:200]!r} is not allowed for signed JWTs.",
+        what = f"Audience {aud[:200]!r} is" if isinstance(aud, str) else "claims.aud must be a string and"
+        raise PermissionDeniedError(f"{what} not allowed for signed JWTs of this service account.",
                                     reason="audience-not-allowed")
-    max_ttl = rules.max_ttl
-    if GOOGLE_API_AUDIENCE.fullmatch(aud):
-        max_ttl = min(max_ttl, 3600)
-    latest = int(now.timestamp()) + max_ttl
+    now_s = int(now.timestamp())
+    google_api = GOOGLE_API_AUDIENCE.fullmatch(aud) is not None
+    max_ttl = min(rules.max_ttl, SIGNED_JWT_MAX_TTL_S)
+    if google_api:
+        max_ttl = min(max_ttl, SIGNED_JWT_GOOGLE_API_MAX_TTL_S)
+    latest = now_s + max_ttl
     if approved is not None:
         latest = min(latest, int(approved.window_end.timestamp()))
     exp = requested.get("exp")
-    if exp is None:
+    if exp is None:  # absent (or null): the latest allowed
         exp = latest
     if not isinstance(exp, int) or isinstance(exp, bool):
-        raise BadRequestError("claims.exp must be an integer timestamp.", reason="invalid-claims")
-    if exp <= int(now.timestamp()):
-        raise BadRequestError("claims.exp is in the past.", reason="invalid-claims")
+        raise BadRequestError("claims.exp must be an integer timestamp (seconds since the epoch).",
+                              reason="invalid-exp")
+    if exp <= now_s:
+        raise BadRequestError("claims.exp must be in the future.", reason="invalid-exp")
     if exp > latest:
-        raise BadRequestError(f"claims.exp is more than {latest - int(now.timestamp())}s away; the maximum is "
-                              f"{max_ttl}s{' (Google API audience)' if max_ttl == 3600 else ''}.",
+        why = " for a Google API audience" if google_api else ""
+        if approved is not None and latest < now_s + max_ttl:
+            why = ", the end of the approval window"
+        raise BadRequestError(f"claims.exp is {exp - now_s}s away; the maximum is {latest - now_s}s{why}.",
                               reason="exp-too-far")
     return {**requested, "exp": exp}
 

@@ -396,7 +396,7 @@ def unreachable_store(request: pytest.FixtureRequest, tmp_path: Path,
         from vending.store.firestore import FirestoreStore
 
         monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{emulators.free_port()}")
-        store = FirestoreStore(TEST_PROJECT)
+        store = FirestoreStore(TEST_PROJECT, retry_deadline_s=0.5)  # the default (2 s) is checked below
     yield store
     store.close()
 
@@ -418,6 +418,21 @@ def test_unreachable_backend_raises_store_unavailable_fast(unreachable_store: St
     assert elapsed < 5.0
     assert info.value.retryable and info.value.http_status == 503
     assert info.value.__cause__ is not None
+
+
+def test_firestore_default_settings_give_up_within_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vending.store.firestore import FirestoreStore
+
+    # GIVEN a store with default timeouts pointed at a closed port
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{emulators.free_port()}")
+    store = FirestoreStore(TEST_PROJECT)
+    # WHEN it is pinged / THEN StoreUnavailable after the short retry deadline, not the client's 60 s
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        store.ping()
+    elapsed = time.monotonic() - started
+    store.close()
+    assert elapsed < 4.0
 
 
 def test_sqlite_locked_database_is_unavailable(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ import requests
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from freezegun import freeze_time
 from google.auth import impersonated_credentials
 from google.oauth2 import id_token
@@ -178,6 +178,12 @@ def error_info(error: dict[str, Any]) -> dict[str, Any]:
     infos = [d for d in error.get("details", []) if d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"]
     assert len(infos) == 1
     return infos[0]
+
+
+def rsa_key_from_cert(pem: str) -> rsa.RSAPublicKey:
+    key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+    assert isinstance(key, rsa.RSAPublicKey)
+    return key
 
 
 def b64url_decode(segment: str) -> bytes:
@@ -561,11 +567,11 @@ def test_delegation_chain_with_every_hop_granted_succeeds(
     response = call(http, server, "generateAccessToken", target, {"scope": [CLOUD_PLATFORM], "delegates": delegates},
                     token=CI_TOKEN)
 
-    # THEN it is minted and recorded with the canonical delegate emails
+    # THEN it is minted and recorded with the canonical delegate names
     assert response.status_code == 200, response.text
     record = server.minted[-1]
     assert (record.caller, record.target) == (CI, target)
-    assert record.delegates == tuple(d.rsplit("/", 1)[-1] for d in delegates)
+    assert record.delegates == tuple(f"projects/-/serviceAccounts/{d.rsplit('/', 1)[-1]}" for d in delegates)
 
 
 @pytest.mark.parametrize(
@@ -785,9 +791,8 @@ def test_google_auth_sign_bytes_and_id_token_credentials_work(server: IamStandIn
 
     # THEN the signature verifies with the published key and the ID token carries the email
     pem = next(iter(requests.get(server.x509_url(BOT), timeout=5).json().values()))
-    x509.load_pem_x509_certificate(pem.encode()).public_key().verify(  # type: ignore[call-arg, union-attr]
-        signature, b"message", padding.PKCS1v15(), hashes.SHA256())
-    assert jwt_parts(id_creds.token)[1]["email"] == BOT
+    rsa_key_from_cert(pem).verify(signature, b"message", padding.PKCS1v15(), hashes.SHA256())
+    assert jwt_parts(str(id_creds.token))[1]["email"] == BOT
     assert id_creds.expiry is not None
     assert [m.method for m in server.minted] == ["signBlob", "generateIdToken"]
 
@@ -939,11 +944,11 @@ def test_signed_blob_verifies_with_the_x509_public_key(server: IamStandIn, http:
 
     # THEN the signature verifies (PKCS#1 v1.5, SHA-256) with the certificate the x509 endpoint publishes
     pem = http.get(server.x509_url(DEPLOYER)).json()[body["keyId"]]
-    public_key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+    public_key = rsa_key_from_cert(pem)
     signature = base64.b64decode(body["signedBlob"])
-    public_key.verify(signature, blob, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg, union-attr]
+    public_key.verify(signature, blob, padding.PKCS1v15(), hashes.SHA256())
     with pytest.raises(InvalidSignature):
-        public_key.verify(signature, blob + b"!", padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg, union-attr]
+        public_key.verify(signature, blob + b"!", padding.PKCS1v15(), hashes.SHA256())
     assert set(body) == {"keyId", "signedBlob"}
 
 
@@ -976,8 +981,8 @@ def test_public_key_endpoints_agree_and_are_cacheable(server: IamStandIn, http: 
     assert [k["kid"] for k in jwks.json()["keys"]] == [kid]
     assert {"kty", "alg", "use", "kid", "n", "e"} == set(jwks.json()["keys"][0])
     raw_key = raw.json()["keyvalues"][0]
-    cert = x509.load_pem_x509_certificate(x509_map.json()[kid].encode())
-    assert int.from_bytes(base64.b64decode(raw_key["modulus"]), "big") == cert.public_key().public_numbers().n  # type: ignore[union-attr]
+    modulus = rsa_key_from_cert(x509_map.json()[kid]).public_numbers().n
+    assert int.from_bytes(base64.b64decode(raw_key["modulus"]), "big") == modulus
     assert (raw_key["algorithm"], raw_key["exponent"], raw_key["keyid"]) == ("RSA", "AQAB", kid)
     for response in (x509_map, robot, jwks, raw):
         assert response.status_code == 200
@@ -1202,7 +1207,7 @@ def test_minted_records_every_credential_with_its_hash(server: IamStandIn, http:
     # THEN each record names method, target, delegates, caller and times, hashes the raw credential and hides it from repr
     frozen = "2026-03-01T10:00:00+00:00"
     assert [(m.method, m.target, m.delegates, m.caller) for m in minted] == [
-        ("generateAccessToken", PROD, (HOP,), CI),
+        ("generateAccessToken", PROD, (f"projects/-/serviceAccounts/{HOP}",), CI),
         ("generateIdToken", DEPLOYER, (), RUNTIME),
         ("signBlob", DEPLOYER, (), RUNTIME),
         ("signJwt", DEPLOYER, (), RUNTIME),

@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -412,10 +412,11 @@ def encode(header: Mapping[str, Any], claims: Mapping[str, Any], key: SigningKey
     return f"{signing_input.decode('ascii')}.{b64url(signature)}"
 
 
-def oidc_issuer_fixture(*, scope: str = "function", **kwargs: Any) -> Any:
+def oidc_issuer_fixture(*, scope: Literal["session", "package", "module", "class", "function"] = "function",
+                        **kwargs: Any) -> Any:
     """Declare a pytest fixture yielding a started ``TestIssuer``: ``idp = oidc_issuer_fixture()``."""
 
-    @pytest.fixture(scope=scope)  # type: ignore[call-overload]
+    @pytest.fixture(scope=scope)
     def _issuer() -> Iterator[TestIssuer]:
         with TestIssuer(**kwargs) as issuer:
             yield issuer

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -129,9 +130,9 @@ def config_env_vars(config_py: Path) -> set[str]:
                 value = first_str(node.args)
                 if value:
                     names.add(value)
-        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
-            if isinstance(node.slice.value, str):
-                names.add(node.slice.value)
+        elif (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant)
+              and isinstance(node.slice.value, str)):
+            names.add(node.slice.value)
     return {n for n in names if re.fullmatch(r"VENDING_[A-Z0-9_]+", n)}
 
 
@@ -592,7 +593,10 @@ def test_the_source_archive_ships_the_code_but_not_the_tests() -> None:
         regex = re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
         return re.fullmatch(regex, rel) is not None
 
-    files = {p.relative_to(REPO).as_posix() for p in REPO.rglob("*") if p.is_file() and ".git" not in p.parts}
+    files = set()
+    for dirpath, dirnames, filenames in os.walk(REPO):
+        dirnames[:] = [d for d in dirnames if d != ".git" and not d.startswith(".venv")]
+        files.update((Path(dirpath) / f).relative_to(REPO).as_posix() for f in filenames)
     shipped = {f for f in files if any(matches(f, p) for p in include) and not any(matches(f, p) for p in exclude)}
     # THEN main.py, requirements.txt and every module of the package ship, nothing from tests/ or venvs
     assert {"main.py", "requirements.txt"} <= shipped

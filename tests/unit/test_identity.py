@@ -562,7 +562,10 @@ def test_cache_ignores_symmetric_private_and_encryption_keys(idp: TestIssuer, jw
         url = server.base_url + "/jwks"
 
         # WHEN each is looked up
-        reasons = [_reason(lambda k=kid: jwks.key(url, k, ttl_s=60, cooldown_s=30)) for kid in ("hmac", "private", "enc")]
+        def lookup(kid: str) -> str:
+            return _reason(lambda: jwks.key(url, kid, ttl_s=60, cooldown_s=30))
+
+        reasons = [lookup(kid) for kid in ("hmac", "private", "enc")]
 
         # THEN only the good key exists
         assert reasons == ["unknown-key"] * 3
@@ -708,7 +711,7 @@ def test_bot_message_is_rejected(sa: FakeServiceAccountKeys, name: str, build: C
 @pytest.mark.parametrize("claims", [{"iat": NOW - 300, "exp": NOW + 1}, {"iat": NOW, "exp": NOW + 600},
                                     {"iat": NOW + 30, "exp": NOW + 300}],
                          ids=["exp-one-second-ahead", "lifetime-exactly-max", "iat-at-skew-limit"])
-def test_bot_message_boundary_controls_are_accepted(sa: FakeServiceAccountKeys, claims: dict[str, int]) -> None:
+def test_bot_message_boundary_controls_are_accepted(sa: FakeServiceAccountKeys, claims: dict[str, Any]) -> None:
     # GIVEN a message right at an edge / WHEN verified / THEN accepted
     bot, _ = _bots(sa).verify(sa.message(BOT, BOT_AUD, **claims))
     assert bot.service_account == BOT

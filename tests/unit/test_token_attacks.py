@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from freezegun import freeze_time
@@ -239,7 +239,8 @@ ATTACKS: list[Attack] = [
     Attack("one-mib-token", lambda i, e: "a" * (1024 * 1024), "token-too-large"),
     Attack("one-mib-padded-valid-token", lambda i, e: i.mint(pad="x" * (1024 * 1024)), "token-too-large"),
     Attack("just-over-size-limit", lambda i, e: "a" * (MAX_TOKEN_CHARS + 1), "token-too-large"),
-    Attack("bytes-instead-of-str-non-utf8", lambda i, e: b"\xff\xfe" + i.mint().encode(), "malformed-token"),
+    Attack("bytes-instead-of-str-non-utf8", lambda i, e: cast(str, b"\xff\xfe" + i.mint().encode()),
+           "malformed-token"),
     Attack("header-bytes-not-utf8", lambda i, e: i.mint(raw_header=b'{"alg":"RS256","kid":"rsa-1","x":"\xff"}'),
            "malformed-token"),
     Attack("payload-bytes-not-utf8", lambda i, e: i.mint(raw_payload=b'{"sub":"\xc3\x28"}'), "malformed-token"),

@@ -23,7 +23,20 @@ Test hooks, as Python methods and under ``/_standin/`` over HTTP: fault
 injection (429 with ``Retry-After``, 500, 503, added latency, hanging
 requests), the list of everything minted (with the raw credential, in memory
 only, so tests can prove it leaks nowhere), per-method call counters and
-``reset``.
+``reset``::
+
+    GET    /_standin/health                 {"status": "ok"}
+    GET    /_standin/faults                 current fault and latency
+    POST   /_standin/faults                 {"status": 503, "count": 2, "methods": [...], "retry_after_s": 1}
+                                            {"hang_seconds": 5, "count": 1} | {"latency_ms": 20} | {"clear": true}
+    DELETE /_standin/faults                 clear faults and latency
+    GET    /_standin/minted[?include_credentials=true]
+    GET    /_standin/calls                  {"calls": {"generateAccessToken": 3, ...}}
+    POST   /_standin/reset                  faults, records, counters (keys and policy stay)
+    POST   /_standin/callers                {"token": "...", "principal": "EMAIL"}
+
+Faults and hangs apply to the four API methods only; latency to every
+non-admin response. Admin endpoints take no authentication: bind to loopback.
 """
 
 from __future__ import annotations
@@ -400,8 +413,8 @@ class MintedCredential:
     """One credential the stand-in returned. ``credential`` is the raw value (memory only)."""
 
     method: str
-    target: str
-    delegates: tuple[str, ...]
+    target: str                           # service account email
+    delegates: tuple[str, ...]            # canonical, in order: projects/-/serviceAccounts/EMAIL
     caller: str
     issued_at: _dt.datetime
     expire_time: _dt.datetime | None
@@ -467,7 +480,7 @@ class _Call:
 
     caller: str
     target: ServiceAccount
-    delegates: tuple[str, ...]
+    delegates: tuple[str, ...]            # canonical: projects/-/serviceAccounts/EMAIL
     request_reason: str | None
 
 
@@ -485,7 +498,7 @@ def _parse_bool(proto_field: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     if value in ("true", "false"):
-        return value == "true"
+        return bool(value == "true")
     raise _invalid_value(proto_field, value)
 
 
@@ -756,7 +769,10 @@ class IamStandIn:
     # ---- request handling -------------------------------------------------
 
     def _dispatch(self, verb: str, target: str, headers: Mapping[str, str], body: bytes) -> _Reply:
-        """Answer one HTTP request (admin requests get no added latency). Never raises."""
+        """Answer one HTTP request (``headers`` keyed in lower case). Never raises.
+
+        Admin requests (``/_standin/``) get no added latency.
+        """
         parts = urlsplit(target)
         path = unquote(parts.path)
         query = parse_qs(parts.query)
@@ -810,7 +826,7 @@ class IamStandIn:
             raise self._fault_error(fault, method)
 
         policy = self._policy
-        caller = self._authenticate(method, headers.get("Authorization"))
+        caller = self._authenticate(method, headers.get("authorization"))
         body = _parse_body(method, raw)
         permission = METHOD_PERMISSIONS[method]
         if method == "generateAccessToken" and (not body.get("scope") or not all(_valid_scope(s) for s in body["scope"])):
@@ -833,7 +849,8 @@ class IamStandIn:
         if not policy.has_permission(chain[-1], permission, target):
             raise _permission_denied(permission)
 
-        call = _Call(caller, target, tuple(d.email for d in delegates), headers.get("X-Goog-Request-Reason"))
+        chain_names = tuple(f"projects/-/serviceAccounts/{d.email}" for d in delegates)
+        call = _Call(caller, target, chain_names, headers.get("x-goog-request-reason"))
         mint = {
             "generateAccessToken": self._generate_access_token,
             "generateIdToken": self._generate_id_token,
@@ -1061,11 +1078,11 @@ class IamStandIn:
             "/_standin/faults": {
                 "GET": lambda: _Reply(200, self.faults),
                 "POST": lambda: self._admin_set_faults(_admin_json(raw)),
-                "DELETE": lambda: (self.clear_faults(), _Reply(200, self.faults))[1],
+                "DELETE": self._admin_clear_faults,
             },
             "/_standin/minted": {"GET": lambda: self._admin_minted(query)},
             "/_standin/calls": {"GET": lambda: _Reply(200, {"calls": dict(self.calls)})},
-            "/_standin/reset": {"POST": lambda: (self.reset(), _Reply(200, {}))[1]},
+            "/_standin/reset": {"POST": self._admin_reset},
             "/_standin/callers": {"POST": lambda: self._admin_add_caller(_admin_json(raw))},
         }
         verbs = routes.get(path)
@@ -1075,6 +1092,14 @@ class IamStandIn:
         if handler is None:
             raise _method_not_allowed(verb, path, sorted(verbs))
         return handler()
+
+    def _admin_clear_faults(self) -> _Reply:
+        self.clear_faults()
+        return _Reply(200, self.faults)
+
+    def _admin_reset(self) -> _Reply:
+        self.reset()
+        return _Reply(200, {})
 
     def _admin_set_faults(self, data: Mapping[str, Any]) -> _Reply:
         allowed = {"status", "count", "methods", "retry_after_s", "hang_seconds", "latency_ms", "clear"}
@@ -1278,7 +1303,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             reply = _error_reply(ApiError(400, "Invalid request body: bad Content-Length or chunked encoding, or larger than 8 MiB."))
         else:
-            reply = standin._dispatch(verb, self.path, self.headers, body)
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            reply = standin._dispatch(verb, self.path, headers, body)
 
         if reply.hang_s is not None:
             # Hold the request, then close without a response (or earlier on stop / clear_faults).

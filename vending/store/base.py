@@ -22,6 +22,10 @@ Model
   backends check it, so the Terraform index list stays complete).
 - Backend failures (network, emulator down, locked database) raise
   ``StoreUnavailable``; callers fail closed.
+- Invalid input (a naive datetime, an unsupported type, an undeclared query
+  shape, a bad kind or id) is a programming error: ``ValueError`` /
+  ``TypeError``. The checks live at the end of this module (``prepare_writes``,
+  ``plan_query``) so every backend refuses exactly the same things.
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ Layout
 - ``version`` is a database-wide counter (table ``_meta``) bumped once per
   committed batch, so a deleted and re-created document never gets back an
   old version (no ABA on ``expect_version``).
+- Queries follow Firestore's semantics: ordering by a field skips documents
+  without it, a filter only matches values of its own type (``1`` never
+  matches ``true``, a string bound never matches a datetime), ``== None``
+  matches null but not missing, and ties are broken by id in the same
+  direction as the order.
 
 Concurrency
 - WAL mode: readers never block the writer. Each batch is one
@@ -106,13 +111,20 @@ def _param(value: Any) -> Any:
     return encode_datetime(value) if isinstance(value, _dt.datetime) else value
 
 
-def _json_types(value: Any) -> str:
-    """The SQLite ``json_type`` names a range bound of this Python type can match."""
-    if isinstance(value, bool):
-        return "('true', 'false')"
+_DATETIME_GLOB = "'" + "[0-9]" * 4 + "-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]." + "[0-9]" * 6 + "Z'"
+
+
+def _type_guard(field: str, value: Any) -> str:
+    """SQL restricting ``field`` to the type of ``value``: Firestore never compares across types."""
+    json_type = f"json_type(data, '$.{field}')"
+    if isinstance(value, bool):  # json_extract gives 1/0 for true/false
+        return f"{json_type} IN ('true', 'false')"
     if isinstance(value, (int, float)):
-        return "('integer', 'real')"
-    return "('text')"  # str and datetime (stored as text)
+        return f"{json_type} IN ('integer', 'real')"
+    glob = f"{_path(field)} GLOB {_DATETIME_GLOB}"
+    if isinstance(value, _dt.datetime):
+        return f"{json_type} = 'text' AND {glob}"
+    return f"{json_type} = 'text' AND NOT {glob}"
 
 
 def _path(field: str) -> str:
@@ -300,10 +312,8 @@ class SqliteStore:
             if f.value is None:
                 where.append(f"json_type(data, '$.{f.field}') = 'null'")
                 continue
-            where.append(f"{_path(f.field)} = ?")
+            where.append(f"{_path(f.field)} = ? AND {_type_guard(f.field, f.value)}")
             params.append(_param(f.value))
-            if isinstance(f.value, bool):  # json_extract gives 1/0: tell true from 1
-                where.append(f"json_type(data, '$.{f.field}') = '{'true' if f.value else 'false'}'")
         direction = "DESC" if plan.descending else "ASC"
         if plan.order is not None:
             order = _path(plan.order)
@@ -311,7 +321,7 @@ class SqliteStore:
             where.append(f"json_type(data, '$.{plan.order}') IS NOT NULL")
             for f in plan.ranges:
                 # Like Firestore, a range only matches values of the bound's type.
-                where.append(f"{order} {_SQL_OPS[f.op]} ? AND json_type(data, '$.{plan.order}') IN {_json_types(f.value)}")
+                where.append(f"{order} {_SQL_OPS[f.op]} ? AND {_type_guard(plan.order, f.value)}")
                 params.append(_param(f.value))
             if plan.start_after is not None:
                 where.append(f"({order}, id) {'<' if plan.descending else '>'} (?, ?)")

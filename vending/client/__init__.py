@@ -1,0 +1,179 @@
+"""Client commands of ``vending``, for CI jobs, operators and chat-ops bots.
+
+``vending.cli`` calls ``register(subparsers)``; this package adds ``token``,
+``id-token``, ``sign-jwt``, ``sign-blob``, ``request``, ``status``,
+``issuances`` and ``publish-approval``. Only the standard library and
+``requests`` load at import; google-auth and google-cloud-pubsub load inside
+``publish-approval``.
+
+- ``identity``: the caller's OIDC token, discovered from the environment.
+- ``commands``: calls to the service; ``output``: where a credential goes.
+- ``bot``: signed approval messages (``send_approval`` for bot authors).
+- ``common``: exit codes (``EPILOG``), environment names, errors, HTTP.
+
+A credential goes only to the chosen sink; stderr gets one line per error
+(``vending: STATUS REASON: MESSAGE``) and the expiry, never a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from vending.client import bot, commands
+from vending.client.bot import approval_claims, publish_message, send_approval, sign_approval
+from vending.client.common import (
+    DEFAULT_TOKEN_FILE,
+    EPILOG,
+    GITLAB_DEFAULT_VAR,
+    IAM_ENDPOINT,
+    IAM_ENDPOINT_ENV,
+    IAM_TOKEN_ENV,
+    ID_TOKEN_COMMAND_ENV,
+    URL_ENV,
+    ClientError,
+    note,
+)
+from vending.client.identity import discover_id_token
+
+__all__ = ["ClientError", "approval_claims", "discover_id_token", "publish_message", "register", "send_approval",
+           "sign_approval"]
+
+
+# -- argument parsing ---------------------------------------------------------------------------
+def _run(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except ClientError as exc:
+            note(exc.message)
+            return exc.code
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return 130
+    return wrapper
+
+
+def _identity_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("service and caller identity")
+    g.add_argument("--url", default=os.environ.get(URL_ENV), help=f"the service URL (default ${URL_ENV})")
+    g.add_argument("--audience", help="audience of the caller's OIDC token (default: the service URL)")
+    g.add_argument("--id-token-file", metavar="FILE", help="read the caller's OIDC token from FILE")
+    g.add_argument("--id-token-command", metavar="CMD",
+                   help=f"run CMD to print the caller's OIDC token (default ${ID_TOKEN_COMMAND_ENV})")
+    g.add_argument("--gitlab-var", metavar="NAME", default=GITLAB_DEFAULT_VAR,
+                   help="GitLab id_tokens variable holding the token (default %(default)s)")
+    return p
+
+
+def _vend_options(formats: tuple[str, ...]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--service-account", required=True, metavar="EMAIL", help="the target service account")
+    p.add_argument("--delegate", action="append", metavar="SA", help="delegation chain (repeat)")
+    p.add_argument("--request-id", metavar="ID", help="vend against this ACTIVE access request")
+    p.add_argument("--reason", help="recorded on the issuance")
+    p.add_argument("--format", choices=formats, default="json",
+                   help="json (stdout), env (export lines), github ($GITHUB_OUTPUT, masked)"
+                   + (", gcloud (0600 file for CLOUDSDK_AUTH_ACCESS_TOKEN_FILE)" if "gcloud" in formats else ""))
+    p.add_argument("--output", metavar="FILE", help="write json/env output to FILE (mode 0600) instead of stdout; "
+                   f"for gcloud the token file (default {DEFAULT_TOKEN_FILE})")
+    p.add_argument("--export", action="store_true", help="github: also write the variables to $GITHUB_ENV")
+    return p
+
+
+def register(subparsers: Any) -> None:
+    ident = _identity_options()
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    def add(name: str, help_: str, func: Callable[[argparse.Namespace], int], *parents: argparse.ArgumentParser,
+            description: str = "") -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = subparsers.add_parser(
+            name, help=help_, description=description or help_, epilog=EPILOG, formatter_class=fmt,
+            parents=list(parents))
+        p.set_defaults(func=_run(func))
+        return p
+
+    p = add("token", "get a short-lived OAuth 2.0 access token of a service account", commands.cmd_token, ident,
+            _vend_options(("json", "env", "github", "gcloud")), description=(
+                "Get a short-lived access token. Output formats:\n"
+                "  json    the service's response on stdout\n"
+                "  env     export GOOGLE_OAUTH_ACCESS_TOKEN, CLOUDSDK_AUTH_ACCESS_TOKEN, VENDING_EXPIRE_TIME,\n"
+                "          VENDING_ISSUANCE_ID (eval \"$(vending token ... --format env)\")\n"
+                "  github  ::add-mask:: first, then outputs access_token, expire_time, issuance_id in\n"
+                "          $GITHUB_OUTPUT (--export: the env variables in $GITHUB_ENV too)\n"
+                "  gcloud  the token in a 0600 file; prints export CLOUDSDK_AUTH_ACCESS_TOKEN_FILE=FILE\n"
+                "The expiry is always printed on stderr; the token never is."))
+    p.add_argument("--scope", action="append", metavar="SCOPE", help="OAuth scope (repeat; default: the entitlement's)")
+    p.add_argument("--lifetime", metavar="DURATION", help="e.g. 600s, 10m (default: the entitlement's maximum)")
+
+    p = add("id-token", "get an OIDC ID token of a service account", commands.cmd_id_token, ident,
+            _vend_options(("json", "env", "github")))
+    p.add_argument("--audience-of-token", required=True, metavar="AUD", help="the ID token's audience")
+    p.add_argument("--include-email", action="store_true", help="include the email claims")
+
+    p = add("sign-jwt", "have a service account sign a JWT (signJwt)", commands.cmd_sign_jwt, ident,
+            _vend_options(("json", "env", "github")))
+    p.add_argument("--claims", metavar="JSON", help="the claims as a JSON object")
+    p.add_argument("--claim", action="append", metavar="NAME=VALUE",
+                   help="one claim (repeat); VALUE is JSON if it parses, else a string")
+
+    p = add("sign-blob", "have a service account sign bytes (signBlob)", commands.cmd_sign_blob, ident,
+            _vend_options(("json", "env", "github")))
+    p.add_argument("--payload-file", metavar="FILE", help="the bytes to sign (default: stdin)")
+
+    p = add("request", "ask for an entitlement that needs approval; prints the request id", commands.cmd_request, ident)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--entitlement", metavar="NAME")
+    target.add_argument("--service-account", metavar="EMAIL", help="instead of --entitlement")
+    p.add_argument("--justification", metavar="TEXT", help="e.g. an incident or ticket id")
+    p.add_argument("--duration", metavar="DURATION", help="approval window, e.g. 1800s, 30m")
+    p.add_argument("--scope", action="append", metavar="SCOPE")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = add("status", "show an access request's state; --wait until approved, denied or timed out", commands.cmd_status,
+            ident)
+    p.add_argument("request_id", metavar="ID")
+    p.add_argument("--wait", action="store_true", help="poll until the request leaves APPROVAL_AWAITED")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait (default %(default)s)")
+    p.add_argument("--interval", type=float, default=2, help="seconds between polls (default %(default)s)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = add("issuances", "list issued credentials (auditors: all; others: their own)", commands.cmd_issuances, ident)
+    p.add_argument("--active", action="store_true", help="only live credentials (state active)")
+    p.add_argument("--state", choices=("issuing", "active", "failed", "expired", "unconfirmed", "signed"))
+    p.add_argument("--service-account", metavar="EMAIL")
+    p.add_argument("--principal", metavar="P")
+    p.add_argument("--since", metavar="RFC3339")
+    p.add_argument("--page-size", type=int, default=100, help=argparse.SUPPRESS)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = add("publish-approval", "as a chat-ops bot: sign an approval message (signJwt) and publish it",
+            bot.cmd_publish_approval, description=(
+                "Build the claims {iss, sub: the bot, aud, iat, exp, jti, action, request_id, actor, comment},\n"
+                "have the bot's service account sign them with the IAM Credentials API signJwt, and publish\n"
+                "the JWT to Pub/Sub (honours PUBSUB_EMULATOR_HOST) or, with --deliver-to, POST it as a\n"
+                "CloudEvent to a local handle_pubsub function. Prints the message id."))
+    where = p.add_argument_group("where to publish (one of)")
+    where.add_argument("--topic", help="projects/P/topics/T, or T with --project")
+    where.add_argument("--project")
+    where.add_argument("--deliver-to", metavar="URL", help="POST a CloudEvent to a handle_pubsub function")
+    p.add_argument("--action", required=True, choices=("approve", "deny", "revoke", "request"))
+    p.add_argument("--request-id", metavar="ID", help="the access request (approve, deny, revoke)")
+    p.add_argument("--actor", required=True, metavar="EMAIL", help="the human who clicked")
+    p.add_argument("--comment")
+    p.add_argument("--entitlement", metavar="NAME", help="--action request: the entitlement asked for")
+    p.add_argument("--justification", metavar="TEXT", help="--action request")
+    p.add_argument("--duration", metavar="DURATION", help="--action request: approval window")
+    p.add_argument("--bot-service-account", required=True, metavar="EMAIL", help="the bot's service account")
+    p.add_argument("--audience", required=True, help="the service's bot_audience")
+    p.add_argument("--ttl", type=int, default=300, help="message lifetime in seconds (default %(default)s)")
+    p.add_argument("--iam-endpoint", metavar="URL",
+                   help=f"IAM Credentials API (default ${IAM_ENDPOINT_ENV} or {IAM_ENDPOINT})")
+    p.add_argument("--iam-token", metavar="TOKEN",
+                   help=f"static bearer for a local IAM stand-in (default ${IAM_TOKEN_ENV}; else Google ADC)")

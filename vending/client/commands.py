@@ -1,0 +1,231 @@
+"""Commands that call the service: token, id-token, sign-jwt, sign-blob, request, status, issuances."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from vending.client.common import (
+    EXIT_AUTH,
+    EXIT_ERROR,
+    EXIT_NETWORK,
+    EXIT_RATE_LIMITED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    EXIT_WAIT_TIMEOUT,
+    GITHUB_ENV_ENV,
+    GITHUB_OUTPUT_ENV,
+    STATE_EXIT,
+    URL_ENV,
+    ClientError,
+    as_seconds,
+    http_error,
+    note,
+    send,
+)
+from vending.client.identity import Caller
+from vending.client.output import emit, human_time
+
+
+class Api:
+    def __init__(self, args: argparse.Namespace) -> None:
+        if not args.url:
+            raise ClientError(f"--url is required (or set ${URL_ENV}).", EXIT_USAGE)
+        self.url = args.url.rstrip("/")
+        self.caller = Caller(args, self.url)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             params: dict[str, str] | None = None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.caller.token()}"}
+        resp = send(method, f"{self.url}{path}", json=body, params=params, headers=headers)
+        if not 200 <= resp.status_code < 300:
+            raise http_error(resp)
+        try:
+            data = resp.json()
+        except ValueError:
+            raise ClientError(f"{resp.status_code} from {self.url}{path} is not JSON.", EXIT_UNAVAILABLE) from None
+        if not isinstance(data, dict):
+            raise ClientError(f"unexpected response from {self.url}{path}.", EXIT_UNAVAILABLE)
+        return data
+
+
+# -- commands ------------------------------------------------------------------------------
+def _vend_body(args: argparse.Namespace, **fields: Any) -> dict[str, Any]:
+    body = {"service_account": args.service_account, "delegates": args.delegate or None, "reason": args.reason,
+            "request_id": args.request_id, **fields}
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _check_sink(args: argparse.Namespace) -> None:
+    """Refuse a sink that cannot work before a credential is minted."""
+    if args.format == "github" and not os.environ.get(GITHUB_OUTPUT_ENV):
+        raise ClientError(f"--format github needs ${GITHUB_OUTPUT_ENV} (it is set in GitHub Actions).", EXIT_USAGE)
+    if args.format == "github" and args.export and not os.environ.get(GITHUB_ENV_ENV):
+        raise ClientError(f"--export needs ${GITHUB_ENV_ENV} (it is set in GitHub Actions).", EXIT_USAGE)
+    if args.format == "github" and args.output:
+        raise ClientError("--output does not apply to --format github.", EXIT_USAGE)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    _check_sink(args)
+    body = _vend_body(args, scopes=args.scope or None, lifetime=as_seconds(args.lifetime))
+    emit("token", Api(args).call("POST", "/v1/access-tokens", body), args)
+    return 0
+
+
+def cmd_id_token(args: argparse.Namespace) -> int:
+    _check_sink(args)
+    body = _vend_body(args, audience=args.audience_of_token, include_email=args.include_email or None)
+    emit("id-token", Api(args).call("POST", "/v1/id-tokens", body), args)
+    return 0
+
+
+def _claim_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def cmd_sign_jwt(args: argparse.Namespace) -> int:
+    _check_sink(args)
+    try:
+        claims = json.loads(args.claims) if args.claims else {}
+    except ValueError:
+        raise ClientError("--claims is not valid JSON.", EXIT_USAGE) from None
+    if not isinstance(claims, dict):
+        raise ClientError("--claims must be a JSON object.", EXIT_USAGE)
+    for item in args.claim or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ClientError(f"--claim {item!r} is not NAME=VALUE.", EXIT_USAGE)
+        claims[key] = _claim_value(value)
+    emit("sign-jwt", Api(args).call("POST", "/v1/signed-jwts", _vend_body(args, claims=claims)), args)
+    return 0
+
+
+def cmd_sign_blob(args: argparse.Namespace) -> int:
+    _check_sink(args)
+    try:
+        payload = Path(args.payload_file).read_bytes() if args.payload_file else sys.stdin.buffer.read()
+    except OSError as exc:
+        raise ClientError(f"cannot read {args.payload_file}: {exc.strerror}") from None
+    body = _vend_body(args, payload=base64.b64encode(payload).decode("ascii"))
+    emit("sign-blob", Api(args).call("POST", "/v1/signed-blobs", body), args)
+    return 0
+
+
+def _describe(req: dict[str, Any]) -> str:
+    approvals = f"{len(req.get('approvals') or [])}/{req.get('quorum')} approvals"
+    text = f"request {req.get('id')} ({req.get('entitlement')}) is {req.get('state')}: {approvals}"
+    if req.get("window_end"):
+        text += f", window ends {human_time(req['window_end'])}"
+    return text
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    body = {"entitlement": args.entitlement, "service_account": args.service_account,
+            "justification": args.justification, "duration": as_seconds(args.duration), "scopes": args.scope or None}
+    req = Api(args).call("POST", "/v1/requests", {k: v for k, v in body.items() if v is not None})
+    if args.format == "json":
+        print(json.dumps(req, indent=2))
+    else:
+        print(req.get("id"))
+        note(_describe(req) + (f"; follow it with: vending status {req.get('id')} --wait"
+                                if req.get("state") == "APPROVAL_AWAITED" else ""))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    api = Api(args)
+    path = f"/v1/requests/{quote(args.request_id, safe='')}"
+    if not args.wait:
+        req = api.call("GET", path)
+        print(json.dumps(req, indent=2) if args.format == "json" else req.get("state"))
+        note(_describe(req))
+        return 0
+    tty = sys.stderr.isatty()
+    start = time.monotonic()
+    last_shown: Any = None
+    refreshed = warned = False
+    req: dict[str, Any] = {}
+    while True:
+        try:
+            req = api.call("GET", path)
+            refreshed = False
+        except ClientError as exc:
+            if exc.code == EXIT_AUTH and not refreshed:  # the identity token expired while waiting
+                api.caller.refresh()
+                refreshed = True
+                continue
+            if exc.code not in (EXIT_NETWORK, EXIT_UNAVAILABLE, EXIT_RATE_LIMITED):
+                raise
+            if not warned:
+                note(f"{exc.message} (still waiting)")
+                warned = True
+        elapsed = time.monotonic() - start
+        if req and req.get("state") != "APPROVAL_AWAITED":
+            break
+        count = len(req.get("approvals") or [])
+        line = (f"waiting for approval: {count}/{req.get('quorum', '?')} approvals, "
+                f"{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d} elapsed")
+        if tty:
+            sys.stderr.write("\r\033[K" + line)
+            sys.stderr.flush()
+        elif last_shown != count:
+            print(line, file=sys.stderr, flush=True)
+            last_shown = count
+        if elapsed >= args.timeout:
+            if tty:
+                sys.stderr.write("\n")
+            note(f"timed out after {args.timeout:g}s; request {args.request_id} is still APPROVAL_AWAITED")
+            return EXIT_WAIT_TIMEOUT
+        time.sleep(max(0.05, min(args.interval, args.timeout - elapsed)))
+    if tty:
+        sys.stderr.write("\n")
+    state = str(req.get("state"))
+    print(json.dumps(req, indent=2) if args.format == "json" else state)
+    note(_describe(req))
+    return STATE_EXIT.get(state, EXIT_ERROR)
+
+
+def _live_until(issuance: dict[str, Any]) -> str | None:
+    """When the credential stops being valid (for an unconfirmed one: at the latest)."""
+    if issuance.get("state") in ("issuing", "unconfirmed"):
+        return issuance.get("reserved_until")
+    return issuance.get("expire_time")
+
+
+def cmd_issuances(args: argparse.Namespace) -> int:
+    api = Api(args)
+    params = {"state": "active" if args.active else args.state, "service_account": args.service_account,
+              "principal": args.principal, "since": args.since, "page_size": str(args.page_size)}
+    params = {k: v for k, v in params.items() if v}
+    rows: list[dict[str, Any]] = []
+    while True:
+        page = api.call("GET", "/v1/issuances", params=params)
+        rows.extend(page.get("issuances") or [])
+        if not page.get("next_page_token"):
+            break
+        params["page_token"] = str(page["next_page_token"])
+    if args.format == "json":
+        print(json.dumps({"issuances": rows}, indent=2))
+        return 0
+    header = ("ID", "KIND", "STATE", "SERVICE ACCOUNT", "PRINCIPAL", "EXPIRES")
+    table = [header] + [(str(r.get("id")), str(r.get("kind")), str(r.get("state")) + ("!" if r.get("break_glass")
+                         else ""), str(r.get("service_account")), str(r.get("principal")),
+                         human_time(_live_until(r))) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    note(f"{len(rows)} issuance(s)" + (" (! = break-glass)" if any(r.get("break_glass") for r in rows) else ""))
+    return 0
+
+

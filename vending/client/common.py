@@ -1,0 +1,101 @@
+"""Exit codes, environment names, errors and HTTP helpers shared by the client commands."""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any
+
+import requests
+
+# -- exit codes ---------------------------------------------------------------------
+EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_DENIED, EXIT_BAD_REQUEST = 1, 2, 3, 4, 5
+EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_RATE_LIMITED, EXIT_UNAVAILABLE, EXIT_NETWORK = 6, 7, 8, 9, 10
+EXIT_NO_IDENTITY = 11
+STATE_EXIT = {"ACTIVE": 0, "DENIED": 20, "REVOKED": 21, "WITHDRAWN": 22, "EXPIRED": 23, "ENDED": 24}
+EXIT_WAIT_TIMEOUT = 25
+HTTP_EXIT = {400: EXIT_BAD_REQUEST, 401: EXIT_AUTH, 403: EXIT_DENIED, 404: EXIT_NOT_FOUND,
+             405: EXIT_BAD_REQUEST, 409: EXIT_CONFLICT, 413: EXIT_BAD_REQUEST, 429: EXIT_RATE_LIMITED}
+
+EPILOG = """\
+exit codes:
+   0  success                       7  conflict (409, e.g. approval already used)
+   1  local error (file, output)    8  rate limited (429)
+   2  usage                         9  service or upstream unavailable (5xx)
+   3  not authenticated (401)      10  network error (service unreachable)
+   4  permission denied (403)      11  no caller identity token found
+   5  bad request (400)            20-24  status --wait ended DENIED, REVOKED,
+   6  not found (404)                     WITHDRAWN, EXPIRED, ENDED
+                                   25  status --wait timed out
+errors print one line on stderr: "vending: STATUS REASON: MESSAGE"."""
+
+# -- environment: constants so tests can point them at local fakes -----------------
+URL_ENV = "VENDING_URL"
+ID_TOKEN_COMMAND_ENV = "VENDING_ID_TOKEN_COMMAND"
+GITHUB_REQUEST_URL_ENV = "ACTIONS_ID_TOKEN_REQUEST_URL"
+GITHUB_REQUEST_TOKEN_ENV = "ACTIONS_ID_TOKEN_REQUEST_TOKEN"
+GITHUB_OUTPUT_ENV = "GITHUB_OUTPUT"
+GITHUB_ENV_ENV = "GITHUB_ENV"
+GITLAB_DEFAULT_VAR = "VENDING_ID_TOKEN"
+GITLAB_LEGACY_VAR = "CI_JOB_JWT_V2"
+METADATA_HOST_ENV = "GCE_METADATA_HOST"
+METADATA_HOST = "metadata.google.internal"
+METADATA_IDENTITY_PATH = "/computeMetadata/v1/instance/service-accounts/default/identity"
+IAM_ENDPOINT_ENV = "VENDING_IAM_ENDPOINT"
+IAM_TOKEN_ENV = "VENDING_IAM_TOKEN"
+IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
+PUBSUB_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
+DEFAULT_TOKEN_FILE = ".vending/access-token"
+USER_AGENT = "vending-client/0.1"
+JWT_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+class ClientError(Exception):
+    """A failure shown as one line on stderr, with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def one_line(text: Any, limit: int = 400) -> str:
+    return re.sub(r"\s+", " ", "".join(c if c.isprintable() else " " for c in str(text))).strip()[:limit]
+
+
+def note(text: str) -> None:
+    print(f"vending: {text}", file=sys.stderr, flush=True)
+
+
+# -- HTTP ------------------------------------------------------------------------------
+def http_error(resp: requests.Response) -> ClientError:
+    try:
+        err = resp.json()["error"]
+        reason, message, request_id = err.get("reason"), err.get("message"), err.get("request_id")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        reason, message, request_id = "http-error", resp.reason or "unexpected response", None
+    line = f"{resp.status_code} {one_line(reason, 80)}: {one_line(message)}"
+    if resp.status_code == 429 and resp.headers.get("Retry-After"):
+        line += f" (retry after {one_line(resp.headers['Retry-After'], 10)}s)"
+    if request_id:
+        line += f" [request {one_line(request_id, 40)}]"
+    code = HTTP_EXIT.get(resp.status_code, EXIT_UNAVAILABLE if resp.status_code >= 500 else EXIT_BAD_REQUEST)
+    return ClientError(line, code)
+
+
+def send(method: str, url: str, **kw: Any) -> requests.Response:
+    kw.setdefault("timeout", (10, 60))
+    kw.setdefault("headers", {})["User-Agent"] = USER_AGENT
+    try:
+        return requests.request(method, url, **kw)
+    except requests.RequestException as exc:
+        raise ClientError(f"network error: cannot reach {url.split('?')[0]} ({type(exc).__name__})",
+                          EXIT_NETWORK) from None
+
+
+def as_seconds(value: str | None) -> str | None:
+    if value is None:
+        return None
+    m = re.fullmatch(r"([0-9]+)([smh]?)", value.strip())
+    if not m:
+        raise ClientError(f"{value!r} is not a duration such as 600s, 10m or 1h.", EXIT_USAGE)
+    return f"{int(m.group(1)) * {'': 1, 's': 1, 'm': 60, 'h': 3600}[m.group(2)]}s"
