@@ -66,7 +66,7 @@ def parse(string_to_sign: bytes, canonical_request: str | None, now: _dt.datetim
     if not _STAMP_RE.fullmatch(stamp):
         raise _bad("the string-to-sign has no valid timestamp (YYYYMMDDTHHMMSSZ).")
     try:
-        signed_at = _dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=_dt.timezone.utc)
+        signed_at = _dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=_dt.UTC)
     except ValueError as exc:
         raise _bad("the string-to-sign has no valid timestamp (YYYYMMDDTHHMMSSZ).") from exc
     if abs((signed_at - now).total_seconds()) > MAX_SKEW_S:

@@ -364,8 +364,8 @@ def test_signed_jwt_bad_input(harness: ServiceHarness, body: dict[str, Any], sta
 
 def test_signed_jwt_duplicate_claim_is_refused(harness: ServiceHarness) -> None:
     # GIVEN a body whose claims repeat aud (parsers disagree on which one wins)
-    raw = ('{"service_account": "%s", "claims": {"aud": "%s", "aud": "https://evil.example/"}}'
-           % (DEMO_SA, EXAMPLE_AUD)).encode()
+    raw = (f'{{"service_account": "{DEMO_SA}", '
+           f'"claims": {{"aud": "{EXAMPLE_AUD}", "aud": "https://evil.example/"}}}}').encode()
     assert_refused(harness, harness.post(SIGNED_JWTS, raw=raw), 400, "duplicate-field")
 
 
@@ -605,7 +605,7 @@ def test_example_configuration_grants_the_demo_subject_all_three_kinds() -> None
 
     pol = load_policy("config/example.yaml")
     demo = _demo_principal()
-    now = _dt.datetime(2026, 11, 28, 12, 0, tzinfo=_dt.timezone.utc)
+    now = _dt.datetime(2026, 11, 28, 12, 0, tzinfo=_dt.UTC)
     now_s = int(now.timestamp())
 
     # ID tokens for https://*.run.app audiences, and nothing else
@@ -679,7 +679,7 @@ def _jwt_entitlement(max_ttl: int = 7200) -> Any:
 def test_google_api_audiences_are_recognised(aud: str, ttl: int) -> None:
     from vending.service import _jwt_claims
 
-    now = _dt.datetime(2026, 11, 28, 12, 0, tzinfo=_dt.timezone.utc)
+    now = _dt.datetime(2026, 11, 28, 12, 0, tzinfo=_dt.UTC)
     claims = _jwt_claims(_jwt_entitlement(), {"aud": aud}, now, None)
     assert claims["exp"] == int(now.timestamp()) + ttl
 

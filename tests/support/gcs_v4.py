@@ -50,7 +50,7 @@ def v4_request(bucket: str = "allowed-bucket", obj: str = "reports/2026/q4 summa
 
     ``query`` adds or overrides query parameters (after the X-Goog-* ones), ``drop`` removes some.
     """
-    stamp = at.astimezone(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = at.astimezone(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     scope = f"{stamp[:8]}/{location}/storage/goog4_request"
     host = f"{bucket}.storage.googleapis.com" if virtual_host else "storage.googleapis.com"
     path = ("/" if virtual_host else f"/{bucket}/") + quote(obj, safe="/~")
@@ -68,17 +68,17 @@ def v4_request(bucket: str = "allowed-bucket", obj: str = "reports/2026/q4 summa
         params.pop(name, None)
     canonical_query = "&".join(f"{_enc(k)}={_enc(v)}" for k, v in sorted(params.items()))
     canonical_headers = "".join(f"{k}:{hdrs[k]}\n" for k in sorted(hdrs))
-    canonical_request = "\n".join([method, path, canonical_query, canonical_headers, signed_headers,
-                                   "UNSIGNED-PAYLOAD"])
-    string_to_sign = "\n".join([ALGORITHM, stamp, scope, hashlib.sha256(canonical_request.encode()).hexdigest()])
+    # canonical_headers ends with "\n": with the joining "\n" that makes the documented blank line.
+    canonical_request = f"{method}\n{path}\n{canonical_query}\n{canonical_headers}\n{signed_headers}\nUNSIGNED-PAYLOAD"
+    string_to_sign = f"{ALGORITHM}\n{stamp}\n{scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
     return V4(host, path, canonical_query, canonical_request, string_to_sign,
-              _dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=_dt.timezone.utc),
+              _dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=_dt.UTC),
               int(expires_s) if str(expires_s).isdigit() else 0)
 
 
 def restamp(canonical_request: str, at: _dt.datetime, location: str = "auto") -> bytes:
     """A string-to-sign for an arbitrary (possibly hand-edited) canonical request."""
-    stamp = at.astimezone(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = at.astimezone(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     scope = f"{stamp[:8]}/{location}/storage/goog4_request"
     digest = hashlib.sha256(canonical_request.encode()).hexdigest()
-    return "\n".join([ALGORITHM, stamp, scope, digest]).encode("ascii")
+    return f"{ALGORITHM}\n{stamp}\n{scope}\n{digest}".encode("ascii")

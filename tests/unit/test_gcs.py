@@ -16,7 +16,7 @@ from vending import gcs
 from vending.errors import BadRequestError
 
 SA = "demo-deployer@local-project.iam.gserviceaccount.com"
-NOW = _dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=_dt.timezone.utc)
+NOW = _dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=_dt.UTC)
 
 
 def parse_v4(**kw: object) -> gcs.V4Request:
