@@ -29,7 +29,7 @@ from vending.errors import (
     RateLimitedError,
     VendingError,
 )
-from vending.inputs import MAX_BODY_BYTES
+from vending.inputs import MAX_BLOB_BODY_BYTES, MAX_BODY_BYTES
 
 Handler = Callable[[Request, dict[str, str]], Any]
 
@@ -48,13 +48,13 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 ]
 
 
-def _read_body(request: Request) -> bytes:
+def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     length = request.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        raise BadRequestError(f"The body is larger than {MAX_BODY_BYTES} bytes.", reason="body-too-large")
-    data = request.stream.read(MAX_BODY_BYTES + 1)
-    if len(data) > MAX_BODY_BYTES:
-        raise BadRequestError(f"The body is larger than {MAX_BODY_BYTES} bytes.", reason="body-too-large")
+    if length is not None and length > limit:
+        raise BadRequestError(f"The body is larger than {limit} bytes.", reason="body-too-large")
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise BadRequestError(f"The body is larger than {limit} bytes.", reason="body-too-large")
     return data
 
 
@@ -201,4 +201,5 @@ class Handlers:
         return self.service.vend_signed_jwt(request.headers.get("Authorization"), _read_body(request))
 
     def signed_blob(self, request: Request, params: dict[str, str]) -> Any:
-        return self.service.vend_signed_blob(request.headers.get("Authorization"), _read_body(request))
+        return self.service.vend_signed_blob(request.headers.get("Authorization"),
+                                             _read_body(request, MAX_BLOB_BODY_BYTES))

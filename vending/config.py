@@ -157,12 +157,12 @@ class SignedJwtRules(_Model):
 
 
 class SignedBlobRules(_Model):
-    max_payload_bytes: int = Field(default=65536, gt=0, le=1024 * 1024)
+    max_payload_bytes: int = Field(default=65536, gt=0, le=65536)  # bodies are capped at 128 KiB
     gcs_v4_only: bool = False
     buckets: tuple[Matcher, ...] = ()
 
     @model_validator(mode="after")
-    def _buckets_need_v4(self) -> "SignedBlobRules":
+    def _buckets_need_v4(self) -> SignedBlobRules:
         if self.buckets and not self.gcs_v4_only:
             raise ValueError("buckets restricts Cloud Storage V4 string-to-sign payloads; set gcs_v4_only: true")
         return self

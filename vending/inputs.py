@@ -18,6 +18,8 @@ from vending.config import SA_EMAIL_RE, normalize_delegate
 from vending.errors import BadRequestError
 
 MAX_BODY_BYTES = 64 * 1024
+# signBlob bodies carry a base64 payload of up to 64 KiB (87,384 characters) plus a V4 canonical request.
+MAX_BLOB_BODY_BYTES = 128 * 1024
 _LIFETIME_RE = re.compile(r"([0-9]{1,6})s")
 _SCOPE_RE = re.compile(r"https://www\.googleapis\.com/auth/[A-Za-z0-9._/-]{1,200}|openid|email|profile")
 _ID_RE = re.compile(r"[a-f0-9]{32}")
@@ -32,9 +34,9 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def parse_json(raw: bytes) -> dict[str, Any]:
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequestError(f"The body is larger than {MAX_BODY_BYTES} bytes.", reason="body-too-large")
+def parse_json(raw: bytes, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    if len(raw) > limit:
+        raise BadRequestError(f"The body is larger than {limit} bytes.", reason="body-too-large")
     try:
         text = raw.decode("utf-8")
         body = json.loads(text, object_pairs_hook=_reject_duplicates) if text.strip() else None

@@ -293,7 +293,7 @@ class Service(Queries):
         def run() -> dict[str, Any]:
             caller = self.authenticate(authorization)
             audit.set(principal=caller.principal.identity, issuer=caller.principal.issuer)
-            body = inputs.signed_blob_body(inputs.parse_json(raw_body))
+            body = inputs.signed_blob_body(inputs.parse_json(raw_body, inputs.MAX_BLOB_BODY_BYTES))
             audit.set(service_account=body.service_account, payload_bytes=len(body.payload),
                       payload_sha256=ledger.sha256(body.payload), access_request_id=body.request_id)
             now = clock.now()

@@ -413,10 +413,6 @@ def test_signed_blob_at_the_limit_is_signed_and_one_byte_more_is_refused(small_b
     assert h.issuance_count() == 1 and h.standin.minted == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "base64 of a 64 KiB payload (87,384 characters) exceeds the 64 KiB body limit "
-    "(vending.inputs.MAX_BODY_BYTES, enforced by vending.api._read_body), so POST /v1/signed-blobs "
-    "answers body-too-large before the entitlement's max_payload_bytes is applied"))
 def test_deploy_signs_64_kib_blobs_but_not_one_byte_more(harness: ServiceHarness) -> None:
     payload = secrets.token_bytes(DEPLOY_MAX_PAYLOAD)
     ok = harness.post(SIGNED_BLOBS, blob_body(payload))

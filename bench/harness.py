@@ -1,0 +1,411 @@
+"""The benchmark run: set up the processes, measure every figure beside its floor, report.
+
+Processes (each its own session, all stopped at the end, also on Ctrl-C):
+- the Firestore emulator (``tests/emulators.py``),
+- the IAM Credentials stand-in (``python -m vending.local.iamcredentials``),
+- the bench CI issuer's JWKS server (``python -m bench.jwks``),
+- the function under test, one at a time, as a real functions-framework
+  server (gunicorn, 1 worker, 8 threads: the defaults): ``main.vend_http``
+  on Firestore, on SQLite, ``bench/naive.py`` and ``bench/trivial.py``,
+- load generators, floors and in-process figures as short-lived children.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import common
+from bench.common import PY, ROOT, Child, free_port, median, run_json, summary, wait_http
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Plan:
+    latency_n: int          # measured vends per latency series (split in two interleaved blocks)
+    warmup: int             # unmeasured requests before each block
+    naive_n: int
+    rss_half: int           # vends per half of the RSS run (target: 5,000 + 5,000)
+    trivial_n: int
+    concurrency: int        # client threads for throughput (= the server's 8 threads)
+    cold_reps: int
+    roundtrip_n: int
+    sweep_sizes: tuple[int, int]
+    sweep_due: int
+    sweep_reps: int
+    verify_n: int
+
+
+FULL = Plan(latency_n=2000, warmup=50, naive_n=500, rss_half=5000, trivial_n=5000, concurrency=8, cold_reps=10,
+            roundtrip_n=200, sweep_sizes=(1000, 10000), sweep_due=100, sweep_reps=5, verify_n=2000)
+QUICK = Plan(latency_n=40, warmup=5, naive_n=10, rss_half=100, trivial_n=200, concurrency=8, cold_reps=1,
+             roundtrip_n=10, sweep_sizes=(150, 300), sweep_due=50, sweep_reps=1, verify_n=200)
+
+COLD_MAIN = """\
+import time
+_t0 = time.perf_counter()
+import json, sys
+from functions_framework import create_app
+client = create_app("vend_http", "main.py").test_client()
+resp = client.post("/v1/access-tokens", data=sys.argv[2].encode(),
+                   headers={"Authorization": "Bearer " + sys.argv[1], "Content-Type": "application/json"})
+_t1 = time.perf_counter()
+if resp.status_code != 200:
+    raise SystemExit(f"cold vend answered {resp.status_code}: {resp.get_data(as_text=True)[:300]}")
+print("BENCH_RESULT " + json.dumps({"s": _t1 - _t0}), flush=True)
+"""
+
+COLD_FLOOR = """\
+import time
+_t0 = time.perf_counter()
+import functions_framework
+import google.cloud.firestore
+import google.auth
+_t1 = time.perf_counter()
+import json
+print("BENCH_RESULT " + json.dumps({"s": _t1 - _t0}), flush=True)
+"""
+
+
+def _proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM (peak) of ``pid`` in bytes, from /proc."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, value = line.split(":", 1)
+                out[name] = int(value.split()[0]) * 1024
+    return out
+
+
+class RssSampler:
+    """Samples a process's RSS every ``interval_s`` in a thread (psutil)."""
+
+    def __init__(self, pid: int, interval_s: float = 0.1) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._interval = interval_s
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.monotonic() - self._t0, int(self.proc.memory_info().rss)))
+            except Exception:  # noqa: BLE001 - the process ended
+                return
+            self._stop.wait(self._interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    @property
+    def peak(self) -> int:
+        return max((rss for _, rss in self.samples), default=0)
+
+
+class Bench:
+    def __init__(self, plan: Plan, out_dir: Path, *, quick: bool) -> None:
+        self.plan = plan
+        self.quick = quick
+        self.out_dir = out_dir
+        self.run_dir = Path(tempfile.mkdtemp(prefix="vending-bench-"))
+        self.state = self.run_dir / "issuer"
+        self.logs = self.run_dir / "logs"
+        self.logs.mkdir(parents=True)
+        self.raw: dict[str, Any] = {}
+        self.emulator: Any = None
+        self.children: list[Child] = []
+        self._seq = 0
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def _path(self, stem: str) -> Path:
+        self._seq += 1
+        return self.run_dir / f"{self._seq:02d}-{stem}.json"
+
+    def _child(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        child = Child(name, argv, env, self.logs / f"{name}.log").start()
+        self.children.append(child)
+        return child
+
+    def run_json(self, name: str, argv: list[str], env: dict[str, str]) -> Any:
+        out = self._path(name)
+        return run_json([*argv, "--out", str(out)], env, out, self.logs / f"{name}.log")
+
+    def serve(self, name: str, target: str, source: str, env: dict[str, str], health: str = "/") -> tuple[Child, str]:
+        """A real functions-framework server process (gunicorn defaults: 1 worker, 8 threads)."""
+        port = free_port()
+        env = {k: v for k, v in env.items() if k not in ("WORKERS", "THREADS")}
+        child = self._child(name, [PY, "-m", "functions_framework", "--target", target, "--source", source,
+                                   "--host", "127.0.0.1", "--port", str(port)], env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(url + health, proc=child.proc)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{name}: {exc}\n{child.tail()}") from None
+        return child, url
+
+    def stop_child(self, child: Child) -> None:
+        child.stop()
+        if child in self.children:
+            self.children.remove(child)
+
+    def loadgen(self, name: str, url: str, n: int, *, concurrency: int = 1, tokens: bool = True,
+                expect_token: bool = True) -> dict[str, Any]:
+        argv = [PY, "-m", "bench.loadgen", "--url", url, "--n", str(n), "--warmup", str(self.plan.warmup),
+                "--concurrency", str(concurrency)]
+        if tokens:
+            argv += ["--state", str(self.state)]
+        if expect_token:
+            argv.append("--expect-token")
+        result: dict[str, Any] = self.run_json(name, argv, self.env_base)
+        if result["errors"] or result["warmup_errors"]:
+            raise RuntimeError(f"{name}: {result['errors']} failed requests (+{result['warmup_errors']} in the "
+                               f"warm-up): {result['error_samples'] or result['warmup_error_samples']}")
+        return result
+
+    def floor(self, name: str, mode: str, n: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.run_json(name, [PY, "-m", "bench.floor", "--mode", mode, "--iam", self.iam_url,
+                                                      "--n", str(n), "--warmup", str(self.plan.warmup)],
+                                               self.env_base)
+        return result
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from tests import emulators
+
+        self.say(f"run directory {self.run_dir}")
+        self.say("starting the Firestore emulator")
+        self.emulator = emulators.firestore_emulator(common.PROJECT, log_dir=self.logs)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VENDING_", "NAIVE_"))}
+        env.update(FIRESTORE_EMULATOR_HOST=self.emulator.host, GOOGLE_CLOUD_PROJECT=common.PROJECT,
+                   PYTHONPATH=str(ROOT))
+
+        iam_port = free_port()
+        iam = self._child("iam-standin", [PY, "-m", "vending.local.iamcredentials", "--policy",
+                                          "config/local-iam.yaml", "--port", str(iam_port)], env)
+        self.iam_url = f"http://127.0.0.1:{iam_port}"
+        common.issuer(self.state)  # create the key before the JWKS server and the minters read it
+        jwks_port = free_port()
+        jwks = self._child("jwks", [PY, "-m", "bench.jwks", "--state", str(self.state), "--port", str(jwks_port)],
+                           env)
+        self.jwks_url = f"http://127.0.0.1:{jwks_port}"
+        wait_http(self.iam_url + "/_standin/health", proc=iam.proc)
+        wait_http(self.jwks_url + "/_fetches", proc=jwks.proc)
+
+        policy = (ROOT / "bench" / "policy.yaml").read_text().replace("JWKS_PORT", str(jwks_port))
+        policy_path = self.run_dir / "policy.yaml"
+        policy_path.write_text(policy)
+        env.update(VENDING_CONFIG=str(policy_path), VENDING_PROJECT=common.PROJECT,
+                   VENDING_IAM_ENDPOINT=self.iam_url, VENDING_IAM_TOKEN=common.IAM_TOKEN,
+                   VENDING_KEYS_BASE_URL=self.iam_url)
+        self.env_base = env
+        self.env_fs = {**env, "VENDING_STORE": "firestore"}
+        self.env_sqlite = {**env, "VENDING_STORE": f"sqlite:{self.run_dir / 'vending.db'}"}
+        self.env_naive = {**env, "NAIVE_AUDIENCE": common.AUDIENCE,
+                          "NAIVE_CERTS_URL": f"{self.jwks_url}/.well-known/jwks.json",
+                          "NAIVE_IAM_ENDPOINT": self.iam_url, "NAIVE_IAM_TOKEN": common.IAM_TOKEN,
+                          "NAIVE_PROJECT": common.PROJECT}
+
+    def teardown(self) -> None:
+        for child in reversed(self.children):
+            try:
+                child.stop()
+            except Exception as exc:  # noqa: BLE001
+                print(f"bench: could not stop {child.name}: {exc}", file=sys.stderr)
+        self.children.clear()
+        common.stop_children()
+        if self.emulator is not None:
+            self.emulator.stop()
+            self.emulator = None
+
+    # -- figures -------------------------------------------------------------------------------
+
+    def fig_verify(self) -> None:
+        self.say("caller token verification (cached keys) vs bare cryptography RS256 verify")
+        self.raw["verify"] = self.run_json("verify", [PY, "-m", "bench.inproc", "verify", "--state", str(self.state),
+                                                      "--n", str(self.plan.verify_n)], self.env_fs)
+
+    def fig_roundtrips(self) -> None:
+        self.say("remote round trips per warm vend (counting store around FirestoreStore, stand-in counters)")
+        self.raw["roundtrips"] = self.run_json("roundtrips", [
+            PY, "-m", "bench.inproc", "roundtrips", "--n", str(self.plan.roundtrip_n), "--iam", self.iam_url,
+            "--jwks", self.jwks_url, "--state", str(self.state)], self.env_fs)
+
+    def fig_cold_start(self) -> None:
+        reps = self.plan.cold_reps
+        self.say(f"cold start: {reps} fresh processes each for main (import + first vend) and the imports floor")
+        tokens = common.mint_tokens(self.state, reps + 1)
+        body = common.vend_body().decode()
+
+        def once(script: str, *extra: str) -> float:
+            proc = subprocess.run([PY, "-c", script, *extra], env=self.env_fs, cwd=ROOT, capture_output=True,
+                                  text=True, timeout=120, check=False)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
+            if proc.returncode != 0 or not lines:
+                raise RuntimeError(f"cold start child failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+            return float(json.loads(lines[-1].split(" ", 1)[1])["s"])
+
+        once(COLD_FLOOR)  # compile caches, warm the page cache: not measured
+        once(COLD_MAIN, tokens[0], body)
+        ours, floor = [], []
+        for i in range(reps):  # interleaved, so drift hits both alike
+            floor.append(once(COLD_FLOOR))
+            ours.append(once(COLD_MAIN, tokens[i + 1], body))
+        self.raw["cold_start"] = {"ours_s": ours, "floor_s": floor, "ours_median_s": median(ours),
+                                  "floor_median_s": median(floor)}
+
+    def fig_latency_firestore(self) -> None:
+        n = self.plan.latency_n
+        self.say(f"warm vend latency, Firestore: {n} vends through the HTTP function vs {n} direct floors")
+        server, url = self.serve("server-firestore", "vend_http", "main.py", self.env_fs, "/healthz")
+        try:
+            ours, floor = [], []
+            for block in range(2):  # interleaved blocks: floor, ours, floor, ours
+                floor += self.floor(f"floor-firestore-{block}", "firestore", n // 2)["latencies_ms"]
+                ours += self.loadgen(f"latency-firestore-{block}", url + common.VEND_PATH, n // 2)["latencies_ms"]
+        finally:
+            self.stop_child(server)
+        self.raw["latency_firestore"] = {"ours_ms": ours, "floor_ms": floor}
+
+    def fig_latency_sqlite(self) -> None:
+        n = self.plan.latency_n
+        self.say(f"warm vend latency, embedded SQLite: {n} vends vs {n} IAM calls alone")
+        server, url = self.serve("server-sqlite", "vend_http", "main.py", self.env_sqlite, "/healthz")
+        try:
+            ours, floor = [], []
+            for block in range(2):
+                floor += self.floor(f"floor-iam-{block}", "iam", n // 2)["latencies_ms"]
+                ours += self.loadgen(f"latency-sqlite-{block}", url + common.VEND_PATH, n // 2)["latencies_ms"]
+        finally:
+            self.stop_child(server)
+        self.raw["latency_sqlite"] = {"ours_ms": ours, "floor_ms": floor}
+
+    def fig_naive(self) -> None:
+        n = self.plan.naive_n
+        self.say(f"the naive function (Google samples style): {n} vends")
+        server, url = self.serve("server-naive", "vend_naive", "bench/naive.py", self.env_naive)
+        try:
+            result = self.loadgen("latency-naive", url + common.VEND_PATH, n)
+        finally:
+            self.stop_child(server)
+        self.raw["naive"] = {"ms": result["latencies_ms"]}
+
+    def fig_throughput_rss(self) -> None:
+        half, c = self.plan.rss_half, self.plan.concurrency
+        self.say(f"throughput and RSS: {2 * half} vends at concurrency {c} on a fresh Firestore instance")
+        server, url = self.serve("server-rss", "vend_http", "main.py", self.env_fs, "/healthz")
+        try:
+            import psutil
+
+            workers = psutil.Process(server.pid).children(recursive=True)
+            if len(workers) != 1:
+                raise RuntimeError(f"expected one gunicorn worker, found {len(workers)}")
+            worker = workers[0].pid
+            sampler = RssSampler(worker)
+            idle = _proc_status(worker)["VmRSS"]
+            first = self.loadgen("throughput-1", url + common.VEND_PATH, half, concurrency=c)
+            after_first = _proc_status(worker)["VmRSS"]
+            second = self.loadgen("throughput-2", url + common.VEND_PATH, half, concurrency=c)
+            status = _proc_status(worker)
+            sampler.stop()
+            arbiter = _proc_status(server.pid)["VmRSS"]
+        finally:
+            self.stop_child(server)
+        vends = first["n"] + second["n"]
+        wall = first["wall_s"] + second["wall_s"]
+        self.raw["rss"] = {
+            "worker_pid": worker, "idle_rss": idle, "rss_after_first_half": after_first, "rss_after_all": status["VmRSS"],
+            "peak_rss_vmhwm": status["VmHWM"], "peak_rss_sampled": sampler.peak, "arbiter_rss": arbiter,
+            "vends_per_half": half, "samples": sampler.samples[:: max(1, len(sampler.samples) // 400)],
+        }
+        self.raw["throughput"] = {"vends": vends, "wall_s": wall, "rps": vends / wall,
+                                  "latency_ms": summary(first["latencies_ms"] + second["latencies_ms"])}
+        self.say("throughput of a trivial handler on the same server")
+        server, url = self.serve("server-trivial", "trivial", "bench/trivial.py", self.env_base)
+        try:
+            result = self.loadgen("throughput-trivial", url + common.VEND_PATH, self.plan.trivial_n, concurrency=c,
+                                  tokens=False, expect_token=False)
+        finally:
+            self.stop_child(server)
+        self.raw["throughput"]["trivial_rps"] = result["throughput_rps"]
+        self.raw["throughput"]["trivial_latency_ms"] = summary(result["latencies_ms"])
+
+    def fig_sweep(self) -> None:
+        small, large = self.plan.sweep_sizes
+        self.say(f"sweep: {large:,}-record vs {small:,}-record ledger, {self.plan.sweep_due} due each")
+        self.raw["sweep"] = self.run_json("sweep", [
+            PY, "-m", "bench.inproc", "sweep", "--sizes", f"{small},{large}", "--due", str(self.plan.sweep_due),
+            "--reps", str(self.plan.sweep_reps)], self.env_fs)
+
+    def run(self) -> dict[str, Any]:
+        started = time.time()
+        t0 = time.monotonic()
+        self.setup()
+        self.fig_verify()
+        self.fig_roundtrips()
+        self.fig_cold_start()
+        self.fig_latency_firestore()
+        self.fig_latency_sqlite()
+        self.fig_naive()
+        self.fig_throughput_rss()
+        self.fig_sweep()
+        duration = time.monotonic() - t0
+        return {
+            "mode": "quick" if self.quick else "full",
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "duration_s": duration,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "plan": asdict(self.plan),
+            "raw": self.raw,
+        }
+
+
+def run(out_dir: Path, *, quick: bool) -> dict[str, Any]:
+    from bench import report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(QUICK if quick else FULL, out_dir, quick=quick)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    ok = False
+    try:
+        data = bench.run()
+        ok = True
+    finally:
+        bench.say("stopping every process started")
+        bench.teardown()
+        signal.signal(signal.SIGTERM, previous)
+        if ok:
+            shutil.rmtree(bench.run_dir, ignore_errors=True)
+        else:
+            print(f"bench: logs kept in {bench.logs}", file=sys.stderr)
+    data["figures"] = report.figures(data)
+    report.write(data, out_dir)
+    return data
