@@ -173,7 +173,7 @@ PUBLIC_FIELDS = (
     "id", "kind", "state", "principal", "issuer", "subject", "entitlement", "service_account",
     "delegates", "scopes", "lifetime_s", "reason", "request_id", "break_glass", "created_at",
     "reserved_until", "issued_at", "expire_time", "token_sha256", "key_id", "failure",
-    "audience", "expired_at",
+    "audience", "expired_at", "payload_sha256", "bucket", "object",
 )
 
 

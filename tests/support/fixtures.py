@@ -59,3 +59,68 @@ def any_harness(request: pytest.FixtureRequest, oidc: TestIssuer, standin: Any,
     h = ServiceHarness(store, oidc, standin, tmp_path)
     yield h
     h.close()
+
+
+# -- run-wide audits (issue 9) ------------------------------------------------------------------------
+# Every test that uses a harness is audited: each credential the IAM stand-in minted during the test
+# (and each caller token sent) is searched for in the vending log lines and stdlib log records, the
+# store's documents, error bodies, response headers and published events. The run's figures are
+# printed at the end, with those the security and fault suites add to ``suite_figures``.
+
+from tests.support.audit import CredentialArchive, LeakAudit  # noqa: E402
+
+HARNESS_FIXTURES = ("harness", "fs_harness", "any_harness")
+
+
+class SuiteFigures:
+    """Lines printed in the terminal summary: cases, examples, repetitions, faults injected."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        print(line)
+
+
+def _write_summary(request: pytest.FixtureRequest, title: str, lines: list[str]) -> None:
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or not lines:
+        return
+    reporter.ensure_newline()
+    reporter.section(title, sep="-")
+    for line in lines:
+        reporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def suite_figures(request: pytest.FixtureRequest) -> Iterator[SuiteFigures]:
+    figures = SuiteFigures()
+    yield figures
+    _write_summary(request, "security and fault suite figures", figures.lines)
+
+
+@pytest.fixture(scope="session")
+def credential_archive(request: pytest.FixtureRequest) -> Iterator[CredentialArchive]:
+    archive = CredentialArchive()
+    yield archive
+    if archive.tests:
+        _write_summary(request, "secrets audit", [archive.summary()])
+
+
+@pytest.fixture(autouse=True)
+def leak_audit(request: pytest.FixtureRequest, credential_archive: CredentialArchive) -> Iterator[LeakAudit | None]:
+    """Audit a harness test for credential leaks (torn down before the harness it watches)."""
+    names = [n for n in HARNESS_FIXTURES if n in request.fixturenames]
+    if not names:
+        yield None
+        return
+    audit = LeakAudit()
+    audit.install()
+    try:
+        audit.watch(request.getfixturevalue(names[0]))
+        yield audit
+    finally:
+        audit.uninstall()
+    figures = audit.check()
+    credential_archive.add(request.node.nodeid, audit, figures)
