@@ -12,6 +12,7 @@ Processes (each its own session, all stopped at the end, also on Ctrl-C):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -67,6 +68,18 @@ if resp.status_code != 200:
 print("BENCH_RESULT " + json.dumps({"s": _t1 - _t0}), flush=True)
 """
 
+COLD_IMPORT = """\
+import time
+_t0 = time.perf_counter()
+import json
+from functions_framework import create_app
+create_app("vend_http", "main.py")
+from vending import wiring
+wiring.handlers()  # build the service: every import the first vend needs, no request
+_t1 = time.perf_counter()
+print("BENCH_RESULT " + json.dumps({"s": _t1 - _t0}), flush=True)
+"""
+
 COLD_FLOOR = """\
 import time
 _t0 = time.perf_counter()
@@ -119,6 +132,46 @@ class RssSampler:
     @property
     def peak(self) -> int:
         return max((rss for _, rss in self.samples), default=0)
+
+
+class CpuMeter:
+    """CPU seconds (user + system) used between construction and ``stop`` by the function server
+    (arbiter + worker, with gRPC's native threads), the Firestore emulator (every process of its
+    group: gcloud wrapper and JVM) and the IAM stand-in; with the wall time, so shares of the
+    machine's cores can be computed."""
+
+    def __init__(self, bench: Bench, server_pid: int) -> None:
+        import psutil
+
+        self.procs: dict[str, list[Any]] = {"server": [psutil.Process(server_pid)]}
+        emulator = bench.emulator
+        if emulator is not None and emulator.proc is not None:
+            self.procs["emulator"] = [psutil.Process(emulator.proc.pid)]
+        iam = next((c for c in bench.children if c.name == "iam-standin" and c.proc is not None), None)
+        if iam is not None:
+            self.procs["iam_standin"] = [psutil.Process(iam.pid)]
+        for name, roots in self.procs.items():
+            self.procs[name] = roots + [p for r in roots for p in r.children(recursive=True)]
+        self.t0 = time.monotonic()
+        self.before = self._read()
+
+    def _read(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, procs in self.procs.items():
+            total = 0.0
+            for p in procs:
+                with contextlib.suppress(Exception):  # a process that ended: nothing more to count
+                    t = p.cpu_times()
+                    total += t.user + t.system
+            out[name] = total
+        return out
+
+    def stop(self) -> dict[str, float]:
+        after = self._read()
+        out = {name: after[name] - self.before[name] for name in after}
+        out["wall"] = time.monotonic() - self.t0
+        out["cores"] = float(os.cpu_count() or 1)
+        return out
 
 
 class Bench:
@@ -269,13 +322,16 @@ class Bench:
             return float(json.loads(lines[-1].split(" ", 1)[1])["s"])
 
         once(COLD_FLOOR)  # compile caches, warm the page cache: not measured
+        once(COLD_IMPORT)
         once(COLD_MAIN, tokens[0], body)
-        ours, floor = [], []
-        for i in range(reps):  # interleaved, so drift hits both alike
+        ours, floor, imports = [], [], []
+        for i in range(reps):  # interleaved, so drift hits all alike
             floor.append(once(COLD_FLOOR))
+            imports.append(once(COLD_IMPORT))
             ours.append(once(COLD_MAIN, tokens[i + 1], body))
-        self.raw["cold_start"] = {"ours_s": ours, "floor_s": floor, "ours_median_s": median(ours),
-                                  "floor_median_s": median(floor)}
+        self.raw["cold_start"] = {"ours_s": ours, "floor_s": floor, "import_s": imports,
+                                  "ours_median_s": median(ours), "floor_median_s": median(floor),
+                                  "import_median_s": median(imports)}
 
     def fig_latency_firestore(self) -> None:
         n = self.plan.latency_n
@@ -291,17 +347,22 @@ class Bench:
         self.raw["latency_firestore"] = {"ours_ms": ours, "floor_ms": floor}
 
     def fig_latency_sqlite(self) -> None:
-        n = self.plan.latency_n
-        self.say(f"warm vend latency, embedded SQLite: {n} vends vs {n} IAM calls alone")
+        n, c = self.plan.latency_n, self.plan.concurrency
+        self.say(f"warm vend latency, embedded SQLite: {n} vends vs {n} IAM calls alone; then throughput")
         server, url = self.serve("server-sqlite", "vend_http", "main.py", self.env_sqlite, "/healthz")
         try:
             ours, floor = [], []
             for block in range(2):
                 floor += self.floor(f"floor-iam-{block}", "iam", n // 2)["latencies_ms"]
                 ours += self.loadgen(f"latency-sqlite-{block}", url + common.VEND_PATH, n // 2)["latencies_ms"]
+            cpu = CpuMeter(self, server.pid)
+            tp = self.loadgen("throughput-sqlite", url + common.VEND_PATH, self.plan.trivial_n, concurrency=c)
+            cpu_s = cpu.stop()
         finally:
             self.stop_child(server)
         self.raw["latency_sqlite"] = {"ours_ms": ours, "floor_ms": floor}
+        self.raw["throughput_sqlite"] = {"vends": tp["n"], "wall_s": tp["wall_s"], "rps": tp["throughput_rps"],
+                                         "cpu_s": cpu_s, "latency_ms": summary(tp["latencies_ms"])}
 
     def fig_naive(self) -> None:
         n = self.plan.naive_n
@@ -326,9 +387,11 @@ class Bench:
             worker = workers[0].pid
             sampler = RssSampler(worker)
             idle = _proc_status(worker)["VmRSS"]
+            cpu = CpuMeter(self, server.pid)
             first = self.loadgen("throughput-1", url + common.VEND_PATH, half, concurrency=c)
             after_first = _proc_status(worker)["VmRSS"]
             second = self.loadgen("throughput-2", url + common.VEND_PATH, half, concurrency=c)
+            cpu_s = cpu.stop()
             status = _proc_status(worker)
             sampler.stop()
             arbiter = _proc_status(server.pid)["VmRSS"]
@@ -341,17 +404,22 @@ class Bench:
             "peak_rss_vmhwm": status["VmHWM"], "peak_rss_sampled": sampler.peak, "arbiter_rss": arbiter,
             "vends_per_half": half, "samples": sampler.samples[:: max(1, len(sampler.samples) // 400)],
         }
-        self.raw["throughput"] = {"vends": vends, "wall_s": wall, "rps": vends / wall,
+        self.raw["throughput"] = {"vends": vends, "wall_s": wall, "rps": vends / wall, "cpu_s": cpu_s,
                                   "latency_ms": summary(first["latencies_ms"] + second["latencies_ms"])}
-        self.say("throughput of a trivial handler on the same server")
+        self.say("throughput and sequential latency of a trivial handler on the same server")
         server, url = self.serve("server-trivial", "trivial", "bench/trivial.py", self.env_base)
         try:
+            cpu = CpuMeter(self, server.pid)
             result = self.loadgen("throughput-trivial", url + common.VEND_PATH, self.plan.trivial_n, concurrency=c,
                                   tokens=False, expect_token=False)
+            cpu_s = cpu.stop()
+            hop = self.loadgen("latency-trivial", url + common.VEND_PATH, self.plan.latency_n // 2, tokens=False,
+                               expect_token=False)
         finally:
             self.stop_child(server)
-        self.raw["throughput"]["trivial_rps"] = result["throughput_rps"]
-        self.raw["throughput"]["trivial_latency_ms"] = summary(result["latencies_ms"])
+        self.raw["throughput"].update(trivial_rps=result["throughput_rps"], trivial_vends=result["n"],
+                                      trivial_cpu_s=cpu_s, trivial_latency_ms=summary(result["latencies_ms"]))
+        self.raw["http_hop"] = {"ms": hop["latencies_ms"]}
 
     def fig_sweep(self) -> None:
         small, large = self.plan.sweep_sizes

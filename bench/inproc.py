@@ -25,7 +25,6 @@ import requests
 
 from bench.common import VEND_PATH, median, mint_tokens, summary, vend_body
 
-
 # -- round trips per vend -----------------------------------------------------------------
 
 class CountingStore:

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path in ("/.well-known/jwks.json", "/jwks"):
                 with lock:

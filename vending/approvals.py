@@ -332,6 +332,9 @@ class Approvals:
         ent = self.policy.entitlement(req["entitlement"])
         if ent is None:
             raise PermissionDeniedError("The request's entitlement no longer exists.", reason="entitlement-removed")
+        # The approvers approved the scopes of the request, not every scope of the entitlement.
+        approved_scopes = tuple(s for s in req.get("scopes") or ent.scopes if s in ent.scopes)
+        ent = ent.model_copy(update={"scopes": approved_scopes})
         state = effective_state(req, now)
         if state != ACTIVE:
             reason = {AWAITED: "approval-pending", ENDED: "approval-consumed", EXPIRED: "approval-expired",
@@ -415,7 +418,7 @@ class Approvals:
         duration = inputs.lifetime(claims.get("duration"))
         justification = inputs.text(claims.get("justification"), "justification")
         # Deterministic id from the message's jti: a redelivered request creates nothing new.
-        request_id = hashlib.sha256(f"bot-request:{claims['jti']}".encode()).hexdigest()[:32]
+        request_id = bot_request_id(str(claims["jti"]))
         record = self._new_record(request_id, ent, actor, ent.scopes, duration, justification, via=via,
                                   requested_by=actor)
         try:
@@ -424,6 +427,12 @@ class Approvals:
             return view(self.load(request_id).data, clock.now())
         self._announce_created(record)
         return view(record, clock.now())
+
+
+def bot_request_id(jti: str) -> str:
+    """The id of a request filed by a bot message: derived from its ``jti``, so a
+    redelivered message creates nothing new and the bot can tell the user the id."""
+    return hashlib.sha256(f"bot-request:{jti}".encode()).hexdigest()[:32]
 
 
 def _bot_rule_matches(rule: Any, asserted: Principal) -> bool:

@@ -96,9 +96,17 @@ class Pattern(_Model):
 Matcher = Union[str, Pattern]
 
 
+def _has_control(value: str) -> bool:
+    """C0 and C1 control characters (NEL among them), DEL, and the Unicode line / paragraph separators."""
+    return any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029" for c in value)
+
+
 def matches(matcher: Matcher, value: Any) -> bool:
-    """Exact string equality, or an anchored full match; never a substring."""
-    if not isinstance(value, str) or any(ord(c) < 0x20 or c == "\x7f" for c in value):
+    """Exact string equality, or an anchored full match; never a substring.
+
+    A value holding a control character or a line separator never matches (not even ``(?s).*``).
+    """
+    if not isinstance(value, str) or _has_control(value):
         return False
     if isinstance(matcher, str):
         return value == matcher

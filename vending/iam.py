@@ -10,6 +10,7 @@ this module sees ``requests`` exceptions; every failure is a ``VendingError``:
 - 429            -> RateLimitedError (429 to the caller, with Retry-After)
 - 403            -> UpstreamError 502 ``iam-permission-denied``
 - 404            -> UpstreamError 502 ``iam-target-not-found``
+- 401            -> UpstreamError 502 ``iam-unauthenticated``
 - other 4xx      -> UpstreamError 502 ``iam-rejected``
 - 5xx exhausted  -> UpstreamError 502 ``iam-error``
 - timeout / network -> UnavailableError 503 ``iam-unavailable``
@@ -70,9 +71,14 @@ class GoogleCredentialsToken:
         with self._lock:
             if self._creds is None:
                 import google.auth
+                import google.auth.exceptions
                 import google.auth.transport.requests
 
-                self._creds, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
+                try:
+                    self._creds, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
+                except google.auth.exceptions.DefaultCredentialsError as exc:
+                    raise UnavailableError("The service has no Google credentials of its own.",
+                                           reason="service-credentials-unavailable", detail=repr(exc)) from exc
                 self._request = google.auth.transport.requests.Request()
             if not self._creds.valid:
                 try:
@@ -217,6 +223,9 @@ class IamCredentials:
                                    reason="iam-target-not-found", detail=detail)
             err404.status = "FAILED_PRECONDITION"
             return err404
+        if status == 401:
+            return UpstreamError("The IAM Credentials API did not accept the service's own credentials.",
+                                 reason="iam-unauthenticated", detail=detail)
         if 400 <= status < 500:
             return UpstreamError(f"The IAM Credentials API rejected the request: {upstream or status}",
                                  reason="iam-rejected", detail=detail)

@@ -492,20 +492,20 @@ def test_sign_blob_from_file_and_stdin(stack: Stack, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding
 
-    payload = os.urandom(1000) + b"\x00\xff"
+    small = os.urandom(1000) + b"\x00\xff"
     path = tmp_path / "blob.bin"
-    path.write_bytes(payload)
+    path.write_bytes(small)
     jwks = requests.get(stack.iam.jwk_url(DEMO_SA), timeout=5).json()["keys"]
-    for args, stdin in ((["--payload-file", str(path)], None), ([], payload)):
+    largest = os.urandom(64 * 1024)  # the example entitlement's maximum
+    for args, stdin, payload in ((["--payload-file", str(path)], None, small), ([], largest, largest)):
         r = stack.run("sign-blob", *stack.as_(CI), "--service-account", DEMO_SA, *args, input=stdin)
         assert r.returncode == 0, r.stderr
         body = json.loads(r.stdout)
         key = jwt.PyJWK(next(k for k in jwks if k["kid"] == body["key_id"]), "RS256").key
         key.verify(base64.b64decode(body["signed_blob"]), payload, padding.PKCS1v15(), hashes.SHA256())
         assert f"signature by key {body['key_id']}" in r.stderr
-    # NOTE: 64 KiB payloads (the example entitlement's maximum) hit the 64 KiB body limit once base64-encoded
-    r = stack.run("sign-blob", *stack.as_(CI), "--service-account", DEMO_SA, input=b"x" * 70000)
-    assert r.returncode == 5 and _one_error_line(r).startswith("vending: 400 body-too-large: ")
+    r = stack.run("sign-blob", *stack.as_(CI), "--service-account", DEMO_SA, input=largest + b"x")
+    assert r.returncode == 5 and _one_error_line(r).startswith("vending: 400 payload-too-large: ")
 
 
 # -- access requests and approvals -----------------------------------------------------------------
@@ -673,8 +673,8 @@ def test_issuances_table_json_and_pages(stack: Stack) -> None:
 # -- the README section ---------------------------------------------------------------------------------
 
 def _doc_blocks() -> list[tuple[str, str]]:
-    """(environment, bash script) for each console block of docs/client.md, in order."""
-    text = (REPO / "docs/client.md").read_text()
+    """(environment, bash script) for each console block of README.md, in order."""
+    text = (REPO / "README.md").read_text()
     blocks = re.findall(r"<!-- client-doc-test: ([a-z-]+) -->\n```console\n(.*?)```", text, re.DOTALL)
     assert len(blocks) == text.count("```console"), "every console block is tested"
     return [(where, "\n".join(line[2:] for line in body.splitlines() if line.startswith("$ ")))
@@ -683,7 +683,7 @@ def _doc_blocks() -> list[tuple[str, str]]:
 
 def test_docs_commands_run(stack: Stack, github: tuple[FakeEndpoint, dict[str, str]]) -> None:
     blocks = _doc_blocks()
-    assert [w for w, _ in blocks] == ["github-actions", "local", "local", "local"]
+    assert [w for w, _ in blocks] == ["github-actions", "local", "local", "local", "local"]
     ports = {"8080": stack.url, "8081": stack.iam.url, "8083": stack.pubsub_url}
     _, gh_env = github
     r = stack.bash(blocks[0][1], gh_env)
@@ -699,3 +699,5 @@ def test_docs_commands_run(stack: Stack, github: tuple[FakeEndpoint, dict[str, s
     token = token_file.read_text()
     assert stack.minted(token) and token not in r.stdout + r.stderr
     assert re.search(r"access_token +active +prod-admin@\S+ +dave@example\.com", r.stdout), r.stdout
+    assert "refused with exit code 7" in r.stdout and "approval-consumed" in r.stderr
+    assert '"type":"break_glass.used"' in r.stdout and '"type":"break_glass.activated"' in r.stdout

@@ -32,8 +32,9 @@ from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.support.app import CI_SUBJECT, DEMO_SA, PROD_SA, UNGRANTED_SA, ServiceHarness
-from vending import api, wiring
+from tests.support.app import CI_SUBJECT, DEMO_SA, GCS_SUBJECT, PROD_SA, UNGRANTED_SA, ServiceHarness
+from tests.support.gcs_v4 import v4_request
+from vending import api, clock, wiring
 from vending.store.base import StoreUnavailable
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
@@ -244,8 +245,14 @@ def _vend_scenarios(path: str) -> None:
     scenario(f"{short}-200", op, 200)(lambda c: c.h.post(path, ok))
     scenario(f"{short}-400-unknown-field", op, 400)(lambda c: c.h.post(path, {**ok, "nope": 1}))
     scenario(f"{short}-400-not-json", op, 400)(lambda c: c.h.post(path, raw=b"{not json"))
-    scenario(f"{short}-400-too-large", op, 400)(
-        lambda c: c.h.post(path, raw=json.dumps({**ok, "reason": "x" * 70000}).encode()))
+    limit = 128 * 1024 if path == BLOB else 64 * 1024
+
+    def too_large(c: Ctx) -> Any:
+        resp = c.h.post(path, raw=json.dumps({**ok, "reason": "x" * limit}).encode())
+        assert resp.get_json()["error"]["reason"] == "body-too-large"
+        assert str(limit) in resp.get_json()["error"]["message"]
+        return resp
+    scenario(f"{short}-400-too-large", op, 400)(too_large)
     scenario(f"{short}-400-bad-sa", op, 400)(lambda c: c.h.post(path, {**ok, "service_account": "Not An Email"}))
     scenario(f"{short}-401-missing", op, 401)(lambda c: c.h.client.post(path, json=ok))
     scenario(f"{short}-401-garbage", op, 401)(lambda c: c.h.post(path, ok, token="not-a-jwt"))
@@ -291,8 +298,19 @@ scenario("access-tokens-200-approved-request", OP[AT], 200)(
     lambda c: c.h.post(AT, {"service_account": PROD_SA, "request_id": c.active_request()}, subject=REQUESTER))
 scenario("access-tokens-400-lifetime-too-long", OP[AT], 400)(lambda c: c.h.vend(lifetime=901))
 scenario("access-tokens-400-lifetime-zero", OP[AT], 400)(lambda c: c.h.vend(lifetime="0s"))
-scenario("access-tokens-401-replayed", OP[AT], 401)(
-    lambda c: (lambda t: (c.h.post(AT, AT_OK, token=t), c.h.post(AT, AT_OK, token=t))[1])(c.h.token()))
+
+
+def _replayed(c: Ctx) -> Any:
+    token = c.h.token()
+    assert c.h.post(AT, AT_OK, token=token).status_code == 200
+    resp = c.h.post(AT, AT_OK, token=token)
+    assert resp.get_json()["error"]["reason"] == "token-replayed"
+    return resp
+
+
+scenario("access-tokens-401-replayed", OP[AT], 401)(_replayed)
+scenario("access-tokens-401-duplicate-claim", OP[AT], 401)(
+    lambda c: c.h.post(AT, AT_OK, token=c.h.issuer.mint(sub=CI_SUBJECT, duplicate={"sub": "root"})))
 scenario("access-tokens-401-expired", OP[AT], 401)(
     lambda c: c.h.post(AT, AT_OK, token=c.h.token(iat=1_700_000_000, exp=1_700_000_600)))
 scenario("access-tokens-403-scope", OP[AT], 403)(
@@ -313,6 +331,28 @@ scenario("signed-jwts-400-exp-too-far", OP[JWT], 400)(
 scenario("signed-jwts-403-claim", OP[JWT], 403)(
     lambda c: c.h.post(JWT, {**JWT_OK, "claims": {"aud": "https://example.com/", "sub": "me"}}))
 scenario("signed-blobs-400-bad-base64", OP[BLOB], 400)(lambda c: c.h.post(BLOB, {**BLOB_OK, "payload": "%%%"}))
+
+
+def _v4_body(bucket: str) -> dict[str, Any]:
+    v4 = v4_request(bucket=bucket, obj="reports/q4.csv", signer=DEMO_SA, at=clock.now())
+    return {"service_account": DEMO_SA, "payload": base64.b64encode(v4.payload).decode(),
+            "canonical_request": v4.canonical_request}
+
+
+scenario("signed-blobs-200-v4-url", OP[BLOB], 200)(lambda c: c.h.post(BLOB, _v4_body("allowed-bucket"),
+                                                                      subject=GCS_SUBJECT))
+scenario("signed-blobs-403-bucket", OP[BLOB], 403)(lambda c: c.h.post(BLOB, _v4_body("other-bucket"),
+                                                                      subject=GCS_SUBJECT))
+scenario("signed-blobs-400-not-v4", OP[BLOB], 400)(lambda c: c.h.post(BLOB, BLOB_OK, subject=GCS_SUBJECT))
+
+
+def _get_v4_issuance(c: Ctx) -> Any:
+    resp = c.h.post(BLOB, _v4_body("allowed-bucket"), subject=GCS_SUBJECT)
+    assert resp.status_code == 200, resp.get_json()
+    view = c.h.get(f"/v1/issuances/{resp.get_json()['issuance_id']}", subject=AUDITOR)
+    assert (view.get_json()["bucket"], view.get_json()["object"]) == ("allowed-bucket", "reports/q4.csv")
+    assert view.get_json()["state"] == "active" and len(view.get_json()["payload_sha256"]) == 64
+    return view
 
 # POST /v1/requests
 CR = "POST /v1/requests"
@@ -457,8 +497,6 @@ def _list_paged(c: Ctx) -> Any:
 def _list_expired(c: Ctx) -> Any:
     from freezegun import freeze_time
 
-    from vending import clock
-
     with freeze_time(clock.now()) as frozen:
         resp = c.h.vend(lifetime=60)
         assert resp.status_code == 200
@@ -508,6 +546,7 @@ def _get_failed_issuance(c: Ctx) -> Any:
 
 
 scenario("issuance-get-200-auditor-failed", GI, 200)(_get_failed_issuance)
+scenario("issuance-get-200-v4-signed-url", GI, 200)(_get_v4_issuance)
 scenario("issuance-get-200-id-token", GI, 200)(
     lambda c: c.h.get(f"/v1/issuances/{c.h.post(IDT, IDT_OK).get_json()['issuance_id']}", subject=AUDITOR))
 scenario("issuance-get-401", GI, 401)(lambda c: c.h.client.get(f"/v1/issuances/{hexid()}"))

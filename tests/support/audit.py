@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import sqlite3
 import sys
@@ -81,6 +82,8 @@ def dump_store(store: Any) -> dict[str, dict[str, dict[str, Any]]]:
         if inner._memory:
             with inner._connection() as conn:
                 rows = _sqlite_rows(conn)
+        elif not os.path.exists(inner.path):  # nothing was ever written
+            rows = []
         else:
             conn = sqlite3.connect(f"file:{inner.path}?mode=ro", uri=True, timeout=10)
             try:
@@ -360,6 +363,18 @@ class LeakAudit:
             self.responses.append(Response(req.method, req.path, response.status_code,
                                            "\n".join(f"{k}: {v}" for k, v in response.headers.items()),
                                            body, req.headers.get("Authorization", "")))
+
+    def log_entries(self) -> list[dict[str, Any]]:
+        """The vending log lines captured so far, parsed."""
+        out = []
+        for line in (self._tee.getvalue() if self._tee else "").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                out.append(entry)
+        return out
 
     # -- searching --------------------------------------------------------------
     def haystacks(self) -> dict[str, str]:

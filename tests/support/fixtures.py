@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,58 @@ def any_harness(request: pytest.FixtureRequest, oidc: TestIssuer, standin: Any,
 
 from tests.support.audit import CredentialArchive, LeakAudit  # noqa: E402
 
-HARNESS_FIXTURES = ("harness", "fs_harness", "any_harness")
+HARNESS_FIXTURES = ("harness", "fs_harness", "any_harness", "make_harness", "make_fs_harness")
+
+
+class HarnessFactory:
+    """Build the one harness of a test with a changed policy: ``make_harness(edit=fn, **top_level)``.
+
+    ``edit`` receives the test policy (``tests.support.app.policy_dict``) as a dict to change in
+    place; keyword arguments replace top-level keys. The entry points are process-global, so a
+    test builds one harness.
+    """
+
+    def __init__(self, store: Any, oidc: TestIssuer, standin: Any, tmp_path: Path) -> None:
+        self.store, self.oidc, self.standin, self.tmp_path = store, oidc, standin, tmp_path
+        self.audit: LeakAudit | None = None
+        self.built: list[ServiceHarness] = []
+
+    def __call__(self, edit: Any = None, **overrides: Any) -> ServiceHarness:
+        from tests.support.app import policy_dict
+
+        if self.built:
+            raise RuntimeError("one harness per test: the entry points are process-global")
+        if edit is not None:
+            cfg = self.oidc.issuer_config().model_dump()
+            cfg["algorithms"] = list(cfg["algorithms"])
+            raw = policy_dict(cfg)
+            raw.update(overrides)
+            edit(raw)
+            overrides = raw
+        h = ServiceHarness(self.store, self.oidc, self.standin, self.tmp_path, policy_overrides=overrides)
+        self.built.append(h)
+        if self.audit is not None:
+            self.audit.watch(h)
+        return h
+
+    def close(self) -> None:
+        for h in self.built:
+            h.close()
+
+
+@pytest.fixture
+def make_harness(sqlite_store: Any, oidc: TestIssuer, standin: Any, tmp_path: Path) -> Iterator[HarnessFactory]:
+    factory = HarnessFactory(sqlite_store, oidc, standin, tmp_path)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def make_fs_harness(firestore_store: Any, oidc: TestIssuer, standin: Any,
+                    tmp_path: Path) -> Iterator[HarnessFactory]:
+    factory = HarnessFactory(firestore_store, oidc, standin, tmp_path)
+    yield factory
+    factory.close()
 
 
 class SuiteFigures:
@@ -87,10 +139,12 @@ def _write_summary(request: pytest.FixtureRequest, title: str, lines: list[str])
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None or not lines:
         return
-    reporter.ensure_newline()
-    reporter.section(title, sep="-")
-    for line in lines:
-        reporter.write_line(line)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        reporter.ensure_newline()
+        reporter.section(title, sep="-")
+        for line in lines:
+            reporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +172,11 @@ def leak_audit(request: pytest.FixtureRequest, credential_archive: CredentialArc
     audit = LeakAudit()
     audit.install()
     try:
-        audit.watch(request.getfixturevalue(names[0]))
+        value = request.getfixturevalue(names[0])
+        if isinstance(value, HarnessFactory):
+            value.audit = audit
+        else:
+            audit.watch(value)
         yield audit
     finally:
         audit.uninstall()
