@@ -207,7 +207,13 @@ class Bench:
         return run_json([*argv, "--out", str(out)], env, out, self.logs / f"{name}.log")
 
     def serve(self, name: str, target: str, source: str, env: dict[str, str], health: str = "/") -> tuple[Child, str]:
-        """A real functions-framework server process (gunicorn defaults: 1 worker, 8 threads)."""
+        """A real functions-framework server process (gunicorn defaults: 1 worker, 8 threads).
+
+        The IAM stand-in is reset first (records, counters), so no phase inherits another's state.
+        """
+        import requests
+
+        requests.post(self.iam_url + "/_standin/reset", timeout=10).raise_for_status()
         port = free_port()
         env = {k: v for k, v in env.items() if k not in ("WORKERS", "THREADS")}
         child = self._child(name, [PY, "-m", "functions_framework", "--target", target, "--source", source,
@@ -358,6 +364,8 @@ class Bench:
             cpu = CpuMeter(self, server.pid)
             tp = self.loadgen("throughput-sqlite", url + common.VEND_PATH, self.plan.trivial_n, concurrency=c)
             cpu_s = cpu.stop()
+            cpu_s["requests"] = tp["n"] + self.plan.warmup
+            cpu_s["loadgen_per_request"] = tp["cpu_s"] / tp["n"]
         finally:
             self.stop_child(server)
         self.raw["latency_sqlite"] = {"ours_ms": ours, "floor_ms": floor}
@@ -369,10 +377,16 @@ class Bench:
         self.say(f"the naive function (Google samples style): {n} vends")
         server, url = self.serve("server-naive", "vend_naive", "bench/naive.py", self.env_naive)
         try:
+            import psutil
+
+            worker = psutil.Process(server.pid).children(recursive=True)[0].pid
+            rss_before = _proc_status(worker)["VmRSS"]
             result = self.loadgen("latency-naive", url + common.VEND_PATH, n)
+            status = _proc_status(worker)
         finally:
             self.stop_child(server)
-        self.raw["naive"] = {"ms": result["latencies_ms"]}
+        self.raw["naive"] = {"ms": result["latencies_ms"], "rss_before": rss_before, "rss_after": status["VmRSS"],
+                             "peak_rss": status["VmHWM"], "vends": n + self.plan.warmup}
 
     def fig_throughput_rss(self) -> None:
         half, c = self.plan.rss_half, self.plan.concurrency
@@ -404,6 +418,8 @@ class Bench:
             "peak_rss_vmhwm": status["VmHWM"], "peak_rss_sampled": sampler.peak, "arbiter_rss": arbiter,
             "vends_per_half": half, "samples": sampler.samples[:: max(1, len(sampler.samples) // 400)],
         }
+        cpu_s["requests"] = vends + 2 * self.plan.warmup
+        cpu_s["loadgen_per_request"] = (first["cpu_s"] + second["cpu_s"]) / vends
         self.raw["throughput"] = {"vends": vends, "wall_s": wall, "rps": vends / wall, "cpu_s": cpu_s,
                                   "latency_ms": summary(first["latencies_ms"] + second["latencies_ms"])}
         self.say("throughput and sequential latency of a trivial handler on the same server")
@@ -413,6 +429,8 @@ class Bench:
             result = self.loadgen("throughput-trivial", url + common.VEND_PATH, self.plan.trivial_n, concurrency=c,
                                   tokens=False, expect_token=False)
             cpu_s = cpu.stop()
+            cpu_s["requests"] = result["n"] + self.plan.warmup
+            cpu_s["loadgen_per_request"] = result["cpu_s"] / result["n"]
             hop = self.loadgen("latency-trivial", url + common.VEND_PATH, self.plan.latency_n // 2, tokens=False,
                                expect_token=False)
         finally:
@@ -431,6 +449,7 @@ class Bench:
     def run(self) -> dict[str, Any]:
         started = time.time()
         t0 = time.monotonic()
+        load_before = os.getloadavg()
         self.setup()
         self.fig_verify()
         self.fig_roundtrips()
@@ -445,7 +464,8 @@ class Bench:
             "mode": "quick" if self.quick else "full",
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "duration_s": duration,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                        "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
             "plan": asdict(self.plan),
             "raw": self.raw,
         }

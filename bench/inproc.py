@@ -115,23 +115,25 @@ def sweep_bench(args: argparse.Namespace) -> dict[str, Any]:
     settings = wiring.settings()
     tag = secrets.token_hex(3)
     now = clock.now()
+    sizes = [int(s) for s in args.sizes.split(",")]
     out: dict[str, Any] = {"due": args.due, "sizes": {}}
-    for size in [int(s) for s in args.sizes.split(",")]:
+
+    def record(i: int, state: str, expire: dt.datetime) -> dict[str, Any]:
+        created = expire - dt.timedelta(seconds=600)
+        return {"id": f"{i:032x}", "kind": "access_token", "state": state, "principal": "repo:bench/app",
+                "issuer": "bench-ci", "subject": "repo:bench/app", "entitlement": "bench-deploy",
+                "service_account": "demo-deployer@local-project.iam.gserviceaccount.com", "delegates": [],
+                "scopes": ["https://www.googleapis.com/auth/cloud-platform"], "lifetime_s": 600,
+                "reason": None, "request_id": None, "break_glass": False, "created_at": created,
+                "reserved_until": created + dt.timedelta(seconds=900), "expire_time": expire,
+                "issued_at": created, "token_sha256": "0" * 64, "key_id": None, "failure": None,
+                "purge_at": expire + dt.timedelta(days=90)}
+
+    ledgers: dict[int, tuple[Any, Any, list[str]]] = {}
+    for size in sizes:
+        # One collection set per size: history (expired, every tenth failed) of the last days, then the due.
         store = FirestoreStore(settings.project, collection_prefix=f"sweep{size}_{tag}_")
         service = wiring.build_service(settings, store=store, events=MemoryEvents())
-
-        def record(i: int, state: str, expire: dt.datetime) -> dict[str, Any]:
-            created = expire - dt.timedelta(seconds=600)
-            return {"id": f"{i:032x}", "kind": "access_token", "state": state, "principal": "repo:bench/app",
-                    "issuer": "bench-ci", "subject": "repo:bench/app", "entitlement": "bench-deploy",
-                    "service_account": "demo-deployer@local-project.iam.gserviceaccount.com", "delegates": [],
-                    "scopes": ["https://www.googleapis.com/auth/cloud-platform"], "lifetime_s": 600,
-                    "reason": None, "request_id": None, "break_glass": False, "created_at": created,
-                    "reserved_until": created + dt.timedelta(seconds=900), "expire_time": expire,
-                    "issued_at": created, "token_sha256": "0" * 64, "key_id": None, "failure": None,
-                    "purge_at": expire + dt.timedelta(days=90)}
-
-        # History: expired (and some failed) issuances of the last weeks; then the due ones.
         history = size - args.due
         docs: list[Any] = []
         for i in range(history):
@@ -145,21 +147,26 @@ def sweep_bench(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         for k in range(0, len(docs), 500):
             store.write(docs[k:k + 500])
-        populate_s = time.perf_counter() - t0
+        out["sizes"][str(size)] = {"records": size, "populate_s": time.perf_counter() - t0, "times_s": []}
+        ledgers[size] = (store, service, due_ids)
 
-        times: list[float] = []
-        for rep in range(args.reps):
+    for rep in range(args.reps + 1):  # sizes interleaved; rep 0 warms the client and the emulator up
+        for size in sizes:
+            store, service, due_ids = ledgers[size]
             if rep:  # make the same records due again
                 store.write([Update(ISSUANCES, d, {"state": ledger.ACTIVE, "expired_at": None}) for d in due_ids])
             t0 = time.perf_counter()
             result = sweep(service)
-            times.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
             swept = result["counts"].get("issuances_expired_from_active", 0)
             if swept != args.due:
                 raise RuntimeError(f"sweep of {size} records expired {swept}, expected {args.due}")
-        out["sizes"][str(size)] = {"records": size, "populate_s": populate_s, "times_s": times,
-                                   "median_s": median(times)}
-        store.close()
+            if rep:
+                out["sizes"][str(size)]["times_s"].append(elapsed)
+    for size in sizes:
+        entry = out["sizes"][str(size)]
+        entry["median_s"] = median(entry["times_s"])
+        ledgers[size][0].close()
     return out
 
 

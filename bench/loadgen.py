@@ -98,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         run(0, args.warmup, False)
     warm_errors = list(errors)
     errors.clear()
+    cpu0 = time.process_time()
     wall = run(args.warmup, total, True)
+    cpu_s = time.process_time() - cpu0
     results.sort()
     out: dict[str, Any] = {
-        "n": len(results), "concurrency": args.concurrency, "wall_s": wall,
+        "n": len(results), "concurrency": args.concurrency, "wall_s": wall, "cpu_s": cpu_s,
         "throughput_rps": len(results) / wall if wall > 0 else 0.0,
         "latencies_ms": [round(ms, 4) for _, ms, _ in results],
         "errors": len(errors), "error_samples": errors[:5], "warmup_errors": len(warm_errors),

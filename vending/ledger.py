@@ -97,6 +97,17 @@ class Ledger:
                 raise AuthenticationError("token already used (jti replay)", reason="token-replayed") from None
             raise
 
+    def consume(self, replay_key: str | None, expires_at: _dt.datetime) -> None:
+        """Record a caller token as used (state-changing endpoints other than vends)."""
+        if replay_key is None:
+            return
+        now = clock.now()
+        try:
+            self.store.write([Create(REPLAY, replay_key, {"expires_at": expires_at, "used_at": now,
+                                                          "purge_at": expires_at + _dt.timedelta(days=1)})])
+        except StoreConflict:
+            raise AuthenticationError("token already used (jti replay)", reason="token-replayed") from None
+
     def mark_issued(self, issuance_id: str, credential: str, *, expire_time: _dt.datetime | None,
                     key_id: str | None = None, state: str = ACTIVE) -> str:
         """Finalize: store the credential's SHA-256 (never the credential). Returns the digest."""
@@ -107,6 +118,16 @@ class Ledger:
         changes["purge_at"] = (expire_time or now) + self.retention
         self.store.write([Update(ISSUANCES, issuance_id, changes)])
         return digest
+
+    def mark_unconfirmed(self, issuance_id: str, failure: str, *, until: _dt.datetime) -> None:
+        """IAM gave no usable answer (timeout, dropped connection, unreadable 200): it may have minted.
+
+        The record says so honestly (``unconfirmed``: a credential may exist until ``until``, the
+        reservation's end) instead of ``failed``, and counts as live until then.
+        """
+        self.store.write([Update(ISSUANCES, issuance_id, {"state": UNCONFIRMED, "failure": failure,
+                                                          "expire_time": until,
+                                                          "purge_at": until + self.retention})])
 
     def mark_failed(self, issuance_id: str, failure: str) -> None:
         now = clock.now()

@@ -4,8 +4,9 @@
 bot's service account (IAM ``signJwt``). Verified, then applied to the
 access request. Permanent problems (malformed, forged, expired, untrusted,
 illegal transition) are logged with their reason and acknowledged by
-returning normally; retryable ones (storage unavailable) raise so that
-Pub/Sub redelivers.
+returning normally; retryable ones (storage unavailable, a request that
+does not exist yet because the message filing it has not arrived) raise so
+that Pub/Sub redelivers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import binascii
 from typing import Any
 
 from vending import log
-from vending.errors import BadRequestError, VendingError
+from vending.errors import BadRequestError, NotFoundError, UnavailableError, VendingError
 
 
 def _message(event: Any) -> tuple[str, str]:
@@ -43,12 +44,20 @@ def handle_approval_event(event: Any, service: Any) -> None:
         action = claims.get("action")
         if action not in bot.actions:
             raise BadRequestError(f"Bot {bot.service_account} may not send {action!r}.", reason="action-not-allowed")
-        result = service.approvals.apply_bot_message(bot.service_account, claims, message_id)
+        try:
+            result = service.approvals.apply_bot_message(bot.service_account, claims, message_id)
+        except NotFoundError as exc:
+            if exc.reason != "request-not-found":
+                raise
+            # Out of order: the message that files this request may not have been delivered yet.
+            # Redeliver; bounded by the message's own short exp, after which it is acknowledged as expired.
+            raise UnavailableError("The access request does not exist (yet); the message will be redelivered.",
+                                   reason="request-not-yet-known", detail=exc.message) from exc
         log.notice("approval message applied", audit=True, message_id=message_id, bot=bot.service_account,
                    action=action, actor=claims.get("actor"), request_id=(result or {}).get("id"),
                    state=(result or {}).get("state"))
     except VendingError as exc:
-        if exc.retryable:
+        if exc.retryable or exc.reason == "request-busy":  # busy: changed concurrently past the retries
             log.warning("approval message will be retried", message_id=message_id, reason=exc.reason,
                         detail=exc.detail or exc.message)
             raise

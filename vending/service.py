@@ -70,6 +70,8 @@ class Queries:
     # -- access requests ---------------------------------------------------
     def create_request(self, authorization: str | None, raw_body: bytes) -> dict[str, Any]:
         caller = self.authenticate(authorization)
+        inputs.parse_json(raw_body)  # malformed bodies are refused before the token is consumed
+        self.ledger.consume(caller.replay_key, caller.expires_at)
         result: dict[str, Any] = self.approvals.create(caller.principal, raw_body)
         log.notice("access request created", audit=True, principal=caller.principal.identity,
                    request_id=result["id"], entitlement=result["entitlement"], state=result["state"],
@@ -90,6 +92,7 @@ class Queries:
             body = inputs.parse_json(raw_body)
             inputs.check_fields(body, (), ("comment",))
             comment = inputs.text(body.get("comment"), "comment")
+        self.ledger.consume(caller.replay_key, caller.expires_at)
         result: dict[str, Any] = self.approvals.act(caller.principal.identity, request_id, action,
                                                     via="http", comment=comment)
         log.notice("access request action", audit=True, principal=caller.principal.identity,
@@ -364,7 +367,12 @@ class Service(Queries):
             minted = mint(issuance_id)
         except VendingError as exc:
             try:
-                self.ledger.mark_failed(issuance_id, exc.reason)
+                if exc.reason in AMBIGUOUS_IAM_FAILURES:  # IAM may have minted: never claim "failed"
+                    self.ledger.mark_unconfirmed(issuance_id, exc.reason, until=reserved_until)
+                    log.warning("IAM gave no usable answer: a credential may exist until reserved_until",
+                                issuance_id=issuance_id, reason=exc.reason)
+                else:
+                    self.ledger.mark_failed(issuance_id, exc.reason)
             except VendingError as store_exc:  # the sweep reconciles a record left 'issuing'
                 log.error("could not mark issuance failed", issuance_id=issuance_id, error=store_exc.reason)
             raise
@@ -372,7 +380,11 @@ class Service(Queries):
                                          key_id=minted.key_id, state=minted.state)
         audit.set(token_sha256=digest, expire_time=minted.expire_time, break_glass=break_glass or None)
         if approved is not None and used is not None:
-            self.approvals.record_use(approved.request_id, used)
+            try:  # bookkeeping only: the use was consumed atomically with the reservation
+                self.approvals.record_use(approved.request_id, used)
+            except VendingError as exc:  # the credential is minted and recorded: hand it out
+                log.error("could not count the approval use", request_id=approved.request_id, use=used,
+                          issuance_id=issuance_id, error=exc.reason)
         event = make_event("credential.issued", issuance_id=issuance_id, kind=grant.kind,
                            entitlement=grant.entitlement.name, service_account=grant.service_account,
                            principal=principal.identity, request_id=res.request_id,
@@ -406,6 +418,11 @@ class Service(Queries):
             raise
         log.notice("vend allowed", audit=True, kind=audit.kind, decision="allow", reason="granted", **audit.fields)
         return result
+
+
+# IAM failures after which a credential may nevertheless exist: no answer in time, a dropped
+# connection, or a 200 whose body could not be read. The record becomes ``unconfirmed``.
+AMBIGUOUS_IAM_FAILURES = frozenset({"iam-unavailable", "iam-bad-response"})
 
 
 def _reason(issuance_id: str) -> str:

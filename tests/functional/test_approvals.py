@@ -362,3 +362,19 @@ def _requests(h: ServiceHarness) -> list[Any]:
     from vending.store.indexes import REQUESTS
 
     return h.store.query(Query(REQUESTS, (Filter("state", "==", "APPROVAL_AWAITED"),), order_by="expires_at"))
+
+
+def test_request_endpoints_refuse_a_replayed_caller_token(harness: ServiceHarness) -> None:
+    # GIVEN a token already used to file a request
+    token = harness.token(REQUESTER)
+    body = {"entitlement": "prod-admin", "justification": JUSTIFICATION}
+    assert harness.post("/v1/requests", body, token=token).status_code == 200
+    # WHEN it is replayed to file another, or to act
+    again = harness.post("/v1/requests", body, token=token)
+    # THEN 401 token-replayed
+    assert (again.status_code, reason(again)) == (401, "token-replayed")
+    approver = harness.token("alice@example.com")
+    request_id = create(harness).get_json()["id"]
+    assert harness.post(f"/v1/requests/{request_id}:approve", token=approver).status_code == 200
+    replay = harness.post(f"/v1/requests/{request_id}:deny", token=approver)
+    assert (replay.status_code, reason(replay)) == (401, "token-replayed")

@@ -324,14 +324,17 @@ def _vend(w: World, who: str) -> str:
     return "consumed"
 
 
-ACTION = st.one_of(
-    st.tuples(st.sampled_from(["approve", "deny", "withdraw", "revoke"]), st.sampled_from(ACTORS),
-              st.sampled_from(["http", "bot"])),
-    st.tuples(st.just("tick"), st.sampled_from([1, 59, 300, 599, 600, 601, 1799, 1800, 3599, 3600, 86399, 86400])),
-    st.tuples(st.just("vend"), st.sampled_from(ACTORS)),
-    st.tuples(st.just("sweep")),
-)
-SEQUENCE = st.lists(ACTION, min_size=1, max_size=25)
+# "REQ" stands for the requester; weights keep sequences reaching ACTIVE, ENDED and the window's end.
+WHO = st.sampled_from(["REQ", "REQ", *APPROVERS, *APPROVERS, *APPROVERS, "eve@example.com", "auditor@example.com"])
+ACT = st.tuples(st.sampled_from(["approve"] * 6 + ["deny", "withdraw", "revoke"]), WHO,
+                st.sampled_from(["http", "bot"]))
+TICK = st.tuples(st.just("tick"), st.sampled_from([1, 59, 300, 599, 600, 601, 1799, 1800, 3599, 3600, 86399, 86400]))
+VEND = st.tuples(st.just("vend"), st.sampled_from(["REQ", "REQ", "REQ", "alice@example.com", "eve@example.com"]))
+ACTION = st.one_of(ACT, ACT, ACT, VEND, VEND, TICK, st.tuples(st.just("sweep")))
+# Often a run of approvals first, so that many sequences go on from ACTIVE (uses, ENDED, the window's end).
+OPENING = st.lists(st.tuples(st.just("approve"), st.sampled_from(APPROVERS), st.sampled_from(["http", "bot"])),
+                   max_size=4)
+SEQUENCE = st.builds(lambda a, b: a + b, OPENING, st.lists(ACTION, min_size=1, max_size=20))
 
 
 def _check(w: World, history: list[str], vended_by: list[str]) -> None:
@@ -374,6 +377,8 @@ def _uses(store: SqliteStore, request_id: str, upto: int) -> int:
 def run_sequence(entitlement: str, requester: str, quorum: int, max_uses: int, duration: int,
                  actions: list[tuple[Any, ...]]) -> None:
     EXAMPLES["state-machine"] += 1
+    if entitlement == "prod-break-glass":
+        requester = "oncall@example.com"
     with freeze_time(T0) as frozen:
         w = _world(entitlement, requester, quorum, max_uses, duration)
         assume(w is not None)
@@ -384,6 +389,8 @@ def run_sequence(entitlement: str, requester: str, quorum: int, max_uses: int, d
             _check(w, history, vended_by)
             for action in actions:
                 kind = action[0]
+                if len(action) > 1 and action[1] == "REQ":
+                    action = (action[0], w.requester, *action[2:])
                 before = ap.effective_state(w.store.get(REQUESTS, w.request_id).data, _dt.datetime.now(_dt.UTC))
                 try:
                     if kind == "tick":
@@ -410,7 +417,7 @@ def run_sequence(entitlement: str, requester: str, quorum: int, max_uses: int, d
 
 
 ENTITLEMENT = st.sampled_from(["prod-admin", "prod-admin", "prod-admin", "prod-break-glass"])
-REQUESTER = st.sampled_from(["dave@example.com", "alice@example.com", "oncall@example.com"])
+REQUESTER = st.sampled_from(["dave@example.com", "dave@example.com", "alice@example.com"])
 QUORUM = st.integers(min_value=1, max_value=3)
 USES_ = st.integers(min_value=1, max_value=3)
 DURATION = st.sampled_from([600, 1800])

@@ -71,8 +71,8 @@ def _plain(value: Any) -> Any:
 
 def dump_store(store: Any) -> dict[str, dict[str, dict[str, Any]]]:
     """``{kind: {id: data}}`` of every document the backend holds (datetimes as RFC 3339 text)."""
-    inner = getattr(store, "inner", store)
-    if isinstance(inner, ShadowStore):
+    inner = store
+    while hasattr(inner, "inner"):  # ShadowStore, FailingStore and other wrappers
         inner = inner.inner
     name = type(inner).__name__
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -148,6 +148,35 @@ class ShadowStore:
                     kind.setdefault(w.id, {}).update(w.changes)
                 elif isinstance(w, Delete):
                     kind.pop(w.id, None)
+
+    def ping(self) -> None:
+        self.inner.ping()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class FailingStore:
+    """Pass-through ``Store`` that fails the batches ``when(write)`` selects with ``StoreUnavailable``
+    (``times`` of them; ``None``: every one)."""
+
+    def __init__(self, inner: Any, when: Any, times: int | None = None) -> None:
+        self.inner, self.when, self.times = inner, when, times
+        self.failed = 0
+
+    def get(self, kind: str, id: str) -> Doc | None:
+        return self.inner.get(kind, id)  # type: ignore[no-any-return]
+
+    def query(self, query: Query) -> list[Doc]:
+        return self.inner.query(query)  # type: ignore[no-any-return]
+
+    def write(self, writes: Sequence[Write]) -> None:
+        from vending.store.base import StoreUnavailable
+
+        if any(self.when(w) for w in writes) and (self.times is None or self.failed < self.times):
+            self.failed += 1
+            raise StoreUnavailable("injected store failure", detail="test")
+        self.inner.write(writes)
 
     def ping(self) -> None:
         self.inner.ping()

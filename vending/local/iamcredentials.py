@@ -603,6 +603,7 @@ class IamStandIn:
         self._hang_release = threading.Event()
         self._minted: deque[MintedCredential] = deque(maxlen=max_minted)
         self._issued: dict[str, _IssuedToken] = {}
+        self._prune_at = _ISSUED_PRUNE_AT
         self._calls: Counter[str] = Counter()
         self._httpd: _HttpServer | None = None
         self._thread: threading.Thread | None = None
@@ -979,9 +980,11 @@ class IamStandIn:
         token = "ya29.c." + secrets.token_urlsafe(96)
         scopes = tuple(CLOUD_PLATFORM if s == "" else s for s in body["scope"])
         with self._lock:
-            if len(self._issued) >= _ISSUED_PRUNE_AT:
+            if len(self._issued) >= self._prune_at:
                 now_s = now.timestamp()
                 self._issued = {t: i for t, i in self._issued.items() if i.expire_epoch > now_s}
+                # Next prune when the live set has doubled: O(1) amortized, not a full scan per call.
+                self._prune_at = max(_ISSUED_PRUNE_AT, 2 * len(self._issued))
             self._issued[token] = _IssuedToken(call.target.email, expire.timestamp(), frozenset(scopes))
         self._record(call, "generateAccessToken", now, expire, token, None, scopes=scopes)
         return _Reply(200, {"accessToken": token, "expireTime": clock.rfc3339(expire)})
