@@ -31,7 +31,7 @@ def _fig(fid: str, name: str, value: float, unit: str, *, floor: float | None = 
 def _cpu_per_request(cpu: dict[str, float]) -> tuple[dict[str, float], float]:
     """CPU ms per request of each process of the run, and the rate the machine's cores could sustain at that cost."""
     per = {k: cpu[k] / cpu["requests"] * 1000 for k in ("server", "emulator", "iam_standin")
-           if k in cpu and cpu[k] > 0.0005 * cpu["requests"]}
+           if k in cpu and cpu[k] > 0.00005 * cpu["requests"]}
     per["load generator"] = cpu["loadgen_per_request"] * 1000
     total = sum(per.values())
     return per, (cpu["cores"] * 1000 / total if total else math.inf)

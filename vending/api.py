@@ -73,7 +73,7 @@ def error_response(exc: VendingError, request_id: str) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, RateLimitedError):
         headers["Retry-After"] = str(exc.retry_after)
-    if isinstance(exc, AuthenticationError):
+    if isinstance(exc, AuthenticationError) and exc.http_status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="token-vending"'
     if isinstance(exc, MethodNotAllowedError) and exc.detail:
         headers["Allow"] = exc.detail

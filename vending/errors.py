@@ -10,6 +10,7 @@ HTTP responses.
     VendingError
     +-- BadRequestError            400 INVALID_ARGUMENT
     +-- AuthenticationError        401 UNAUTHENTICATED   (generic message; detail logged)
+    |   +-- JwksUnavailableError   503 UNAVAILABLE       (issuer keys unreachable; retryable)
     +-- PermissionDeniedError      403 PERMISSION_DENIED
     +-- NotFoundError              404 NOT_FOUND
     +-- MethodNotAllowedError      405 INVALID_ARGUMENT
@@ -65,6 +66,18 @@ class AuthenticationError(VendingError):
 
     def __init__(self, detail: str, *, reason: str = "invalid-token") -> None:
         super().__init__(self.GENERIC, reason=reason, detail=detail)
+
+
+class JwksUnavailableError(AuthenticationError):
+    """The issuer's keys could not be fetched: not the caller's fault, so 503 and retryable."""
+
+    http_status = 503
+    status = "UNAVAILABLE"
+    retryable = True
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, reason="jwks-unavailable")
+        self.message = "The identity provider's signing keys could not be fetched; retry later."
 
 
 class PermissionDeniedError(VendingError):

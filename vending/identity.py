@@ -51,7 +51,7 @@ import requests
 
 from vending import clock
 from vending.config import Bot, Issuer
-from vending.errors import AuthenticationError
+from vending.errors import AuthenticationError, JwksUnavailableError
 
 MAX_TOKEN_CHARS = 16 * 1024          # compact JWT, checked before any parsing
 MAX_JWKS_BYTES = 512 * 1024          # a JWKS response larger than this is refused
@@ -94,6 +94,8 @@ class VerifiedToken:
 
 
 def _fail(detail: str, reason: str) -> NoReturn:
+    if reason == "jwks-unavailable":
+        raise JwksUnavailableError(detail)
     raise AuthenticationError(detail, reason=reason)
 
 

@@ -433,9 +433,9 @@ def test_fetch_failure_without_cache_fails_closed(idp: TestIssuer, jwks: JwksCac
     with pytest.raises(AuthenticationError) as caught:
         _verifier(idp, jwks).verify(idp.mint())
 
-    # THEN authentication fails closed after one attempt
+    # THEN authentication fails closed after one attempt, as a retryable 503 (not the caller's fault)
     assert caught.value.reason == "jwks-unavailable"
-    assert caught.value.message == AuthenticationError.GENERIC
+    assert (caught.value.http_status, caught.value.retryable) == (503, True)
     assert idp.fetches == 1
 
 
