@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,31 +134,38 @@ class SuiteFigures:
         print(line)
 
 
-def _write_summary(request: pytest.FixtureRequest, title: str, lines: list[str]) -> None:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or not lines:
-        return
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
-        reporter.ensure_newline()
-        reporter.section(title, sep="-")
-        for line in lines:
-            reporter.write_line(line)
+# One set of figures for the whole run, however many conftest files import these fixtures; printed once,
+# in the terminal summary.
+_FIGURES = SuiteFigures()
+_ARCHIVE = CredentialArchive()
+
+
+class _SummaryPlugin:
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if _FIGURES.lines:
+            terminalreporter.section("security and fault suite figures", sep="-")
+            for line in _FIGURES.lines:
+                terminalreporter.write_line(line)
+        if _ARCHIVE.tests:
+            terminalreporter.section("secrets audit", sep="-")
+            terminalreporter.write_line(_ARCHIVE.summary())
+
+
+def _register_summary(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("vending-suite-summary"):
+        config.pluginmanager.register(_SummaryPlugin(), "vending-suite-summary")
 
 
 @pytest.fixture(scope="session")
-def suite_figures(request: pytest.FixtureRequest) -> Iterator[SuiteFigures]:
-    figures = SuiteFigures()
-    yield figures
-    _write_summary(request, "security and fault suite figures", figures.lines)
+def suite_figures(request: pytest.FixtureRequest) -> SuiteFigures:
+    _register_summary(request.config)
+    return _FIGURES
 
 
 @pytest.fixture(scope="session")
-def credential_archive(request: pytest.FixtureRequest) -> Iterator[CredentialArchive]:
-    archive = CredentialArchive()
-    yield archive
-    if archive.tests:
-        _write_summary(request, "secrets audit", [archive.summary()])
+def credential_archive(request: pytest.FixtureRequest) -> CredentialArchive:
+    _register_summary(request.config)
+    return _ARCHIVE
 
 
 @pytest.fixture(autouse=True)

@@ -126,7 +126,12 @@ def serve(port: int = 8080, iam_port: int = 8081, issuer_port: int = 8082, pubsu
         iam.stop()
         jwks_server.shutdown()
 
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM both stop everything, even when started from a shell that ignores SIGINT.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         if not _wait_http(f"http://127.0.0.1:{port}/healthz"):
             print("vending serve: the service did not start", file=sys.stderr)

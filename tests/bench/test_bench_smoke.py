@@ -1,0 +1,42 @@
+"""Smoke run of the benchmark harness (``python -m bench --quick``): it runs end to end and
+reports every figure of issue 8. The real benchmarks (``make bench``) never run in ``make test``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FIGURES = {
+    "vend_latency_p50_firestore", "vend_latency_p99_firestore", "vend_latency_p50_sqlite", "vend_latency_p99_sqlite",
+    "http_hop_p50", "cold_start", "throughput", "throughput_sqlite", "peak_rss", "rss_growth_last_half",
+    "iam_calls_per_vend", "store_ops_per_vend", "jwks_fetches_per_vend", "sweep", "verify", "naive_p50", "naive_p99",
+}
+
+
+@pytest.mark.emulator
+@pytest.mark.timeout(180)
+def test_quick_bench_reports_every_figure(tmp_path: Path, firestore_emulator: object) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VENDING_")}
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=170, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    figures = {f["id"]: f for f in data["figures"]}
+    assert set(figures) == FIGURES
+    for fid, fig in figures.items():
+        assert fig["status"] in ("PASS", "MISS", "REPORT"), fid
+        assert isinstance(fig["value"], (int, float)), fid
+    # Counts that hold at any size: exactly one IAM call and two store operations per warm vend.
+    assert figures["iam_calls_per_vend"]["value"] == 1
+    assert figures["store_ops_per_vend"]["value"] == 2
+    assert figures["jwks_fetches_per_vend"]["value"] == 0
+    assert (tmp_path / "latency.png").stat().st_size > 10_000
+    for fig in figures.values():
+        assert fig["name"] in proc.stdout, fig["id"]  # a row of the printed table
