@@ -34,6 +34,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vending main.py tests bench
+	$(VENV)/bin/mypy vending main.py
 
 clean:
 	rm -rf $(VENV) .venv-checkov .venv-tools .vending-local .pytest_cache

@@ -442,9 +442,11 @@ class Bench:
     def fig_sweep(self) -> None:
         small, large = self.plan.sweep_sizes
         self.say(f"sweep: {large:,}-record vs {small:,}-record ledger, {self.plan.sweep_due} due each")
-        self.raw["sweep"] = self.run_json("sweep", [
-            PY, "-m", "bench.inproc", "sweep", "--sizes", f"{small},{large}", "--due", str(self.plan.sweep_due),
-            "--reps", str(self.plan.sweep_reps)], self.env_fs)
+        argv = [PY, "-m", "bench.inproc", "sweep", "--sizes", f"{small},{large}", "--due", str(self.plan.sweep_due),
+                "--reps", str(self.plan.sweep_reps), "--tmp", str(self.run_dir)]
+        self.raw["sweep"] = self.run_json("sweep", [*argv, "--backend", "firestore"], self.env_fs)
+        self.say("the same sweep on the embedded SQLite store (indexed queries)")
+        self.raw["sweep_sqlite"] = self.run_json("sweep-sqlite", [*argv, "--backend", "sqlite"], self.env_fs)
 
     def run(self) -> dict[str, Any]:
         started = time.time()

@@ -48,7 +48,7 @@ class PubSubEvents:
     def _publisher(self) -> Any:
         with self._lock:
             if self._client is None:
-                from google.cloud import pubsub_v1
+                from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
                 self._client = pubsub_v1.PublisherClient()
             return self._client

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {
     "vend_latency_p50_firestore", "vend_latency_p99_firestore", "vend_latency_p50_sqlite", "vend_latency_p99_sqlite",
     "http_hop_p50", "cold_start", "throughput", "throughput_sqlite", "peak_rss", "rss_growth_last_half",
-    "iam_calls_per_vend", "store_ops_per_vend", "jwks_fetches_per_vend", "sweep", "verify", "naive_p50", "naive_p99",
+    "iam_calls_per_vend", "store_ops_per_vend", "jwks_fetches_per_vend", "sweep", "sweep_sqlite", "verify", "naive_p50", "naive_p99",
 }
 
 

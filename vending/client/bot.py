@@ -114,7 +114,7 @@ def publish_message(signed: str, *, topic: str | None = None, project: str | Non
         raise ClientError("give --topic (Pub/Sub) or --deliver-to (a local handle_pubsub function).", EXIT_USAGE)
     path = _topic_path(topic, project)
     from google.api_core import exceptions as gexc
-    from google.cloud import pubsub_v1
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
     try:
         return str(pubsub_v1.PublisherClient().publish(path, signed.encode("ascii")).result(timeout=60))

@@ -147,9 +147,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     api = Api(args)
     path = f"/v1/requests/{quote(args.request_id, safe='')}"
     if not args.wait:
-        req = api.call("GET", path)
-        print(json.dumps(req, indent=2) if args.format == "json" else req.get("state"))
-        note(_describe(req))
+        once = api.call("GET", path)
+        print(json.dumps(once, indent=2) if args.format == "json" else once.get("state"))
+        note(_describe(once))
         return 0
     tty = sys.stderr.isatty()
     start = time.monotonic()

@@ -86,9 +86,9 @@ def emit(kind: str, result: dict[str, Any], args: argparse.Namespace) -> None:
     secret = str(result.get(field, ""))
     if not secret:
         raise ClientError(f"the service returned no {field}.", EXIT_UNAVAILABLE)
-    meta = {"VENDING_EXPIRE_TIME": result.get("expire_time"), "VENDING_ISSUANCE_ID": result.get("issuance_id"),
-            "VENDING_KEY_ID": result.get("key_id")}
-    meta = {k: str(v) for k, v in meta.items() if v}
+    raw_meta = {"VENDING_EXPIRE_TIME": result.get("expire_time"), "VENDING_ISSUANCE_ID": result.get("issuance_id"),
+                "VENDING_KEY_ID": result.get("key_id")}
+    meta = {k: str(v) for k, v in raw_meta.items() if v}
     _write_sink(args, field, secret, env_names, meta, label, result)
     if result.get("expire_time"):  # after the sink: with --format github the mask comes first
         note(f"{label} for {result.get('service_account', args.service_account)} expires "
@@ -108,9 +108,9 @@ def _write_sink(args: argparse.Namespace, field: str, secret: str, env_names: tu
         note(f"{label} is in the step outputs ({', '.join(outputs)}) of {path}"
              + (" and in $GITHUB_ENV" if args.export else ""))
     elif args.format == "gcloud":
-        path = Path(args.output or DEFAULT_TOKEN_FILE).absolute()
-        write_private(path, secret)
-        print(f"export CLOUDSDK_AUTH_ACCESS_TOKEN_FILE={shlex.quote(str(path))}")
+        token_file = Path(args.output or DEFAULT_TOKEN_FILE).absolute()
+        write_private(token_file, secret)
+        print(f"export CLOUDSDK_AUTH_ACCESS_TOKEN_FILE={shlex.quote(str(token_file))}")
     else:
         if args.format == "env":
             text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in

@@ -162,7 +162,7 @@ class FirestoreStore:
                 if ts is None:  # not a version this backend ever issued: cannot match
                     raise StoreConflict(f"{w.kind}/{w.id} changed since it was read",
                                         detail=f"foreign version {w.expect_version!r}")
-                option = client.write_option(last_update_time=ts)
+                option: Any = client.write_option(last_update_time=ts)
             else:
                 option = client.write_option(exists=True) if isinstance(w, Delete) else None
             if isinstance(w, Update):
