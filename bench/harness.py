@@ -188,6 +188,11 @@ class Bench:
         self.children: list[Child] = []
         self._seq = 0
 
+    @property
+    def blocks(self) -> int:
+        """Interleaved blocks per latency comparison."""
+        return 4 if self.plan.latency_n >= 400 else 2
+
     # -- helpers -----------------------------------------------------------------------------
 
     def say(self, text: str) -> None:
@@ -345,9 +350,11 @@ class Bench:
         server, url = self.serve("server-firestore", "vend_http", "main.py", self.env_fs, "/healthz")
         try:
             ours, floor = [], []
-            for block in range(2):  # interleaved blocks: floor, ours, floor, ours
-                floor += self.floor(f"floor-firestore-{block}", "firestore", n // 2)["latencies_ms"]
-                ours += self.loadgen(f"latency-firestore-{block}", url + common.VEND_PATH, n // 2)["latencies_ms"]
+            blocks = self.blocks
+            for block in range(blocks):  # interleaved blocks (floor, ours, floor, ours...): drift hits both alike
+                floor += self.floor(f"floor-firestore-{block}", "firestore", n // blocks)["latencies_ms"]
+                ours += self.loadgen(f"latency-firestore-{block}", url + common.VEND_PATH,
+                                     n // blocks)["latencies_ms"]
         finally:
             self.stop_child(server)
         self.raw["latency_firestore"] = {"ours_ms": ours, "floor_ms": floor}
@@ -358,9 +365,10 @@ class Bench:
         server, url = self.serve("server-sqlite", "vend_http", "main.py", self.env_sqlite, "/healthz")
         try:
             ours, floor = [], []
-            for block in range(2):
-                floor += self.floor(f"floor-iam-{block}", "iam", n // 2)["latencies_ms"]
-                ours += self.loadgen(f"latency-sqlite-{block}", url + common.VEND_PATH, n // 2)["latencies_ms"]
+            blocks = self.blocks
+            for block in range(blocks):
+                floor += self.floor(f"floor-iam-{block}", "iam", n // blocks)["latencies_ms"]
+                ours += self.loadgen(f"latency-sqlite-{block}", url + common.VEND_PATH, n // blocks)["latencies_ms"]
             cpu = CpuMeter(self, server.pid)
             tp = self.loadgen("throughput-sqlite", url + common.VEND_PATH, self.plan.trivial_n, concurrency=c)
             cpu_s = cpu.stop()

@@ -106,8 +106,8 @@ def figures(data: dict[str, Any]) -> list[dict[str, Any]]:
         sizes = sorted(sw["sizes"].values(), key=lambda s: s["records"])
         small, large = sizes[0], sizes[-1]
         ops = large.get("ops_per_sweep", {})
-        note = (f"{ops.get('query', 0)} queries + {ops.get('write', 0)} writes per sweep; one query matching nothing: "
-                f"{small['empty_query_s'] * 1000:.1f} ms on {small['records']:,} records, "
+        note = (f"{ops.get('query', 0)} queries + {ops.get('write', 0)} write per sweep; one query matching nothing "
+                f"takes {small['empty_query_s'] * 1000:.1f} ms on {small['records']:,} records and "
                 f"{large['empty_query_s'] * 1000:.1f} ms on {large['records']:,}")
         out.append(_fig(fid, f"sweep ({what}), {large['records']:,}-record ledger, {sw['due']} due",
                         large["median_s"] * 1000, "ms", floor=small["median_s"] * 1000,

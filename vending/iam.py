@@ -105,6 +105,12 @@ class IamCredentials:
             adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
+            # requests re-reads proxy and CA settings from os.environ on every call (~0.2 ms of CPU
+            # per call, a fifth of a loopback IAM call): resolve them once for this endpoint.
+            env = session.merge_environment_settings(self.endpoint, {}, None, None, None)
+            session.proxies.update(env["proxies"])
+            session.verify = env["verify"]
+            session.trust_env = False
         self._session = session
         self.calls: Counter[str] = Counter()
 

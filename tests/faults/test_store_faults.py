@@ -201,8 +201,8 @@ def test_store_failure_while_counting_an_approval_use_still_hands_out_the_token(
     h.post(f"/v1/requests/{request_id}:approve", subject="bob@example.com")
     use_store(h, FailingStore(h.store, _record_use))
     # WHEN the credential is minted and recorded, but the request's use counter cannot be updated
-    status, reason, _, body = vend(h, service_account=PROD_SA, scopes=[CLOUD], request_id=request_id,
-                                   subject="dave@example.com")
+    status, _, _, body = vend(h, service_account=PROD_SA, scopes=[CLOUD], request_id=request_id,
+                              subject="dave@example.com")
     # THEN the caller still gets the credential the ledger records as active (the use itself was consumed
     # atomically with the reservation), and the approval cannot be used again
     assert status == 200, body

@@ -32,8 +32,6 @@ from tests.support.app import CLOUD, PROD_SA, ServiceHarness
 from tests.support.audit import check_ledger, dump_store, vended
 from tests.support.bots import Bot, cloud_event
 
-pytestmark = pytest.mark.emulator
-
 REQUESTER = "dave@example.com"
 JUSTIFICATION = "TICKET-42: rotate the database password"
 
@@ -94,12 +92,14 @@ def _single_use_races(h: ServiceHarness, repetitions: int, suite_figures: Any, l
                       f"{repetitions * 49} x 409, 0 x 5xx; slowest answer {slowest:.2f}s")
 
 
+@pytest.mark.emulator
 def test_fifty_concurrent_vends_on_a_single_use_approval_three_times(fs_harness: ServiceHarness,
                                                                      suite_figures: Any) -> None:
     _single_use_races(fs_harness, 3, suite_figures, "default")
 
 
 @pytest.mark.long
+@pytest.mark.emulator
 def test_fifty_concurrent_vends_on_a_single_use_approval_twenty_times(fs_harness: ServiceHarness,
                                                                        suite_figures: Any) -> None:
     _single_use_races(fs_harness, 20, suite_figures, "long")
@@ -111,6 +111,7 @@ def _three_uses(raw: dict[str, Any]) -> None:
             ent["approval"]["max_uses"] = 3
 
 
+@pytest.mark.emulator
 @pytest.mark.parametrize("repetitions", [pytest.param(2, id="x2"), pytest.param(10, id="x10", marks=pytest.mark.long)])
 def test_thirty_concurrent_vends_on_a_three_use_approval(make_fs_harness: Any, suite_figures: Any,
                                                          repetitions: int) -> None:
@@ -214,6 +215,7 @@ def _shuffled(h: ServiceHarness, bot: Bot, scenario: Scenario, seed: int, concur
 SEEDS = [0, 1, 2, 3, 4, 5]
 
 
+@pytest.mark.emulator
 @pytest.mark.parametrize("concurrent", [False, True], ids=["sequential", "concurrent"])
 def test_each_message_three_times_shuffled_ends_like_one_ordered_delivery(fs_harness: ServiceHarness,
                                                                           suite_figures: Any,

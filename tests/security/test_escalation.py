@@ -15,7 +15,6 @@ approval messages the access request is unchanged.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from typing import Any
 

@@ -29,15 +29,16 @@ import sqlite3
 import sys
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from vending import log as vlog
 from vending.store.base import Create, Delete, Doc, Query, Update, Write
 
 REASON_PREFIX = "token-vending issuance "
 FINGERPRINT = 32
-_RUN_RE = re.compile(r"[A-Za-z0-9_\-+/=.~]{%d,}" % FINGERPRINT)
+_RUN_RE = re.compile(rf"[A-Za-z0-9_\-+/=.~]{{{FINGERPRINT},}}")
 
 
 # ---------------------------------------------------------------------------
@@ -322,8 +323,8 @@ class _Records(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.lines.append(self.format(record))
-        except Exception:  # pragma: no cover - formatting never breaks a test
-            pass
+        except (TypeError, ValueError) as exc:  # a bad format string in someone's log call
+            self.lines.append(f"{record.levelname} {record.name} {record.msg!r} (unformattable: {exc})")
 
 
 @dataclass
@@ -385,7 +386,7 @@ class LeakAudit:
 
         try:
             body = response.get_data(as_text=True)
-        except Exception:  # streamed / closed: nothing to read
+        except (RuntimeError, ValueError):  # a streamed or closed body: nothing to read
             body = ""
         req = flask.request
         with self._lock:
