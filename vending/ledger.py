@@ -129,10 +129,12 @@ class Ledger:
                                                           "expire_time": until,
                                                           "purge_at": until + self.retention})])
 
-    def mark_failed(self, issuance_id: str, failure: str) -> None:
+    def mark_failed(self, issuance_id: str, failure: str, *, release: Sequence[Write] = ()) -> None:
+        """Nothing was minted: record why, and in the same write give back what the
+        reservation consumed (``release``: the caller token's jti, an approval use)."""
         now = clock.now()
         self.store.write([Update(ISSUANCES, issuance_id, {"state": FAILED, "failure": failure,
-                                                          "purge_at": now + self.retention})])
+                                                          "purge_at": now + self.retention}), *release])
 
     def get(self, issuance_id: str) -> Doc | None:
         return self.store.get(ISSUANCES, issuance_id)

@@ -22,7 +22,8 @@ from vending.events import Events, make_event
 from vending.iam import IamCredentials
 from vending.identity import Principal, VerifiedToken, Verifier
 from vending.ledger import Ledger, Reservation
-from vending.store.base import Store, StoreConflict, Write
+from vending.store.base import Delete, Store, StoreConflict, Write
+from vending.store.indexes import REPLAY
 
 
 @dataclass
@@ -371,8 +372,11 @@ class Service(Queries):
                     self.ledger.mark_unconfirmed(issuance_id, exc.reason, until=reserved_until)
                     log.warning("IAM gave no usable answer: a credential may exist until reserved_until",
                                 issuance_id=issuance_id, reason=exc.reason)
-                else:
-                    self.ledger.mark_failed(issuance_id, exc.reason)
+                else:  # IAM refused: nothing minted, so the caller may retry with the same token
+                    release: list[Write] = [Delete(REPLAY, caller.replay_key)] if caller.replay_key else []
+                    if approved is not None and used is not None and approved.writes_for is not None:
+                        release += [Delete(w.kind, w.id) for w in approved.writes_for(used)]
+                    self.ledger.mark_failed(issuance_id, exc.reason, release=release)
             except VendingError as store_exc:  # the sweep reconciles a record left 'issuing'
                 log.error("could not mark issuance failed", issuance_id=issuance_id, error=store_exc.reason)
             raise

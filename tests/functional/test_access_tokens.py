@@ -347,3 +347,17 @@ def _issuances(h: ServiceHarness) -> list[dict[str, Any]]:
     from vending.store.indexes import ISSUANCES
 
     return [d.data for d in h.store.query(Query(ISSUANCES, order_by="created_at", limit=100))]
+
+
+def test_a_refused_iam_call_gives_the_caller_token_back(any_harness: ServiceHarness) -> None:
+    h = any_harness
+    # GIVEN IAM's quota is exhausted once
+    h.standin.set_fault(429, count=1)
+    token = h.token()
+    first = h.post("/v1/access-tokens", {"service_account": DEMO_SA}, token=token)
+    assert first.status_code == 429
+    # WHEN the caller retries after Retry-After with the same token
+    retry = h.post("/v1/access-tokens", {"service_account": DEMO_SA}, token=token)
+    # THEN it succeeds: nothing was minted the first time, so the token was not spent
+    assert retry.status_code == 200, retry.get_json()
+    assert h.post("/v1/access-tokens", {"service_account": DEMO_SA}, token=token).status_code == 401

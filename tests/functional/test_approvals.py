@@ -378,3 +378,12 @@ def test_request_endpoints_refuse_a_replayed_caller_token(harness: ServiceHarnes
     assert harness.post(f"/v1/requests/{request_id}:approve", token=approver).status_code == 200
     replay = harness.post(f"/v1/requests/{request_id}:deny", token=approver)
     assert (replay.status_code, reason(replay)) == (401, "token-replayed")
+
+
+def test_a_refused_iam_call_does_not_spend_the_approval(harness: ServiceHarness) -> None:
+    request_id = approved_request(harness)
+    harness.standin.set_fault(500, count=3)  # 1 attempt + 2 retries, all refused: nothing minted
+    failed = vend(harness, request_id)
+    assert (failed.status_code, reason(failed)) == (502, "iam-error")
+    assert vend(harness, request_id).status_code == 200
+    assert (vend(harness, request_id).status_code) == 409
