@@ -18,7 +18,7 @@ from cloudevents.http import CloudEvent
 import main
 from tests.support.app import PROD_SA, ServiceHarness
 from tests.support.bots import Bot
-from tests.support.fixtures import *  # noqa: F401,F403
+from tests.support.fixtures import *
 from vending.events import PubSubEvents
 
 pytestmark = pytest.mark.emulator
