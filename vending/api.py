@@ -14,7 +14,8 @@ import json
 import re
 import traceback
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import Request, Response
 from werkzeug.exceptions import HTTPException
@@ -144,7 +145,7 @@ def handle(request: Request, get_handlers: Callable[[], Any]) -> Response:
         if exc.http_status >= 500:
             log.error("request failed", reason=exc.reason, status=exc.http_status, detail=exc.detail or exc.message)
         return error_response(exc, request_id)
-    except Exception as exc:  # never leak a stack trace to the caller
+    except Exception as exc:  # noqa: BLE001 - last resort: never leak a stack trace to the caller
         log.error("unhandled error", error_type=type(exc).__name__,
                   traceback=log.redact(traceback.format_exc(limit=20)))
         return error_response(InternalError("An internal error occurred; it has been logged."), request_id)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,7 +38,7 @@ _DURATION_RE = re.compile(r"([0-9]+)(s|m|h)?")
 def parse_duration(value: Any) -> int:
     """Seconds from ``600``, ``"600s"``, ``"10m"`` or ``"1h"`` (config files only)."""
     if isinstance(value, bool):
-        raise ValueError("must be a duration such as 600, '600s', '10m' or '1h'")
+        raise ValueError("must be a duration such as 600, '600s', '10m' or '1h'")  # noqa: TRY004 (pydantic)
     if isinstance(value, int):
         return value
     if isinstance(value, str):
@@ -93,7 +93,7 @@ class Pattern(_Model):
         return re.compile(self.pattern)
 
 
-Matcher = Union[str, Pattern]
+Matcher = str | Pattern
 
 
 def _has_control(value: str) -> bool:
@@ -186,7 +186,7 @@ class ApprovalRules(_Model):
     break_glass: bool = False
 
     @model_validator(mode="after")
-    def _coherent(self) -> "ApprovalRules":
+    def _coherent(self) -> ApprovalRules:
         if self.break_glass:
             if self.justification_pattern is None:
                 raise ValueError("break_glass entitlements need a justification_pattern")
@@ -224,7 +224,7 @@ class Entitlement(_Model):
         return tuple(normalize_delegate(v) for v in value)
 
     @model_validator(mode="after")
-    def _limits(self) -> "Entitlement":
+    def _limits(self) -> Entitlement:
         cap = EXTENDED_MAX_LIFETIME_S if self.lifetime_extension else DEFAULT_MAX_LIFETIME_S
         if self.max_lifetime > cap:
             hint = "" if self.lifetime_extension else " (declare lifetime_extension: true if the organization policy allows up to 43200s)"
@@ -258,7 +258,7 @@ class Policy(_Model):
     bot_message_max_ttl_seconds: int = Field(default=600, gt=0, le=3600)
 
     @model_validator(mode="after")
-    def _references(self) -> "Policy":
+    def _references(self) -> Policy:
         names = [i.name for i in self.issuers]
         if len(set(names)) != len(names):
             raise ValueError("issuer names must be unique")

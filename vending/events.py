@@ -61,7 +61,7 @@ class PubSubEvents:
         data = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
         try:
             future = self._publisher().publish(topic, data, type=str(event.get("type", "")))
-        except Exception as exc:  # publishing must never undo the transition
+        except Exception as exc:  # noqa: BLE001 - publishing must never undo the transition
             log.error("event publish failed", channel=channel, event_type=event.get("type"), error=repr(exc))
             return
         with self._lock:
@@ -73,7 +73,7 @@ class PubSubEvents:
         for future, type_ in pending:
             try:
                 future.result(timeout=timeout_s)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a lost event is logged, never raised
                 log.error("event publish failed", event_type=type_, error=repr(exc))
 
 

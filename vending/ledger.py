@@ -19,8 +19,9 @@ import datetime as _dt
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from vending import clock
 from vending.errors import AuthenticationError, BadRequestError

@@ -19,7 +19,9 @@ from typing import Any, TextIO
 
 from vending import clock
 
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("vending_log_context", default={})
+_EMPTY: dict[str, Any] = {}  # never mutated: bind() always sets a new dict
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("vending_log_context",
+                                                                          default=_EMPTY)
 _lock = threading.Lock()
 _LEVELS = {"DEBUG": 10, "INFO": 20, "NOTICE": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50, "ALERT": 60}
 _level = 20

@@ -9,8 +9,9 @@ kind, and whose limits the request stays within.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from vending.config import Entitlement, Policy, PrincipalRule, matches
 from vending.errors import BadRequestError, PermissionDeniedError

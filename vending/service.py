@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vending import clock, gcs, inputs, ledger, log, policy
-from vending.config import matches
-from vending.config import Settings
+from vending.config import Settings, matches
 from vending.errors import BadRequestError, ConflictError, NotFoundError, PermissionDeniedError, VendingError
 from vending.events import Events, make_event
 from vending.iam import IamCredentials

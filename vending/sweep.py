@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from vending import approvals, clock, ledger, log
 from vending.events import make_event

@@ -85,6 +85,6 @@ def reset() -> None:
         if _service is not None:
             try:
                 _service.store.close()
-            except Exception:
-                pass
+            except Exception as exc:  # noqa: BLE001 - tests only: a store that cannot close is dropped
+                log.debug("store close failed", error=repr(exc))
         _service = _handlers = _settings = None

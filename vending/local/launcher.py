@@ -48,7 +48,7 @@ def serve_jwks(jwks: dict[str, Any], port: int) -> ThreadingHTTPServer:
     body = json.dumps(jwks).encode()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        def do_GET(self) -> None:
             ok = self.path in ("/.well-known/jwks.json", "/jwks")
             payload = body if ok else b'{"error":"not found"}'
             self.send_response(200 if ok else 404)
