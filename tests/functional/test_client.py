@@ -642,6 +642,16 @@ def test_publish_approval_to_pubsub_emulator(stack: Stack, pubsub_emulator: Any)
     assert resp.status_code == 200
     r = stack.run("status", request_id, *stack.as_(REQUESTER))
     assert r.stdout == "APPROVAL_AWAITED\n" and "1/2 approvals" in r.stderr
+    # the exact form: the bot and its audience come from the policy file ($VENDING_CONFIG)
+    env = stack.env(PUBSUB_EMULATOR_HOST=pubsub_emulator.host, VENDING_IAM_ENDPOINT=stack.iam.url,
+                    VENDING_IAM_TOKEN=LOCAL_IAM_TOKEN)
+    r = stack.run("publish-approval", "--topic", topic, "--request-id", request_id, "--action", "approve",
+                  "--actor", "bob@example.com", env=env)
+    assert r.returncode == 0, r.stderr
+    (received,) = subscriber.pull(subscription=subscription, max_messages=5, timeout=30).received_messages
+    subscriber.acknowledge(subscription=subscription, ack_ids=[received.ack_id])
+    bot, claims = verifier.verify(received.message.data.decode())
+    assert (bot.service_account, claims["actor"], claims["aud"]) == (BOT_SA, "bob@example.com", stack.url)
 
 
 # -- the ledger ---------------------------------------------------------------------------------------

@@ -170,8 +170,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--entitlement", metavar="NAME", help="--action request: the entitlement asked for")
     p.add_argument("--justification", metavar="TEXT", help="--action request")
     p.add_argument("--duration", metavar="DURATION", help="--action request: approval window")
-    p.add_argument("--bot-service-account", required=True, metavar="EMAIL", help="the bot's service account")
-    p.add_argument("--audience", required=True, help="the service's bot_audience")
+    p.add_argument("--bot-service-account", metavar="EMAIL",
+                   help="the bot's service account (default: the first bot of the policy file)")
+    p.add_argument("--audience", help="the service's bot_audience (default: from the policy file)")
+    p.add_argument("--config", metavar="FILE",
+                   help="policy file for those defaults (default $VENDING_CONFIG or config/example.yaml)")
     p.add_argument("--ttl", type=int, default=300, help="message lifetime in seconds (default %(default)s)")
     p.add_argument("--iam-endpoint", metavar="URL",
                    help=f"IAM Credentials API (default ${IAM_ENDPOINT_ENV} or {IAM_ENDPOINT})")

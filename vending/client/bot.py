@@ -136,9 +136,33 @@ def send_approval(*, bot: str, audience: str, action: str, actor: str, topic: st
     return publish_message(signed, topic=topic, project=project, deliver_to=deliver_to)
 
 
+def policy_bot_defaults(path: str | None) -> tuple[str | None, str | None]:
+    """The first trusted bot and the bot audience named by a policy file (None when absent)."""
+    import os
+
+    import yaml
+
+    path = path or os.environ.get("VENDING_CONFIG") or "config/example.yaml"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            policy = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError):
+        return None, None
+    bots = policy.get("bots") or [{}]
+    issuers = policy.get("issuers") or [{}]
+    return bots[0].get("service_account"), policy.get("bot_audience") or issuers[0].get("audience")
+
+
 def cmd_publish_approval(args: argparse.Namespace) -> int:
     if not 1 <= args.ttl <= 600:
         raise ClientError("--ttl must be between 1 and 600 seconds.", EXIT_USAGE)
+    if not args.bot_service_account or not args.audience:
+        bot, audience = policy_bot_defaults(args.config)
+        args.bot_service_account = args.bot_service_account or bot
+        args.audience = args.audience or audience
+        if not args.bot_service_account or not args.audience:
+            raise ClientError("name the bot with --bot-service-account and --audience (no policy file to read "
+                              "them from).", EXIT_USAGE)
     message_id = send_approval(
         bot=args.bot_service_account, audience=args.audience, action=args.action, actor=args.actor,
         topic=args.topic, project=args.project, deliver_to=args.deliver_to, iam_endpoint=args.iam_endpoint,
