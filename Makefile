@@ -22,8 +22,8 @@ run: $(STAMP)
 ## The whole suite: unit, functional, contract (SQLite + Firestore emulator),
 ## integration (emulators), security, faults, Terraform offline checks.
 test: $(STAMP)
-	$(PY) -m pytest -q
 	bash scripts/checkov.sh
+	$(PY) -m pytest -q
 
 ## Long variants (fuzzing 2,000 cases, 20 x 50 concurrency repetitions...).
 test-long: $(STAMP)
