@@ -138,8 +138,8 @@ class Approvals:
         return view(doc.data, clock.now())
 
     # -- creating ----------------------------------------------------------------
-    def create(self, principal: Principal, raw_body: bytes) -> dict[str, Any]:
-        body = inputs.parse_json(raw_body)
+    def create(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        """File a request from a decoded ``POST /v1/requests`` body."""
         inputs.check_fields(body, (), ("entitlement", "service_account", "duration", "justification", "scopes"))
         ent = self._entitlement_for(principal, body)
         scopes = inputs.scopes(body.get("scopes"))

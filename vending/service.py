@@ -70,9 +70,9 @@ class Queries:
     # -- access requests ---------------------------------------------------
     def create_request(self, authorization: str | None, raw_body: bytes) -> dict[str, Any]:
         caller = self.authenticate(authorization)
-        inputs.parse_json(raw_body)  # malformed bodies are refused before the token is consumed
+        body = inputs.parse_json(raw_body)  # malformed bodies are refused before the token is consumed
         self.ledger.consume(caller.replay_key, caller.expires_at)
-        result: dict[str, Any] = self.approvals.create(caller.principal, raw_body)
+        result: dict[str, Any] = self.approvals.create(caller.principal, body)
         log.notice("access request created", audit=True, principal=caller.principal.identity,
                    request_id=result["id"], entitlement=result["entitlement"], state=result["state"],
                    break_glass=result["break_glass"])

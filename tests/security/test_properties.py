@@ -23,7 +23,6 @@ repeatable); ``-m long`` runs 2,000 with a random seed.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import re
 import unicodedata
 import uuid
@@ -298,7 +297,7 @@ def _world(entitlement: str, requester: str, quorum: int, max_uses: int, duratio
     body = {"entitlement": entitlement, "duration": duration,
             "justification": "INC-7: db down" if entitlement == "prod-break-glass" else "TICKET-1: rotate keys"}
     try:
-        created = approvals.create(Principal("ci", requester, {"sub": requester}), json.dumps(body).encode())
+        created = approvals.create(Principal("ci", requester, {"sub": requester}), body)
     except VendingError:
         store.close()
         return None
