@@ -48,8 +48,8 @@ output "dead_letter_topic" {
 output "event_subscriptions" {
   description = "Pull subscriptions for the chat-ops bots (with dead-lettering)."
   value = {
-    notifications = google_pubsub_subscription.notifications.id
-    alerts        = google_pubsub_subscription.alerts.id
+    notifications = google_pubsub_subscription.events["notifications"].id
+    alerts        = google_pubsub_subscription.events["alerts"].id
     dead_letter   = google_pubsub_subscription.dead_letter.id
   }
 }

@@ -51,33 +51,24 @@ resource "google_pubsub_topic" "dead_letter" {
 }
 
 # Chat-ops bots pull lifecycle events and alerts from these.
-resource "google_pubsub_subscription" "notifications" {
-  project                    = var.project
-  name                       = "${var.name}-notifications-bot"
-  topic                      = google_pubsub_topic.notifications.id
-  ack_deadline_seconds       = 60
-  message_retention_duration = "604800s"
-  labels                     = local.labels
-
-  expiration_policy {
-    ttl = ""
+locals {
+  event_topics = {
+    notifications = google_pubsub_topic.notifications.id
+    alerts        = google_pubsub_topic.alerts.id
   }
-
-  retry_policy {
-    minimum_backoff = "10s"
-    maximum_backoff = "600s"
-  }
-
-  dead_letter_policy {
-    dead_letter_topic     = google_pubsub_topic.dead_letter.id
-    max_delivery_attempts = var.max_delivery_attempts
+  # every (subscriber, subscription) pair a bot may pull from
+  bot_pulls = {
+    for pair in setproduct(var.event_subscribers, keys(local.event_topics)) :
+    "${pair[1]}:${pair[0]}" => { member = pair[0], kind = pair[1] }
   }
 }
 
-resource "google_pubsub_subscription" "alerts" {
+resource "google_pubsub_subscription" "events" {
+  for_each = local.event_topics
+
   project                    = var.project
-  name                       = "${var.name}-alerts-bot"
-  topic                      = google_pubsub_topic.alerts.id
+  name                       = "${var.name}-${each.key}-bot"
+  topic                      = each.value
   ack_deadline_seconds       = 60
   message_retention_duration = "604800s"
   labels                     = local.labels
@@ -113,22 +104,13 @@ resource "google_pubsub_subscription" "dead_letter" {
   }
 }
 
-resource "google_pubsub_subscription_iam_member" "bot_pulls_notifications" {
-  for_each = toset(var.event_subscribers)
+resource "google_pubsub_subscription_iam_member" "bot_pulls" {
+  for_each = local.bot_pulls
 
   project      = var.project
-  subscription = google_pubsub_subscription.notifications.name
+  subscription = google_pubsub_subscription.events[each.value.kind].name
   role         = "roles/pubsub.subscriber"
-  member       = each.value
-}
-
-resource "google_pubsub_subscription_iam_member" "bot_pulls_alerts" {
-  for_each = toset(var.event_subscribers)
-
-  project      = var.project
-  subscription = google_pubsub_subscription.alerts.name
-  role         = "roles/pubsub.subscriber"
-  member       = each.value
+  member       = each.value.member
 }
 
 # Dead-lettering is done by the Pub/Sub service agent: it must publish to the
@@ -140,16 +122,11 @@ resource "google_pubsub_topic_iam_member" "pubsub_agent_dead_letters" {
   member  = local.pubsub_service_agent
 }
 
-resource "google_pubsub_subscription_iam_member" "pubsub_agent_acks_notifications" {
-  project      = var.project
-  subscription = google_pubsub_subscription.notifications.name
-  role         = "roles/pubsub.subscriber"
-  member       = local.pubsub_service_agent
-}
+resource "google_pubsub_subscription_iam_member" "pubsub_agent_acks" {
+  for_each = google_pubsub_subscription.events
 
-resource "google_pubsub_subscription_iam_member" "pubsub_agent_acks_alerts" {
   project      = var.project
-  subscription = google_pubsub_subscription.alerts.name
+  subscription = each.value.name
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
 }
