@@ -42,11 +42,10 @@ def framework_error(exc: HTTPException) -> Any:
 def handle_pubsub(event: Any) -> None:
     from vending import pubsub
 
-    pubsub.handle_approval_event(event, wiring.service())
+    svc = wiring.service()
+    pubsub.handle_approval_event(event, svc.bot_verifier(), svc.approvals, svc.events)
 
 
 @functions_framework.cloud_event
 def sweep_expired(event: Any) -> None:
-    from vending import pubsub
-
-    pubsub.handle_sweep_event(event, wiring.service())
+    wiring.service().sweep()

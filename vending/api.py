@@ -1,7 +1,7 @@
 """HTTP transport: routing, body limits, and the one error-to-response mapping.
 
 ``handle(request)`` takes a Flask/Werkzeug request (functions-framework) and
-returns a Flask response. Handlers call ``vending.service`` and return JSON
+returns a Flask response. Handlers call the use cases (``vending.vend``, ``vending.service``) and return JSON
 dicts; every ``VendingError`` becomes
 ``{"error": {"code", "status", "reason", "message", "request_id"}}`` here and
 nowhere else. Unexpected exceptions become a generic 500: no stack trace and
@@ -142,7 +142,7 @@ def handle(request: Request, get_handlers: Callable[[], Any]) -> Response:
             status, result = result
         return _json(status, result, request_id)
     except VendingError as exc:
-        if exc.http_status >= 500:
+        if exc.http_status >= 500 and not exc.logged:  # one log line per failure
             log.error("request failed", reason=exc.reason, status=exc.http_status, detail=exc.detail or exc.message)
         return error_response(exc, request_id)
     except Exception as exc:  # noqa: BLE001 - last resort: never leak a stack trace to the caller
@@ -156,32 +156,45 @@ def handle(request: Request, get_handlers: Callable[[], Any]) -> Response:
 
 
 class Handlers:
-    """Binds routes to the service; one instance per process."""
+    """Binds routes to the use cases; one instance per process."""
 
-    def __init__(self, service: Any) -> None:
-        self.service = service
-        self.project = service.settings.project
+    def __init__(self, vend: Any, requests: Any, issuances: Any, events: Any, *, project: str) -> None:
+        self.vend = vend
+        self.requests = requests
+        self.issuances = issuances
+        self.events = events
+        self.project = project
 
     def after_request(self) -> None:
-        self.service.events.flush(2.0)
+        self.events.flush(2.0)
 
     def healthz(self, request: Request, params: dict[str, str]) -> dict[str, Any]:
         return {"status": "ok"}
 
-    def access_token(self, request: Request, params: dict[str, str]) -> dict[str, Any]:
-        result: dict[str, Any] = self.service.vend_access_token(request.headers.get("Authorization"),
-                                                                 _read_body(request))
-        return result
+    def _vend(self, kind: str, request: Request, limit: int = MAX_BODY_BYTES) -> Any:
+        return self.vend(kind, request.headers.get("Authorization"), _read_body(request, limit))
+
+    def access_token(self, request: Request, params: dict[str, str]) -> Any:
+        return self._vend("access_token", request)
+
+    def id_token(self, request: Request, params: dict[str, str]) -> Any:
+        return self._vend("id_token", request)
+
+    def signed_jwt(self, request: Request, params: dict[str, str]) -> Any:
+        return self._vend("signed_jwt", request)
+
+    def signed_blob(self, request: Request, params: dict[str, str]) -> Any:
+        return self._vend("signed_blob", request, MAX_BLOB_BODY_BYTES)
 
     def create_request(self, request: Request, params: dict[str, str]) -> Any:
-        return self.service.create_request(request.headers.get("Authorization"), _read_body(request))
+        return self.requests.create(request.headers.get("Authorization"), _read_body(request))
 
     def get_request(self, request: Request, params: dict[str, str]) -> Any:
-        return self.service.get_request(request.headers.get("Authorization"), params["id"])
+        return self.requests.get(request.headers.get("Authorization"), params["id"])
 
     def act_on_request(self, request: Request, params: dict[str, str]) -> Any:
-        return self.service.act_on_request(request.headers.get("Authorization"), params["id"], params["action"],
-                                           _read_body(request))
+        return self.requests.act(request.headers.get("Authorization"), params["id"], params["action"],
+                                 _read_body(request))
 
     def list_issuances(self, request: Request, params: dict[str, str]) -> Any:
         args = {}
@@ -190,17 +203,7 @@ class Handlers:
             if len(values) != 1:
                 raise BadRequestError(f"Query parameter {key!r} must appear once.", reason="invalid-argument")
             args[key] = values[0]
-        return self.service.list_issuances(request.headers.get("Authorization"), args)
+        return self.issuances.list(request.headers.get("Authorization"), args)
 
     def get_issuance(self, request: Request, params: dict[str, str]) -> Any:
-        return self.service.get_issuance(request.headers.get("Authorization"), params["id"])
-
-    def id_token(self, request: Request, params: dict[str, str]) -> Any:
-        return self.service.vend_id_token(request.headers.get("Authorization"), _read_body(request))
-
-    def signed_jwt(self, request: Request, params: dict[str, str]) -> Any:
-        return self.service.vend_signed_jwt(request.headers.get("Authorization"), _read_body(request))
-
-    def signed_blob(self, request: Request, params: dict[str, str]) -> Any:
-        return self.service.vend_signed_blob(request.headers.get("Authorization"),
-                                             _read_body(request, MAX_BLOB_BODY_BYTES))
+        return self.issuances.get(request.headers.get("Authorization"), params["id"])

@@ -13,10 +13,15 @@
 changes a state and refuses anything else, leaving the record unchanged.
 Writes use optimistic concurrency (``expect_version``), never a
 transaction, so contention gives a clean conflict rather than a lock
-timeout. Each use of an approval is consumed by creating a document with a
-deterministic id (``USES/{request}-{n}``) in the same atomic batch as the
-issuance reservation: of 50 concurrent vends on a single-use approval,
-exactly one create succeeds and the others get a 409.
+timeout. A vend spends one use of an approval with ``use_write``: an update
+of the request's ``uses`` conditional on the version ``check_use`` read, in
+the same atomic batch as the issuance reservation. So the reservation
+commits only if the request is still ACTIVE as checked (a revoke in
+between makes it fail), and of 50 concurrent vends on a single-use approval
+exactly one commits; the others re-read, find no use left and get a 409.
+
+Identities are issuer-qualified (``ISSUER/IDENTITY``, see
+``config.qualify``): requesters, approvers, auditors and bot actors.
 
 Break-glass entitlements are self-approved at creation (with a
 justification matching the entitlement's pattern), every use is flagged
@@ -30,19 +35,20 @@ import hashlib
 from typing import Any
 
 from vending import clock, inputs, log, policy
-from vending.config import Entitlement, matches
+from vending.config import Bot, Entitlement, Policy, matches
 from vending.errors import (
     BadRequestError,
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
-    VendingError,
 )
-from vending.events import make_event
+from vending.events import Events, request_event
+from vending.grant import ApprovalUse
 from vending.identity import Principal
 from vending.ledger import new_id
-from vending.store.base import Create, Doc, StoreConflict, Update
-from vending.store.indexes import REQUESTS, USES
+from vending.store.base import Create, Doc, Filter, Store, StoreConflict, Update
+from vending.store.batch import apply_each, due
+from vending.store.indexes import REQUESTS
 
 AWAITED, ACTIVE, DENIED, REVOKED, WITHDRAWN, EXPIRED, ENDED = (
     "APPROVAL_AWAITED", "ACTIVE", "DENIED", "REVOKED", "WITHDRAWN", "EXPIRED", "ENDED")
@@ -107,16 +113,13 @@ def view(req: dict[str, Any], now: _dt.datetime) -> dict[str, Any]:
 
 
 class Approvals:
-    def __init__(self, service: Any) -> None:
-        self.service = service
+    """The one owner of access-request transitions."""
 
-    @property
-    def policy(self) -> Any:
-        return self.service.policy
-
-    @property
-    def store(self) -> Any:
-        return self.service.store
+    def __init__(self, policy: Policy, store: Store, events: Events, *, retention: _dt.timedelta) -> None:
+        self.policy = policy
+        self.store = store
+        self.events = events
+        self.retention = retention
 
     # -- reading ---------------------------------------------------------------
     def load(self, request_id: str) -> Doc:
@@ -148,7 +151,7 @@ class Approvals:
         duration = inputs.lifetime(body.get("duration"))
         justification = inputs.text(body.get("justification"), "justification", required=False)
         request_id = new_id()
-        record = self._new_record(request_id, ent, principal.identity, scopes or ent.scopes, duration,
+        record = self._new_record(request_id, ent, principal.qualified, scopes or ent.scopes, duration,
                                   justification, via="http")
         self.store.write([Create(REQUESTS, request_id, record)])
         self._announce_created(record)
@@ -197,7 +200,7 @@ class Approvals:
             "window_start": None, "window_end": None,
             "expires_at": now + _dt.timedelta(seconds=rules.pending_timeout),
             "timeline": [{"at": now, "event": "created", "actor": requested_by or requester, "via": via}],
-            "purge_at": now + _dt.timedelta(seconds=rules.pending_timeout) + self.service.ledger.retention,
+            "purge_at": now + _dt.timedelta(seconds=rules.pending_timeout) + self.retention,
         }
         if rules.break_glass:
             self._activate(record, now, actor=requester, via=via)
@@ -208,11 +211,11 @@ class Approvals:
         record["state"] = transition(record["state"], "activate")
         end = now + _dt.timedelta(seconds=int(record["duration_s"]))
         record.update(window_start=now, window_end=end, expires_at=end,
-                      purge_at=end + self.service.ledger.retention)
+                      purge_at=end + self.retention)
         record["timeline"].append({"at": now, "event": "activated", "actor": actor, "via": via})
 
     def _announce_created(self, record: dict[str, Any]) -> None:
-        events = self.service.events
+        events = self.events
         events.publish("notifications", self._event("request.created", record, actor=record["requester"]))
         if record["state"] == ACTIVE:
             events.publish("notifications", self._event("request.activated", record, actor=record["requester"]))
@@ -223,14 +226,12 @@ class Approvals:
                       requester=record["requester"], justification=record["justification"])
 
     def _event(self, type_: str, record: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        return make_event(type_, request_id=record["id"], entitlement=record["entitlement"],
-                          service_account=record["service_account"], requester=record["requester"],
-                          state=record["state"], window_end=record.get("window_end"), **extra)
+        return request_event(type_, record, **extra)
 
     # -- deciding ------------------------------------------------------------------
     def act(self, principal_identity: str, request_id: str, action: str, *, via: str,
-            comment: str | None = None, as_requester_check: bool = True) -> dict[str, Any]:
-        """Apply approve / deny / withdraw / revoke by ``principal_identity``; idempotent per actor."""
+            comment: str | None = None) -> dict[str, Any]:
+        """Apply approve / deny / withdraw / revoke by ``principal_identity`` (qualified); idempotent per actor."""
         for _ in range(MAX_RETRIES):
             doc = self.load(request_id)
             record = {**doc.data, "timeline": list(doc.data.get("timeline", [])),
@@ -311,7 +312,7 @@ class Approvals:
             self.store.write([Update(REQUESTS, doc.id, changes, expect_version=doc.version)])
 
     def _announce(self, record: dict[str, Any], before: str, **extra: Any) -> None:
-        events = self.service.events
+        events = self.events
         if extra.get("action") == "approve":
             events.publish("notifications", self._event("request.approval_received", record,
                                                          approver=extra.get("actor"), via=extra.get("via")))
@@ -320,80 +321,123 @@ class Approvals:
                                                         actor=extra.get("actor", "system")))
 
     # -- consuming -------------------------------------------------------------------
-    def prepare_use(self, principal: Principal, request_id: str, now: _dt.datetime) -> Any:
-        """Check an ACTIVE request for its requester; return the writes that consume one use."""
-        from vending.service import Approved
-
+    def check_use(self, principal: Principal, request_id: str, now: _dt.datetime) -> ApprovalUse:
+        """An ACTIVE request of this caller with a use left, as read now (its version travels along)."""
         doc = self.load(request_id)
         req = doc.data
-        if req["requester"] != principal.identity:
+        if req["requester"] != principal.qualified:
             raise PermissionDeniedError("This access request belongs to another requester.",
                                         reason="not-requester")
         ent = self.policy.entitlement(req["entitlement"])
         if ent is None:
             raise PermissionDeniedError("The request's entitlement no longer exists.", reason="entitlement-removed")
-        # The approvers approved the scopes of the request, not every scope of the entitlement.
-        approved_scopes = tuple(s for s in req.get("scopes") or ent.scopes if s in ent.scopes)
-        ent = ent.model_copy(update={"scopes": approved_scopes})
         state = effective_state(req, now)
+        uses, max_uses = int(req.get("uses", 0)), int(req["max_uses"])
+        if state == ACTIVE and uses >= max_uses:
+            state = ENDED
         if state != ACTIVE:
             reason = {AWAITED: "approval-pending", ENDED: "approval-consumed", EXPIRED: "approval-expired",
                       DENIED: "approval-denied", REVOKED: "approval-revoked",
                       WITHDRAWN: "approval-withdrawn"}.get(state, "approval-not-active")
-            error: VendingError = (ConflictError if state == ENDED else PermissionDeniedError)(
-                f"The access request is {state}, not ACTIVE.", reason=reason)
-            raise error
+            if state == ENDED:
+                raise ConflictError("Every use of this approval has been consumed.", reason=reason)
+            raise PermissionDeniedError(f"The access request is {state}, not ACTIVE.", reason=reason)
         window_end = req["window_end"]
         if int((window_end - now).total_seconds()) - 1 < 1:
             raise PermissionDeniedError("The approval window ends now; ask for a new request.",
                                         reason="approval-expired")
-        start = int(req.get("uses", 0)) + 1
-        numbers = list(range(start, int(req["max_uses"]) + 1)) or [int(req["max_uses"])]
+        # The approvers approved the scopes of the request, not every scope of the entitlement.
+        scopes = tuple(s for s in req.get("scopes") or ent.scopes if s in ent.scopes)
+        # window end minus one second so no credential outlives the window
+        return ApprovalUse(request_id=request_id, entitlement=ent.name, requester=req["requester"],
+                           not_after=window_end - _dt.timedelta(seconds=1), scopes=scopes, uses=uses,
+                           max_uses=max_uses, break_glass=bool(req.get("break_glass")), version=doc.version)
 
-        def writes_for(n: int) -> list[Any]:
-            return [Create(USES, f"{request_id}-{n}", {"request_id": request_id, "n": n, "used_at": now,
-                                                        "purge_at": window_end + self.service.ledger.retention})]
+    @staticmethod
+    def use_write(use: ApprovalUse, now: _dt.datetime) -> Update:
+        """Spend one use: commits only if the request is unchanged since ``check_use`` read it."""
+        return Update(REQUESTS, use.request_id, {"uses": use.uses + 1, "last_used_at": now},
+                      expect_version=use.version)
 
-        # window end minus one second so the token never outlives the window
-        return Approved(request_id=request_id, entitlement=ent, window_end=window_end - _dt.timedelta(seconds=1),
-                        writes=[], break_glass=bool(req.get("break_glass")), numbers=numbers,
-                        writes_for=writes_for)
+    def is_own_use(self, use: ApprovalUse) -> bool:
+        """After a commit whose answer was lost: did our ``use_write`` land?"""
+        doc = self.store.get(REQUESTS, use.request_id)
+        return doc is not None and int(doc.data.get("uses", 0)) >= use.uses + 1
 
-    def record_use(self, request_id: str, n: int) -> None:
-        """After an issuance: count the use, and END the request when all are consumed."""
+    def settle_use(self, request_id: str, issuance_id: str) -> None:
+        """After an issuance: note the use on the timeline, and END the request when none is left."""
+        self._update(request_id, lambda r, now: self._settle(r, issuance_id, now))
+
+    def release_use(self, request_id: str) -> None:
+        """IAM refused (nothing minted): give the use back."""
+        def give_back(record: dict[str, Any], now: _dt.datetime) -> bool:
+            if int(record.get("uses", 0)) <= 0 or record["state"] != ACTIVE:
+                return False
+            record["uses"] = int(record["uses"]) - 1
+            record["timeline"].append({"at": now, "event": "use returned", "actor": "system", "via": "http"})
+            return True
+
+        self._update(request_id, give_back)
+
+    def _settle(self, record: dict[str, Any], issuance_id: str, now: _dt.datetime) -> bool:
+        record["timeline"].append({"at": now, "event": "used", "actor": record["requester"], "via": "http",
+                                   "issuance_id": issuance_id})
+        if int(record.get("uses", 0)) >= int(record["max_uses"]) and record["state"] == ACTIVE:
+            record["state"] = transition(ACTIVE, "end")
+            record["expires_at"] = None
+        return True
+
+    def _update(self, request_id: str, change: Any) -> None:
         for _ in range(MAX_RETRIES):
             doc = self.store.get(REQUESTS, request_id)
             if doc is None:
                 return
             record = {**doc.data, "timeline": list(doc.data.get("timeline", []))}
-            if int(record.get("uses", 0)) >= n:
-                return
             before = record["state"]
-            record["uses"] = n
-            now = clock.now()
-            record["timeline"].append({"at": now, "event": "used", "actor": record["requester"], "via": "http"})
-            if n >= int(record["max_uses"]) and record["state"] == ACTIVE:
-                record["state"] = transition(ACTIVE, "end")
-                record["expires_at"] = None
+            if not change(record, clock.now()):
+                return
             try:
                 self._save(doc, record)
             except StoreConflict:
                 continue
             self._announce(record, before)
             return
+        raise ConflictError("The request is being changed concurrently; retry.", reason="request-busy")
+
+    # -- the sweep ----------------------------------------------------------------------
+    def expire_due(self, now: _dt.datetime) -> int:
+        """Requests past their pending time or window -> EXPIRED (one event each). Returns how many."""
+        count = 0
+        for state in (AWAITED, ACTIVE):
+            filters = (Filter("state", "==", state), Filter("expires_at", "<=", now))
+            for batch in due(self.store, REQUESTS, filters, "expires_at"):
+                def expire(d: Doc) -> Update:
+                    timeline = list(d.data.get("timeline", [])) + [
+                        {"at": now, "event": "expired", "actor": "system", "via": "sweep"}]
+                    return Update(REQUESTS, d.id, {"state": transition(d.data["state"], "expire"),
+                                                   "expires_at": None, "timeline": timeline},
+                                  expect_version=d.version)
+                won = apply_each(self.store, batch, expire)
+                count += len(won)
+                for doc in won:
+                    self.events.publish("notifications", request_event(
+                        "request.expired", {**doc.data, "state": EXPIRED}, actor="system",
+                        previous_state=doc.data.get("state")))
+        return count
 
     # -- Pub/Sub bot messages -------------------------------------------------------------
-    def apply_bot_message(self, bot_email: str, claims: dict[str, Any], message_id: str) -> dict[str, Any] | None:
+    def apply_bot_message(self, bot: Bot, claims: dict[str, Any], message_id: str) -> dict[str, Any] | None:
         action = claims.get("action")
-        actor = claims.get("actor")
+        raw_actor = claims.get("actor")
         comment = claims.get("comment")
-        if not isinstance(actor, str) or not actor or len(actor) > 320:
+        if not isinstance(raw_actor, str) or not raw_actor or len(raw_actor) > 320:
             raise BadRequestError("The message has no acting identity (actor).", reason="invalid-message")
         if comment is not None and not isinstance(comment, str):
             raise BadRequestError("comment must be a string.", reason="invalid-message")
-        via = f"pubsub:{bot_email}:{message_id}"
+        actor = self.policy.bot_actor(bot, raw_actor)
+        via = f"pubsub:{bot.service_account}:{message_id}"
         if action == "request":
-            return self._bot_request(claims, actor, via)
+            return self._bot_request(bot, claims, actor, via)
         if action not in ("approve", "deny", "revoke"):
             raise BadRequestError(f"Unknown action {action!r}.", reason="invalid-message")
         request_id = inputs.record_id(claims.get("request_id"))
@@ -401,17 +445,19 @@ class Approvals:
             raise BadRequestError("The message names no request_id.", reason="invalid-message")
         return self.act(actor, request_id, action, via=via, comment=comment)
 
-    def _bot_request(self, claims: dict[str, Any], actor: str, via: str) -> dict[str, Any]:
+    def _bot_request(self, bot: Bot, claims: dict[str, Any], actor: str, via: str) -> dict[str, Any]:
         name = claims.get("entitlement")
-        requester = claims.get("requester") or actor
+        requester = claims.get("requester")
         ent = self.policy.entitlement(name) if isinstance(name, str) else None
         if ent is None or ent.approval is None:
             raise BadRequestError(f"Unknown entitlement {name!r} (or it needs no approval).",
                                   reason="invalid-message")
-        if requester != actor:
+        if requester is not None and (not isinstance(requester, str)
+                                      or self.policy.bot_actor(bot, requester) != actor):
             raise PermissionDeniedError("A bot may only file a request for the acting human.",
                                         reason="not-requester")
-        asserted = Principal(issuer="*", identity=actor, claims={"sub": actor, "email": actor})
+        issuer, _, identity = actor.partition("/")
+        asserted = Principal(issuer=issuer, identity=identity, claims={"sub": identity, "email": identity})
         if not any(_bot_rule_matches(rule, asserted) for rule in ent.principals):
             raise PermissionDeniedError(f"{actor} is not a principal of entitlement {ent.name!r}.",
                                         reason="entitlement-not-allowed")
@@ -436,7 +482,8 @@ def bot_request_id(jti: str) -> str:
 
 
 def _bot_rule_matches(rule: Any, asserted: Principal) -> bool:
-    """Bot-asserted humans carry only an identity: match rules on sub/email claims alone."""
+    """Bot-asserted humans carry only an identity of the bot's actor issuer: match rules of that
+    issuer on sub/email claims alone."""
     if not set(rule.claims) <= {"sub", "email"}:
         return False
-    return all(matches(m, asserted.claims.get(claim)) for claim, m in rule.claims.items())
+    return policy.rule_matches(rule, asserted)

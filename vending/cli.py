@@ -28,11 +28,10 @@ def _dev_token(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from vending import log, wiring
-    from vending.sweep import sweep
 
     service = wiring.service()
     log.configure(service.settings.log_level, stream=sys.stderr)  # stdout carries the summary only
-    summary = sweep(service)
+    summary = service.sweep()
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
 

@@ -164,15 +164,53 @@ class SignedJwtRules(_Model):
         return value
 
 
+HttpMethod = Literal["GET", "HEAD", "PUT", "POST", "DELETE"]
+GCS_URL_MAX_TTL_S = 604800          # Cloud Storage's own limit for a V4 signed URL: 7 days
+
+
+class BucketRule(_Model):
+    """A bucket a V4 signed URL may name, and the HTTP methods it may sign (GET only by default)."""
+
+    bucket: Matcher
+    methods: tuple[HttpMethod, ...] = Field(default=("GET",), min_length=1)
+
+
 class SignedBlobRules(_Model):
+    """``gcs_v4_only``: only Cloud Storage V4 strings-to-sign (signed URLs), for ``buckets``.
+
+    Anything else is raw blob signing: the account's whole signing power (a signature over
+    arbitrary bytes is a JWT, a V2 URL, anything the key is trusted for), which an entitlement
+    must acknowledge with ``acknowledge_raw_signing: true``.
+    """
+
     max_payload_bytes: int = Field(default=65536, gt=0, le=65536)  # bodies are capped at 128 KiB
     gcs_v4_only: bool = False
-    buckets: tuple[Matcher, ...] = ()
+    buckets: tuple[BucketRule, ...] = ()
+    max_ttl: int = Field(default=3600, gt=0, le=GCS_URL_MAX_TTL_S)  # a V4 URL's expiry from now
+    acknowledge_raw_signing: bool = False
+
+    @field_validator("buckets", mode="before")
+    @classmethod
+    def _bucket_shorthand(cls, value: Any) -> Any:
+        """A bare matcher (``"name"`` or ``{pattern: ...}``) means that bucket, GET only."""
+        if isinstance(value, (list, tuple)):
+            return [v if isinstance(v, dict) and "bucket" in v else {"bucket": v} for v in value]
+        return value
 
     @model_validator(mode="after")
-    def _buckets_need_v4(self) -> SignedBlobRules:
-        if self.buckets and not self.gcs_v4_only:
-            raise ValueError("buckets restricts Cloud Storage V4 string-to-sign payloads; set gcs_v4_only: true")
+    def _coherent(self) -> SignedBlobRules:
+        if self.gcs_v4_only:
+            if not self.buckets:
+                raise ValueError("gcs_v4_only needs buckets: the buckets (and methods) URLs may be signed for")
+            if self.acknowledge_raw_signing:
+                raise ValueError("acknowledge_raw_signing contradicts gcs_v4_only; choose one")
+        else:
+            if self.buckets:
+                raise ValueError("buckets restricts Cloud Storage V4 string-to-sign payloads; set gcs_v4_only: true")
+            if not self.acknowledge_raw_signing:
+                raise ValueError("raw blob signing is the service account's whole signing power (a signature "
+                                 "over any bytes: JWTs, signed URLs...); set gcs_v4_only: true with buckets, "
+                                 "or acknowledge it with acknowledge_raw_signing: true")
         return self
 
 
@@ -244,8 +282,15 @@ class Entitlement(_Model):
 
 
 class Bot(_Model):
+    """A chat-ops bot: its service account signs messages (IAM ``signJwt``) naming an acting person.
+
+    ``actor_issuer``: the issuer whose identities the bot asserts (the person's identity is
+    ``ISSUER/ACTOR``); optional when the policy has one issuer.
+    """
+
     service_account: str
     actions: tuple[Literal["request", "approve", "deny", "revoke"], ...] = ("request", "approve", "deny", "revoke")
+    actor_issuer: str | None = None
 
 
 class Policy(_Model):
@@ -273,7 +318,26 @@ class Policy(_Model):
             for ref in refs + list(self.auditors):
                 if ref.startswith("group:") and ref[6:] not in self.groups:
                     raise ValueError(f"unknown group {ref!r}")
+        for bot in self.bots:
+            if bot.actor_issuer is not None and bot.actor_issuer not in names:
+                raise ValueError(f"bot {bot.service_account!r} names unknown actor_issuer {bot.actor_issuer!r}")
+            if bot.actor_issuer is None and len(names) > 1:
+                raise ValueError(f"bot {bot.service_account!r}: set actor_issuer, the issuer whose identities "
+                                 f"it asserts (one of {names})")
+        # Every identity named in the policy is qualified by its issuer (ISSUER/IDENTITY).
+        for where, members in self._identity_refs():
+            for member in members:
+                qualify(member, tuple(names), where)
         return self
+
+    def _identity_refs(self) -> list[tuple[str, tuple[str, ...]]]:
+        out = [(f"groups.{g}", members) for g, members in self.groups.items()]
+        out.append(("auditors", tuple(r for r in self.auditors if not r.startswith("group:"))))
+        for e in self.entitlements:
+            if e.approval:
+                out.append((f"entitlements.{e.name}.approval.approvers",
+                            tuple(r for r in e.approval.approvers if not r.startswith("group:"))))
+        return out
 
     def issuer(self, name: str) -> Issuer | None:
         return next((i for i in self.issuers if i.name == name), None)
@@ -281,18 +345,51 @@ class Policy(_Model):
     def entitlement(self, name: str) -> Entitlement | None:
         return next((e for e in self.entitlements if e.name == name), None)
 
+    @cached_property
+    def issuer_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.issuers)
+
     def expand(self, refs: tuple[str, ...]) -> frozenset[str]:
-        """Identities named directly or through ``group:NAME``."""
+        """Qualified identities (``ISSUER/IDENTITY``) named directly or through ``group:NAME``."""
         out: set[str] = set()
         for ref in refs:
-            if ref.startswith("group:"):
-                out.update(self.groups.get(ref[6:], ()))
-            else:
-                out.add(ref)
+            members = self.groups.get(ref[6:], ()) if ref.startswith("group:") else (ref,)
+            out.update(qualify(m, self.issuer_names, "") for m in members)
         return frozenset(out)
 
-    def is_auditor(self, identity: str) -> bool:
-        return identity in self.expand(self.auditors)
+    @cached_property
+    def auditor_set(self) -> frozenset[str]:
+        return self.expand(self.auditors)
+
+    def is_auditor(self, qualified_identity: str) -> bool:
+        return qualified_identity in self.auditor_set
+
+    def bot_actor(self, bot: Bot, actor: str) -> str:
+        """The qualified identity of a person a bot's message names."""
+        issuer = bot.actor_issuer or self.issuer_names[0]
+        return actor if split_qualified(actor, self.issuer_names) else f"{issuer}/{actor}"
+
+
+def split_qualified(ref: str, issuer_names: tuple[str, ...]) -> tuple[str, str] | None:
+    """``"ISSUER/IDENTITY"`` -> (issuer, identity) when ISSUER is a configured issuer name, else None."""
+    head, sep, rest = ref.partition("/")
+    return (head, rest) if sep and rest and head in issuer_names else None
+
+
+def qualify(ref: str, issuer_names: tuple[str, ...], where: str) -> str:
+    """An identity named in the policy, as ``ISSUER/IDENTITY``.
+
+    An identity is (issuer, subject): two trusted issuers can both say "alice". A bare
+    identity is accepted only when one issuer could produce it (the policy has one issuer).
+    """
+    if not isinstance(ref, str) or not ref:
+        raise ValueError(f"{where}: identities must be non-empty strings")
+    if split_qualified(ref, issuer_names):
+        return ref
+    if len(issuer_names) == 1:
+        return f"{issuer_names[0]}/{ref}"
+    raise ValueError(f"{where}: {ref!r} does not name its issuer and {len(issuer_names)} issuers could produce "
+                     f"it; write it as ISSUER/IDENTITY (issuers: {', '.join(issuer_names)})")
 
 
 def _format_validation(path: str, exc: ValidationError) -> str:
@@ -317,9 +414,16 @@ def load_policy(path: str | Path) -> Policy:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: (top level): must be a mapping")
     try:
-        return Policy.model_validate(raw)
+        policy = Policy.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation(path, exc)) from exc
+    from vending import log
+
+    for ent in policy.entitlements:
+        if ent.signed_blob is not None and ent.signed_blob.acknowledge_raw_signing:
+            log.warning("raw blob signing acknowledged: this entitlement grants the service account's whole "
+                        "signing power", entitlement=ent.name, service_account=ent.service_account, config=path)
+    return policy
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class VendingError(Exception):
     status = "INTERNAL"
     reason = "internal"
     retryable = False
+    logged = False  # set once the failure has its log line (the vend audit line), so nobody logs it again
 
     def __init__(self, message: str, *, reason: str | None = None, detail: str | None = None) -> None:
         super().__init__(message)

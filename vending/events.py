@@ -32,6 +32,25 @@ def make_event(type_: str, **fields: Any) -> dict[str, Any]:
     return event
 
 
+# One shape per record kind: every event about an issuance carries these fields, every
+# event about an access request those; identities are issuer-qualified (ISSUER/IDENTITY).
+ISSUANCE_FIELDS = ("kind", "entitlement", "service_account", "principal", "request_id", "expire_time",
+                   "break_glass")
+REQUEST_FIELDS = ("entitlement", "service_account", "requester", "state", "window_end", "break_glass")
+
+
+def issuance_event(type_: str, record: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """``credential.*`` events (and ``break_glass.used``) from an issuance record."""
+    return make_event(type_, issuance_id=record["id"], **{k: record.get(k) for k in ISSUANCE_FIELDS}, **extra)
+
+
+def request_event(type_: str, record: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """``request.*`` events (and ``break_glass.activated``) from an access-request record."""
+    fields = {k: record.get(k) for k in REQUEST_FIELDS}
+    fields["break_glass"] = bool(fields["break_glass"])
+    return make_event(type_, request_id=record["id"], **fields, **extra)
+
+
 class PubSubEvents:
     """Publishes to Pub/Sub topics given as full names ``projects/P/topics/T``."""
 

@@ -3,24 +3,49 @@
 Calls ``{endpoint}/v1/projects/-/serviceAccounts/{email}:{method}`` with the
 service's own Google credentials (google-auth Application Default
 Credentials, or a static bearer for the local stand-in). One overall deadline
-per call; bounded retries with full-jitter backoff on 500 and 503 only (a
-timeout is never retried: the first attempt may have minted). Nothing above
-this module sees ``requests`` exceptions; every failure is a ``VendingError``:
+per call; bounded retries with full-jitter backoff on 500, 502, 503 and 504
+only (a timeout is never retried: the first attempt may have minted).
+Redirects are never followed. Nothing above this module sees ``requests``
+exceptions; every failure is a ``VendingError``, and only what can succeed on
+retry is labelled ``retryable``:
 
-- 429            -> RateLimitedError (429 to the caller, with Retry-After)
-- 403            -> UpstreamError 502 ``iam-permission-denied``
-- 404            -> UpstreamError 502 ``iam-target-not-found``
-- 401            -> UpstreamError 502 ``iam-unauthenticated``
-- other 4xx      -> UpstreamError 502 ``iam-rejected``
-- 5xx exhausted  -> UpstreamError 502 ``iam-error``
-- timeout / network -> UnavailableError 503 ``iam-unavailable``
+    IAM answered             error class            HTTP  status               reason                  retryable
+    429                      RateLimitedError       429   RESOURCE_EXHAUSTED   iam-rate-limited        yes (1)
+    400                      BadRequestError        400   FAILED_PRECONDITION  iam-rejected            no  (2)
+    401                      InternalError          500   INTERNAL             iam-unauthenticated     no  (3)
+    403                      PermissionDeniedError  403   PERMISSION_DENIED    iam-permission-denied   no
+    404                      NotFoundError          404   NOT_FOUND            iam-target-not-found    no
+    other 4xx                BadRequestError        400   FAILED_PRECONDITION  iam-rejected            no  (2)
+    5xx, retries exhausted   UpstreamError          502   UNAVAILABLE          iam-error               yes
+    timeout, refused, reset  UnavailableError       503   UNAVAILABLE          iam-unavailable         yes (4)
+    200 unreadable (5)       UpstreamError          502   UNAVAILABLE          iam-bad-response        yes (4)
+    1xx, 3xx, other 2xx      UpstreamError          502   UNAVAILABLE          iam-bad-response        yes (4)
+
+(1) ``Retry-After`` is IAM's header when it is delta-seconds (capped at
+    3600), else 5 seconds (missing, not an integer, an HTTP date).
+(2) The message quotes IAM's own message, truncated to one line of 300
+    characters.
+(3) The service's own credentials were refused: a server misconfiguration
+    the caller cannot fix.
+(4) IAM may have minted: the caller of this client records the issuance as
+    unconfirmed. Retrying is safe for the caller.
+(5) A 200 whose body is not JSON, not a JSON object, or lacks a field or has
+    it of the wrong type: ``accessToken``, ``expireTime`` (RFC 3339),
+    ``token``, ``keyId``, ``signedJwt``, ``signedBlob``.
+
+An error body is read for its ``error.message`` when it is a JSON object of
+that shape; anything else (HTML, empty, truncated JSON, a list) maps by the
+status code alone. ``detail`` (for the log) is ``"{method} {status}: {IAM's
+message}"``; the body of a 200 is never logged, it may hold a credential.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -30,12 +55,29 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+import urllib3.exceptions
 
 from vending import clock
-from vending.errors import RateLimitedError, UnavailableError, UpstreamError
+from vending.errors import (
+    BadRequestError,
+    InternalError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
+    UnavailableError,
+    UpstreamError,
+    VendingError,
+)
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
-RETRY_STATUSES = frozenset({500, 503})
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+RETRY_AFTER_DEFAULT_S = 5       # IAM's 429 without a usable Retry-After (missing, not an integer, an HTTP date)
+RETRY_AFTER_MAX_S = 3600        # a larger Retry-After from IAM is capped
+UPSTREAM_MESSAGE_MAX = 300      # characters of IAM's own error message kept (one line)
+# Anything a transport can raise below ``requests`` that it may fail to wrap: all end as ``iam-unavailable``.
+TRANSPORT_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
+BAD_RESPONSE = "The IAM Credentials API returned an unexpected response; retry later."
 
 
 @dataclass(frozen=True)
@@ -121,12 +163,17 @@ class IamCredentials:
         body = {"scope": list(scopes), "lifetime": f"{int(lifetime_s)}s"}
         if delegates:
             body["delegates"] = list(delegates)
-        data = self._call(email, "generateAccessToken", body, reason)
+        method = "generateAccessToken"
+        data = self._call(email, method, body, reason)
+        token = _field(data, "accessToken", method)
+        expire = _field(data, "expireTime", method)
+        if not RFC3339.fullmatch(expire):
+            raise _bad_response(method, "expireTime is not an RFC 3339 timestamp")
         try:
-            return AccessToken(str(data["accessToken"]), clock.parse_rfc3339(str(data["expireTime"])))
-        except (KeyError, ValueError) as exc:
-            raise UpstreamError("The IAM Credentials API returned an unexpected response.",
-                                reason="iam-bad-response", detail=f"keys={sorted(data)}") from exc
+            expire_time = clock.parse_rfc3339(expire)
+        except ValueError as exc:
+            raise _bad_response(method, "expireTime is not an RFC 3339 timestamp") from exc
+        return AccessToken(token, expire_time)
 
     def generate_id_token(self, email: str, audience: str, include_email: bool,
                           delegates: Sequence[str], *, reason: str) -> str:
@@ -134,31 +181,21 @@ class IamCredentials:
         if delegates:
             body["delegates"] = list(delegates)
         data = self._call(email, "generateIdToken", body, reason)
-        token = data.get("token")
-        if not isinstance(token, str):
-            raise UpstreamError("The IAM Credentials API returned an unexpected response.", reason="iam-bad-response")
-        return token
+        return _field(data, "token", "generateIdToken")
 
     def sign_jwt(self, email: str, claims: dict[str, Any], delegates: Sequence[str], *, reason: str) -> Signature:
         body: dict[str, Any] = {"payload": json.dumps(claims, separators=(",", ":"), sort_keys=True)}
         if delegates:
             body["delegates"] = list(delegates)
         data = self._call(email, "signJwt", body, reason)
-        return self._signature(data, "signedJwt")
+        return Signature(_field(data, "keyId", "signJwt"), _field(data, "signedJwt", "signJwt"))
 
     def sign_blob(self, email: str, payload: bytes, delegates: Sequence[str], *, reason: str) -> Signature:
         body: dict[str, Any] = {"payload": base64.b64encode(payload).decode("ascii")}
         if delegates:
             body["delegates"] = list(delegates)
         data = self._call(email, "signBlob", body, reason)
-        return self._signature(data, "signedBlob")
-
-    @staticmethod
-    def _signature(data: dict[str, Any], field: str) -> Signature:
-        key_id, value = data.get("keyId"), data.get(field)
-        if not isinstance(key_id, str) or not isinstance(value, str):
-            raise UpstreamError("The IAM Credentials API returned an unexpected response.", reason="iam-bad-response")
-        return Signature(key_id, value)
+        return Signature(_field(data, "keyId", "signBlob"), _field(data, "signedBlob", "signBlob"))
 
     # -- transport ----------------------------------------------------------
     def _call(self, email: str, method: str, body: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -179,23 +216,16 @@ class IamCredentials:
                                        reason="iam-unavailable", detail=f"{method} deadline after {attempt - 1} attempts")
             self.calls[method] += 1
             try:
-                resp = self._session.post(url, data=payload, headers=headers, timeout=remaining)
+                resp = self._session.post(url, data=payload, headers=headers, timeout=remaining,
+                                          allow_redirects=False)
             except requests.Timeout as exc:
                 raise UnavailableError("The IAM Credentials API did not answer in time.",
                                        reason="iam-unavailable", detail=f"{method} timeout") from exc
-            except requests.RequestException as exc:
+            except TRANSPORT_ERRORS as exc:
                 raise UnavailableError("The IAM Credentials API could not be reached.",
                                        reason="iam-unavailable", detail=f"{method}: {type(exc).__name__}") from exc
             if resp.status_code == 200:
-                try:
-                    data = resp.json()
-                except ValueError as exc:
-                    raise UpstreamError("The IAM Credentials API returned an unexpected response.",
-                                        reason="iam-bad-response") from exc
-                if not isinstance(data, dict):
-                    raise UpstreamError("The IAM Credentials API returned an unexpected response.",
-                                        reason="iam-bad-response")
-                return data
+                return self._body(resp, method)
             if resp.status_code in RETRY_STATUSES and attempt <= self._retries:
                 sleep = random.uniform(0, self._backoff * (2 ** (attempt - 1)))
                 if time.monotonic() + sleep < deadline:
@@ -204,36 +234,80 @@ class IamCredentials:
             raise self._error(resp, email, method)
 
     @staticmethod
-    def _error(resp: requests.Response, email: str, method: str) -> Exception:
+    def _body(resp: requests.Response, method: str) -> dict[str, Any]:
+        """The JSON object of a 200, or ``iam-bad-response`` (the body itself is never logged)."""
         try:
-            err = resp.json().get("error", {})
-            upstream = str(err.get("message", ""))[:300]
-        except (ValueError, AttributeError):
-            upstream = ""
-        detail = f"{method} {resp.status_code}: {upstream}"
+            data = json.loads(resp.content)
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested past the parser's limit
+            raise _bad_response(method, f"200 body is not JSON ({len(resp.content)} bytes)") from exc
+        if not isinstance(data, dict):
+            raise _bad_response(method, f"200 body is a JSON {type(data).__name__}, not an object")
+        return data
+
+    @staticmethod
+    def _error(resp: requests.Response, email: str, method: str) -> VendingError:
         status = resp.status_code
+        upstream = _upstream_message(resp)
+        detail = f"{method} {status}: {upstream}"
+        error: VendingError
         if status == 429:
-            try:
-                retry_after = int(resp.headers.get("Retry-After", "1"))
-            except ValueError:
-                retry_after = 1
             return RateLimitedError("The IAM Credentials API quota is exhausted; retry later.",
-                                    retry_after=retry_after, reason="iam-rate-limited", detail=detail)
+                                    retry_after=_retry_after(resp.headers.get("Retry-After")),
+                                    reason="iam-rate-limited", detail=detail)
+        if status == 401:
+            return InternalError("The IAM Credentials API did not accept the service's own credentials; "
+                                 "the service is misconfigured.", reason="iam-unauthenticated", detail=detail)
         if status == 403:
-            err403 = UpstreamError(
+            return PermissionDeniedError(
                 f"The vending service account lacks roles/iam.serviceAccountTokenCreator on {email} "
                 "(or on a delegate in the chain).", reason="iam-permission-denied", detail=detail)
-            err403.status = "FAILED_PRECONDITION"
-            return err403
         if status == 404:
-            err404 = UpstreamError(f"The target service account {email} does not exist.",
-                                   reason="iam-target-not-found", detail=detail)
-            err404.status = "FAILED_PRECONDITION"
-            return err404
-        if status == 401:
-            return UpstreamError("The IAM Credentials API did not accept the service's own credentials.",
-                                 reason="iam-unauthenticated", detail=detail)
+            return NotFoundError(f"The target service account {email} (or a delegate in the chain) does not exist.",
+                                 reason="iam-target-not-found", detail=detail)
         if 400 <= status < 500:
-            return UpstreamError(f"The IAM Credentials API rejected the request: {upstream or status}",
-                                 reason="iam-rejected", detail=detail)
-        return UpstreamError("The IAM Credentials API failed; retry later.", reason="iam-error", detail=detail)
+            error = BadRequestError(f"The IAM Credentials API rejected the request (HTTP {status}): "
+                                    f"{upstream or 'no message'}", reason="iam-rejected", detail=detail)
+            error.status = "FAILED_PRECONDITION"
+            return error
+        if 500 <= status < 600:
+            error = UpstreamError("The IAM Credentials API failed; retry later.", reason="iam-error", detail=detail)
+            error.retryable = True
+            return error
+        return _bad_response(method, f"HTTP {status}")  # 1xx, 3xx (redirects are not followed), 2xx but 200
+
+
+def _field(data: dict[str, Any], name: str, method: str) -> str:
+    """A required non-empty string field of IAM's answer, or ``iam-bad-response``."""
+    value = data.get(name)
+    if isinstance(value, str) and value:
+        return value
+    what = "missing" if value is None else "empty" if value == "" else f"a JSON {type(value).__name__}, not a string"
+    raise _bad_response(method, f"{name} is {what}")
+
+
+def _bad_response(method: str, what: str) -> UpstreamError:
+    """A 200 (or other non-error answer) that could not be read; IAM may have minted, so retryable."""
+    error = UpstreamError(BAD_RESPONSE, reason="iam-bad-response", detail=f"{method}: {what}")
+    error.retryable = True
+    return error
+
+
+def _upstream_message(resp: requests.Response) -> str:
+    """IAM's own ``error.message``, on one line and truncated; "" when the body is not that shape."""
+    try:
+        err = json.loads(resp.content).get("error")
+        message = err.get("message") if isinstance(err, dict) else None
+    except (ValueError, RecursionError, AttributeError):  # not JSON, not an object (a list, a string...)
+        return ""
+    if not isinstance(message, str):
+        return ""
+    one_line = " ".join("".join(c if c.isprintable() else " " for c in message[:UPSTREAM_MESSAGE_MAX * 2]).split())
+    return one_line[:UPSTREAM_MESSAGE_MAX]
+
+
+def _retry_after(header: str | None) -> int:
+    """IAM's ``Retry-After`` in whole seconds when it is delta-seconds; else the default (5 s)."""
+    value = (header or "").strip()
+    if not re.fullmatch(r"[0-9]{1,9}", value):  # missing, negative, fractional, an HTTP date, garbage
+        return RETRY_AFTER_DEFAULT_S
+    return max(1, min(int(value), RETRY_AFTER_MAX_S))

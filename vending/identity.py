@@ -81,9 +81,16 @@ _B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
 
 @dataclass(frozen=True)
 class Principal:
+    """Who is calling: an identity is (issuer, subject); compare ``qualified``, never ``identity`` alone."""
+
     issuer: str                 # Issuer.name from config
     identity: str               # value of the issuer's identity_claim (default "sub")
     claims: Mapping[str, Any]   # all verified claims
+
+    @property
+    def qualified(self) -> str:
+        """``ISSUER/IDENTITY``: the form every comparison, record, event and log line uses."""
+        return f"{self.issuer}/{self.identity}"
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class VerifiedToken:
     principal: Principal
     replay_key: str | None      # see Verifier.verify
     expires_at: datetime        # the token's exp (aware UTC)
+    replay_until: datetime      # exp + leeway: the token is accepted until then, so its replay record lives that long
 
 
 def _fail(detail: str, reason: str) -> NoReturn:
@@ -467,8 +475,9 @@ class Verifier:
         """Verify ``token`` and return its principal, replay key and expiry.
 
         ``replay_key`` is None when the issuer has ``replay_protection`` off;
-        otherwise ``"{issuer.name}:{sha256hex(jti)}"``, or
-        ``"{issuer.name}:tok:{sha256hex(token)}"`` when the token has no jti.
+        otherwise ``"{issuer.name}:{sha256hex(jti)}"``, or, when the token has no
+        jti, a digest of what it asserts (``replay_key_of_claims``): never of its
+        encoding, since an ECDSA signature has two valid forms (s and n - s).
         """
         parsed = _parse_compact(token)
         issuer = self._issuer_for(parsed.unverified)
@@ -482,12 +491,13 @@ class Verifier:
         elif "jti" in claims:
             replay_key = f"{issuer.name}:{sha256hex(claims['jti'])}"
         else:
-            replay_key = f"{issuer.name}:tok:{sha256hex(token)}"
+            replay_key = replay_key_of_claims(issuer.name, claims)
         identity = claims[issuer.identity_claim]
         return VerifiedToken(
             principal=Principal(issuer=issuer.name, identity=identity, claims=claims),
             replay_key=replay_key,
             expires_at=clock.from_epoch(exp),
+            replay_until=clock.from_epoch(exp + issuer.leeway_seconds),
         )
 
     def _issuer_for(self, unverified: Mapping[str, Any]) -> Issuer:
@@ -537,6 +547,15 @@ class Verifier:
         if "jti" in claims and (not isinstance(claims["jti"], str) or not claims["jti"]):
             _fail("claim 'jti' must be a non-empty string", "invalid-claim")
         return exp
+
+
+def replay_key_of_claims(issuer_name: str, claims: Mapping[str, Any]) -> str:
+    """The replay key of a token without ``jti``: issuer, subject, issued-at and the whole signed
+    content, as canonical JSON. Re-encoding the token (another valid signature, other base64
+    or JSON spelling) asserts the same thing and so gets the same key."""
+    canonical = json.dumps(claims, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    asserted = json.dumps([claims.get("iss"), claims.get("sub"), claims.get("iat"), canonical])
+    return f"{issuer_name}:claims:{sha256hex(asserted)}"
 
 
 # ---------------------------------------------------------------------------

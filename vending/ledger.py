@@ -1,15 +1,21 @@
-"""Issuance records: reserve -> active / failed -> expired (or unconfirmed).
+"""Issuance records: the one owner of their transitions.
+
+    issuing --IAM answered, within the grant--> active (or signed: a raw blob signature)
+    issuing --IAM refused, nothing minted-----> failed   (the caller token's jti is given back)
+    issuing --no usable answer----------------> unconfirmed (a credential may exist until expire_time)
+    issuing --answer outside the grant--------> withheld (it exists until expire_time; never returned)
+    issuing --process died (sweep)------------> unconfirmed
+    active | unconfirmed | withheld --past expire_time (sweep)--> expired
 
 A record is written *before* the IAM call (state ``issuing``) in the same
-atomic batch that consumes the caller token's ``jti`` (and, for approved
-requests, one use of the approval). After the call it becomes ``active`` with
-the credential's SHA-256 and expiry, or ``failed``. The raw credential is
-never stored. A reservation left ``issuing`` (the process died) is turned by
-the sweep into ``unconfirmed``: a credential may exist until
-``reserved_until`` (reservation time plus the entitlement's maximum).
-
-States: issuing, active, failed, expired, unconfirmed, signed (signBlob:
-no expiry of its own; the key id is recorded).
+atomic batch that consumes the caller token's ``jti`` (and, for an approved
+request, one use of the approval, conditional on the request's version). It
+holds the grant: entitlement, request, bounds. After the call it holds the
+credential's SHA-256 and expiry; the raw credential is never stored. An
+``unconfirmed`` record's ``expire_time`` covers the whole IAM deadline plus
+the credential's lifetime (``reserved_until``), so a late answer cannot
+outlive it. Replay records (used caller tokens) live until the token is no
+longer accepted (``exp`` + leeway); the sweep deletes only those past it.
 """
 
 from __future__ import annotations
@@ -19,18 +25,22 @@ import datetime as _dt
 import hashlib
 import json
 import uuid
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from vending import clock
 from vending.errors import AuthenticationError, BadRequestError
-from vending.store.base import Create, Doc, Filter, Query, Store, StoreConflict, Update, Write
+from vending.events import Events, issuance_event
+from vending.grant import Grant
+from vending.store.base import Create, Delete, Doc, Filter, Query, Store, StoreConflict, Update, Write
+from vending.store.batch import apply_each, due
 from vending.store.indexes import ISSUANCES, REPLAY
 
-ISSUING, ACTIVE, FAILED, EXPIRED, UNCONFIRMED, SIGNED = "issuing", "active", "failed", "expired", "unconfirmed", "signed"
-STATES = (ISSUING, ACTIVE, FAILED, EXPIRED, UNCONFIRMED, SIGNED)
-LIVE_STATES = (ACTIVE, UNCONFIRMED)
+ISSUING, ACTIVE, FAILED, EXPIRED, UNCONFIRMED, SIGNED, WITHHELD = (
+    "issuing", "active", "failed", "expired", "unconfirmed", "signed", "withheld")
+STATES = (ISSUING, ACTIVE, FAILED, EXPIRED, UNCONFIRMED, SIGNED, WITHHELD)
+LIVE_STATES = (ACTIVE, UNCONFIRMED, WITHHELD)   # a credential may be valid until expire_time
 
 
 def sha256(value: str | bytes) -> str:
@@ -42,81 +52,77 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass(frozen=True)
-class Reservation:
-    """Everything recorded about an issuance before the credential exists."""
-
-    id: str
-    kind: str
-    principal: str
-    issuer: str
-    subject: str
-    entitlement: str
-    service_account: str
-    delegates: tuple[str, ...]
-    reserved_until: _dt.datetime
-    scopes: tuple[str, ...] = ()
-    lifetime_s: int | None = None
-    reason: str | None = None
-    request_id: str | None = None
-    break_glass: bool = False
-    details: dict[str, Any] = field(default_factory=dict)
-
-
 class Ledger:
-    def __init__(self, store: Store, *, retention_days: int = 90) -> None:
+    def __init__(self, store: Store, events: Events, *, retention_days: int = 90) -> None:
         self.store = store
+        self.events = events
         self.retention = _dt.timedelta(days=retention_days)
 
-    def reserve(self, res: Reservation, *, replay_key: str | None, replay_expires_at: _dt.datetime | None,
+    # -- the vend path ----------------------------------------------------------
+    def reserve(self, issuance_id: str, grant: Grant, *, reserved_until: _dt.datetime, reason: str | None,
+                details: dict[str, Any], replay_key: str | None, replay_until: _dt.datetime | None,
                 extra: Sequence[Write] = ()) -> None:
-        """One atomic batch: consume the caller token, reserve the record, plus ``extra`` writes.
+        """One atomic batch: consume the caller token, reserve the record, plus ``extra`` (an approval use).
 
-        Raises AuthenticationError(token-replayed) if the token was already used,
-        StoreConflict if one of ``extra`` lost a race, StoreUnavailable (fail closed).
+        A retried commit whose first attempt landed (its answer was lost) is recognised
+        by the record it wrote, and counts as done. Raises AuthenticationError
+        (token-replayed) if the token was already used, StoreConflict if one of
+        ``extra`` lost a race, StoreUnavailable (fail closed).
         """
         now = clock.now()
         record: dict[str, Any] = {
-            "id": res.id, "kind": res.kind, "state": ISSUING, "principal": res.principal,
-            "issuer": res.issuer, "subject": res.subject, "entitlement": res.entitlement,
-            "service_account": res.service_account, "delegates": list(res.delegates),
-            "scopes": list(res.scopes), "lifetime_s": res.lifetime_s, "reason": res.reason,
-            "request_id": res.request_id, "break_glass": res.break_glass,
-            "created_at": now, "reserved_until": res.reserved_until, "expire_time": None,
-            "issued_at": None, "token_sha256": None, "key_id": None, "failure": None,
-            "purge_at": res.reserved_until + self.retention, **res.details,
+            "id": issuance_id, "kind": grant.kind, "state": ISSUING, "principal": grant.caller,
+            "issuer": grant.issuer, "subject": grant.subject, "entitlement": grant.entitlement,
+            "service_account": grant.service_account, "delegates": list(grant.delegates),
+            "reason": reason, "request_id": grant.request_id, "break_glass": grant.break_glass,
+            "bounds": grant.bounds.record(), "created_at": now, "reserved_until": reserved_until,
+            "expire_time": None, "issued_at": None, "token_sha256": None, "key_id": None, "failure": None,
+            "purge_at": reserved_until + self.retention, **details,
         }
-        writes: list[Write] = [Create(ISSUANCES, res.id, record), *extra]
+        writes: list[Write] = [Create(ISSUANCES, issuance_id, record), *extra]
         if replay_key is not None:
-            expires = replay_expires_at or now
-            writes.insert(0, Create(REPLAY, replay_key, {"expires_at": expires, "used_at": now,
-                                                         "purge_at": expires + _dt.timedelta(days=1)}))
+            writes.insert(0, self._replay(replay_key, replay_until or now, now))
         try:
             self.store.write(writes)
         except StoreConflict:
+            if self.store.get(ISSUANCES, issuance_id) is not None:
+                return  # our own earlier attempt landed: the batch is atomic, so all of it did
             if replay_key is not None and self.store.get(REPLAY, replay_key) is not None:
                 raise AuthenticationError("token already used (jti replay)", reason="token-replayed") from None
             raise
 
-    def consume(self, replay_key: str | None, expires_at: _dt.datetime) -> None:
+    def consume(self, replay_key: str | None, replay_until: _dt.datetime) -> None:
         """Record a caller token as used (state-changing endpoints other than vends)."""
         if replay_key is None:
             return
-        now = clock.now()
         try:
-            self.store.write([Create(REPLAY, replay_key, {"expires_at": expires_at, "used_at": now,
-                                                          "purge_at": expires_at + _dt.timedelta(days=1)})])
+            self.store.write([self._replay(replay_key, replay_until, clock.now())])
         except StoreConflict:
             raise AuthenticationError("token already used (jti replay)", reason="token-replayed") from None
+
+    def _replay(self, key: str, until: _dt.datetime, now: _dt.datetime) -> Create:
+        return Create(REPLAY, key, {"expires_at": until, "used_at": now, "purge_at": until + _dt.timedelta(days=1)})
 
     def mark_issued(self, issuance_id: str, credential: str, *, expire_time: _dt.datetime | None,
                     key_id: str | None = None, state: str = ACTIVE) -> str:
         """Finalize: store the credential's SHA-256 (never the credential). Returns the digest."""
+        return self._finish(issuance_id, credential, expire_time=expire_time, key_id=key_id, state=state)
+
+    def mark_withheld(self, issuance_id: str, credential: str, *, expire_time: _dt.datetime | None,
+                      key_id: str | None, failure: str) -> str:
+        """IAM returned a credential outside its grant: it exists but is never handed out."""
+        return self._finish(issuance_id, credential, expire_time=expire_time, key_id=key_id, state=WITHHELD,
+                            failure=failure)
+
+    def _finish(self, issuance_id: str, credential: str, *, expire_time: _dt.datetime | None, key_id: str | None,
+                state: str, failure: str | None = None) -> str:
         digest = sha256(credential)
         now = clock.now()
         changes: dict[str, Any] = {"state": state, "token_sha256": digest, "issued_at": now,
-                                   "expire_time": expire_time, "key_id": key_id}
-        changes["purge_at"] = (expire_time or now) + self.retention
+                                   "expire_time": expire_time, "key_id": key_id,
+                                   "purge_at": (expire_time or now) + self.retention}
+        if failure:
+            changes["failure"] = failure
         self.store.write([Update(ISSUANCES, issuance_id, changes)])
         return digest
 
@@ -124,19 +130,60 @@ class Ledger:
         """IAM gave no usable answer (timeout, dropped connection, unreadable 200): it may have minted.
 
         The record says so honestly (``unconfirmed``: a credential may exist until ``until``, the
-        reservation's end) instead of ``failed``, and counts as live until then.
+        reservation's horizon) instead of ``failed``, and counts as live until then.
         """
         self.store.write([Update(ISSUANCES, issuance_id, {"state": UNCONFIRMED, "failure": failure,
                                                           "expire_time": until,
                                                           "purge_at": until + self.retention})])
 
-    def mark_failed(self, issuance_id: str, failure: str, *, release: Sequence[Write] = ()) -> None:
-        """Nothing was minted: record why, and in the same write give back what the
-        reservation consumed (``release``: the caller token's jti, an approval use)."""
+    def mark_failed(self, issuance_id: str, failure: str, *, replay_key: str | None) -> None:
+        """Nothing was minted: record why, and in the same write give back the caller token's jti."""
         now = clock.now()
+        release: list[Write] = [Delete(REPLAY, replay_key)] if replay_key else []
         self.store.write([Update(ISSUANCES, issuance_id, {"state": FAILED, "failure": failure,
                                                           "purge_at": now + self.retention}), *release])
 
+    # -- the sweep --------------------------------------------------------------------
+    def expire_due(self, now: _dt.datetime) -> Counter[str]:
+        """Live records past their expiry -> expired, one ``credential.expired`` event each."""
+        counts: Counter[str] = Counter()
+        for state in LIVE_STATES:
+            filters = (Filter("state", "==", state), Filter("expire_time", "<=", now))
+            for batch in due(self.store, ISSUANCES, filters, "expire_time"):
+                won = apply_each(self.store, batch, lambda d: Update(
+                    ISSUANCES, d.id, {"state": EXPIRED, "expired_at": now}, expect_version=d.version))
+                counts[f"issuances_expired_from_{state}"] += len(won)
+                for doc in won:
+                    self.events.publish("notifications", issuance_event("credential.expired", doc.data))
+        return counts
+
+    def unconfirm_stale(self, stale_before: _dt.datetime) -> list[Doc]:
+        """Reservations whose process died between reserve and finalize -> unconfirmed until reserved_until."""
+        changed: list[Doc] = []
+        filters = (Filter("state", "==", ISSUING), Filter("created_at", "<=", stale_before))
+        for batch in due(self.store, ISSUANCES, filters, "created_at"):
+            changed += apply_each(self.store, batch, lambda d: Update(
+                ISSUANCES, d.id, {"state": UNCONFIRMED, "expire_time": d.data.get("reserved_until"),
+                                  "failure": "reservation-not-finalized"}, expect_version=d.version))
+        return changed
+
+    def purge_replay(self, now: _dt.datetime) -> int:
+        """Delete used caller-token records whose token is no longer accepted (past exp + leeway)."""
+        count = 0
+        for batch in due(self.store, REPLAY, (Filter("expires_at", "<=", now),), "expires_at"):
+            count += len(apply_each(self.store, batch, lambda d: Delete(REPLAY, d.id, expect_version=d.version)))
+        return count
+
+    def live(self, now: _dt.datetime) -> list[dict[str, Any]]:
+        """Records that may hold a valid credential now (bounded by live credentials, not history)."""
+        out: list[dict[str, Any]] = []
+        for state in LIVE_STATES:
+            for batch in due(self.store, ISSUANCES, (Filter("state", "==", state), Filter("expire_time", ">", now)),
+                             "expire_time"):
+                out += [d.data for d in batch]
+        return out
+
+    # -- reading ------------------------------------------------------------------------
     def get(self, issuance_id: str) -> Doc | None:
         return self.store.get(ISSUANCES, issuance_id)
 
@@ -156,7 +203,7 @@ class Ledger:
         if state is None:
             parts: list[tuple[str | None, str | None]] = [(None, None)]
         elif state == EXPIRED:
-            parts = [(EXPIRED, None), (ACTIVE, EXPIRED), (UNCONFIRMED, EXPIRED)]
+            parts = [(EXPIRED, None), (ACTIVE, EXPIRED), (UNCONFIRMED, EXPIRED), (WITHHELD, EXPIRED)]
         elif state in LIVE_STATES:
             parts = [(state, state)]
         else:
@@ -184,10 +231,10 @@ class Ledger:
 
 
 def effective_state(record: dict[str, Any], now: _dt.datetime) -> str:
-    """An active (or unconfirmed) record past its expiry reads as expired, sweep or not."""
+    """A live record past its expiry reads as expired, sweep or not."""
     state = record.get("state", "")
     if state in LIVE_STATES:
-        until = record.get("expire_time") if state == ACTIVE else record.get("reserved_until")
+        until = record.get("reserved_until") if state == UNCONFIRMED else record.get("expire_time")
         if until is not None and until <= now:
             return EXPIRED
     return str(state)
@@ -197,7 +244,7 @@ PUBLIC_FIELDS = (
     "id", "kind", "state", "principal", "issuer", "subject", "entitlement", "service_account",
     "delegates", "scopes", "lifetime_s", "reason", "request_id", "break_glass", "created_at",
     "reserved_until", "issued_at", "expire_time", "token_sha256", "key_id", "failure",
-    "audience", "expired_at", "payload_sha256", "bucket", "object",
+    "audience", "expired_at", "payload_sha256", "payload_bytes", "bucket", "object", "method", "bounds",
 )
 
 
@@ -206,10 +253,17 @@ def view(record: dict[str, Any], now: _dt.datetime) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in PUBLIC_FIELDS:
         if key in record:
-            value = record[key]
-            out[key] = clock.rfc3339(value) if isinstance(value, _dt.datetime) else value
+            out[key] = _plain(record[key])
     out["state"] = effective_state(record, now)
     return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _dt.datetime):
+        return clock.rfc3339(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 # -- listing -------------------------------------------------------------------------

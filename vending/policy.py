@@ -1,33 +1,23 @@
-"""Pure policy decisions: may this caller get this credential, and on what terms?
+"""Pure policy decisions: claims + request -> ``Grant``, or a refusal naming the rule.
 
 No I/O, no clock reads: everything comes in as arguments, so every rule is a
 plain function that unit and property tests can hammer. Deny by default: a
 request is granted only by an entitlement whose principal rule matches the
 caller, whose service account is the target, which lists the credential
-kind, and whose limits the request stays within.
+kind, and whose bounds (the kind module's, narrowed by an approval) the
+request stays within.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from vending.config import Entitlement, Policy, PrincipalRule, matches
 from vending.errors import BadRequestError, PermissionDeniedError
+from vending.grant import ApprovalUse, Grant
 from vending.identity import Principal
-
-
-@dataclass(frozen=True)
-class Grant:
-    """What the policy allows for one request."""
-
-    entitlement: Entitlement
-    kind: str
-    service_account: str
-    delegates: tuple[str, ...]
-    scopes: tuple[str, ...] = ()
-    lifetime_s: int = 0
 
 
 def rule_matches(rule: PrincipalRule, principal: Principal) -> bool:
@@ -58,19 +48,28 @@ def _check_delegates(entitlement: Entitlement, delegates: Sequence[str] | None) 
     return entitlement.delegates
 
 
-def select(policy: Policy, principal: Principal, kind: str, service_account: str,
-           *, via_request: Entitlement | None = None) -> list[Entitlement]:
+def candidates(policy: Policy, principal: Principal, kind: str, service_account: str,
+               approval: ApprovalUse | None) -> list[Entitlement]:
     """Entitlements that could grant ``kind`` of ``service_account`` to the caller.
 
-    With ``via_request`` (an ACTIVE approved request) only that entitlement is
-    considered. Otherwise entitlements that need approval are excluded, and if
-    they were the only match the caller is told an approval is required.
+    With an approval only its entitlement is considered, and its principal rule is
+    checked again for this caller (the token that vends is not the one that asked).
+    Otherwise entitlements that need approval are excluded, and if they were the
+    only match the caller is told an approval is required.
     """
-    if via_request is not None:
-        if via_request.service_account != service_account:
+    if approval is not None:
+        ent = policy.entitlement(approval.entitlement)
+        if ent is None:
+            raise PermissionDeniedError("The request's entitlement no longer exists.", reason="entitlement-removed")
+        if ent.service_account != service_account:
             raise PermissionDeniedError("The access request is for another service account.",
                                         reason="service-account-not-allowed")
-        found = [via_request]
+        if approval.requester != principal.qualified:
+            raise PermissionDeniedError("This access request belongs to another requester.", reason="not-requester")
+        if not is_principal_of(ent, principal):
+            raise PermissionDeniedError(f"This caller no longer matches entitlement {ent.name!r}'s principal rule.",
+                                        reason="entitlement-not-allowed")
+        found = [ent]
     else:
         found = entitlements_for(policy, principal, service_account)
         if not found:
@@ -91,50 +90,25 @@ def select(policy: Policy, principal: Principal, kind: str, service_account: str
     return kinds
 
 
-def decide_access_token(policy: Policy, principal: Principal, service_account: str,
-                        scopes: Sequence[str] | None, lifetime_s: int | None,
-                        delegates: Sequence[str] | None, *, via_request: Entitlement | None = None,
-                        max_lifetime_s: int | None = None) -> Grant:
-    """Grant an access token or raise. ``max_lifetime_s`` clamps (approval windows)."""
-    candidates = select(policy, principal, "access_token", service_account, via_request=via_request)
+def decide(policy: Policy, principal: Principal, kind: Any, ask: Any, now: _dt.datetime,
+           approval: ApprovalUse | None = None) -> Grant:
+    """The grant for this request, or the refusal of the first candidate entitlement.
+
+    ``kind`` is a ``vending.kinds`` module; ``ask`` its decoded request.
+    """
     first_error: Exception | None = None
-    for ent in candidates:
+    for ent in candidates(policy, principal, kind.NAME, ask.service_account, approval):
         try:
-            return _grant_access_token(ent, scopes, lifetime_s, delegates, max_lifetime_s)
-        except (PermissionDeniedError, BadRequestError) as exc:
-            first_error = first_error or exc
-    assert first_error is not None
-    raise first_error
-
-
-def _grant_access_token(ent: Entitlement, scopes: Sequence[str] | None, lifetime_s: int | None,
-                        delegates: Sequence[str] | None, max_lifetime_s: int | None) -> Grant:
-    wanted = tuple(scopes) if scopes else ent.scopes
-    extra = [s for s in wanted if s not in ent.scopes]
-    if extra:
-        raise PermissionDeniedError(f"Scope(s) {extra} are not granted by the entitlement.",
-                                    reason="scope-not-allowed")
-    chain = _check_delegates(ent, delegates)
-    if lifetime_s is not None and lifetime_s > ent.max_lifetime:
-        raise BadRequestError(
-            f"lifetime {lifetime_s}s is above the maximum of {ent.max_lifetime}s for this service account.",
-            reason="lifetime-too-long")
-    lifetime = lifetime_s if lifetime_s is not None else ent.max_lifetime
-    if max_lifetime_s is not None:
-        lifetime = min(lifetime, max_lifetime_s)
-    return Grant(ent, "access_token", ent.service_account, chain, tuple(dict.fromkeys(wanted)), lifetime)
-
-
-def decide_kind(policy: Policy, principal: Principal, kind: str, service_account: str,
-                delegates: Sequence[str] | None, check: Any, *, via_request: Entitlement | None = None) -> Grant:
-    """Grant an ID token / signed JWT / signed blob: ``check(entitlement)`` applies kind rules."""
-    candidates = select(policy, principal, kind, service_account, via_request=via_request)
-    first_error: Exception | None = None
-    for ent in candidates:
-        try:
-            chain = _check_delegates(ent, delegates)
-            check(ent)
-            return Grant(ent, kind, ent.service_account, chain)
+            chain = _check_delegates(ent, ask.delegates)
+            bounds = kind.bounds(ent, now)
+            if approval is not None:
+                bounds = approval.narrow(bounds)
+            return Grant(
+                caller=principal.qualified, issuer=principal.issuer, subject=str(principal.claims.get("sub", "")),
+                entitlement=ent.name, kind=kind.NAME, service_account=ent.service_account, delegates=chain,
+                bounds=bounds, terms=kind.terms(ent, bounds, ask, now), decided_at=now,
+                request_id=approval.request_id if approval else None,
+                break_glass=bool(approval and approval.break_glass))
         except (PermissionDeniedError, BadRequestError) as exc:
             first_error = first_error or exc
     assert first_error is not None
@@ -142,5 +116,6 @@ def decide_kind(policy: Policy, principal: Principal, kind: str, service_account
 
 
 def can_read(policy: Policy, principal: Principal, owner: str, extra_readers: frozenset[str] = frozenset()) -> bool:
-    """Auditors read everything; others read their own records (and listed readers)."""
-    return principal.identity == owner or policy.is_auditor(principal.identity) or principal.identity in extra_readers
+    """Auditors read everything; others read their own records (and listed readers). Identities are qualified."""
+    who = principal.qualified
+    return who == owner or policy.is_auditor(who) or who in extra_readers

@@ -16,7 +16,10 @@ import binascii
 from typing import Any
 
 from vending import log
+from vending.approvals import Approvals
 from vending.errors import BadRequestError, NotFoundError, UnavailableError, VendingError
+from vending.events import Events
+from vending.identity import BotVerifier
 
 
 def _message(event: Any) -> tuple[str, str]:
@@ -36,16 +39,16 @@ def _message(event: Any) -> tuple[str, str]:
         raise BadRequestError("The Pub/Sub message data is not a signed JWT.", reason="invalid-message") from exc
 
 
-def handle_approval_event(event: Any, service: Any) -> None:
+def handle_approval_event(event: Any, bot_verifier: BotVerifier, approvals: Approvals, events: Events) -> None:
     message_id = ""
     try:
         token, message_id = _message(event)
-        bot, claims = service.bot_verifier().verify(token)
+        bot, claims = bot_verifier.verify(token)
         action = claims.get("action")
         if action not in bot.actions:
             raise BadRequestError(f"Bot {bot.service_account} may not send {action!r}.", reason="action-not-allowed")
         try:
-            result = service.approvals.apply_bot_message(bot.service_account, claims, message_id)
+            result = approvals.apply_bot_message(bot, claims, message_id)
         except NotFoundError as exc:
             if exc.reason != "request-not-found":
                 raise
@@ -54,7 +57,7 @@ def handle_approval_event(event: Any, service: Any) -> None:
             raise UnavailableError("The access request does not exist (yet); the message will be redelivered.",
                                    reason="request-not-yet-known", detail=exc.message) from exc
         log.notice("approval message applied", audit=True, message_id=message_id, bot=bot.service_account,
-                   action=action, actor=claims.get("actor"), request_id=(result or {}).get("id"),
+                   action=action, actor=claims.get("actor"), access_request_id=(result or {}).get("id"),
                    state=(result or {}).get("state"))
     except VendingError as exc:
         if exc.retryable or exc.reason == "request-busy":  # busy: changed concurrently past the retries
@@ -64,10 +67,4 @@ def handle_approval_event(event: Any, service: Any) -> None:
         log.warning("approval message rejected", message_id=message_id, reason=exc.reason,
                     detail=exc.detail or exc.message)
     finally:
-        service.events.flush(5.0)
-
-
-def handle_sweep_event(event: Any, service: Any) -> None:
-    from vending.sweep import sweep
-
-    sweep(service)
+        events.flush(5.0)

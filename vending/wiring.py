@@ -2,12 +2,15 @@
 
 Settings and the policy are validated at import of ``main`` (cold start);
 clients (store, IAM session, JWKS cache, Pub/Sub) are built on first use so
-that heavy imports stay off paths that do not need them.
+that heavy imports stay off paths that do not need them. ``Service`` only
+holds the parts for the entry points; each part receives the collaborators
+it uses, never the whole.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from vending import config, log
@@ -19,6 +22,43 @@ _service: Any = None
 _handlers: Any = None
 
 
+@dataclass
+class Service:
+    settings: Settings
+    store: Any
+    iam: Any
+    verifier: Any
+    events: Any
+    ledger: Any
+    approvals: Any
+    vend: Any
+    requests: Any
+    issuances: Any
+    _bot_verifier: Any = field(default=None, repr=False)
+
+    @property
+    def policy(self) -> Any:
+        return self.settings.policy
+
+    def bot_verifier(self) -> Any:
+        """Verifier of signed chat-ops messages, built on first use."""
+        with _lock:
+            if self._bot_verifier is None:
+                from vending.identity import BotVerifier
+
+                p = self.policy
+                self._bot_verifier = BotVerifier(
+                    p.bots, audience=p.bot_audience or p.issuers[0].audience,
+                    keys_base_url=self.settings.keys_base_url, max_ttl_s=p.bot_message_max_ttl_seconds)
+            return self._bot_verifier
+
+    def sweep(self) -> dict[str, Any]:
+        from vending.sweep import sweep
+
+        return sweep(self.ledger, self.approvals, self.events,
+                     reservation_timeout_s=self.settings.reservation_timeout_s)
+
+
 def settings() -> Settings:
     global _settings
     with _lock:
@@ -28,14 +68,18 @@ def settings() -> Settings:
         return _settings
 
 
-def build_service(s: Settings, **overrides: Any) -> Any:
+def build_service(s: Settings, **overrides: Any) -> Service:
     """Assemble the service; ``overrides`` replace parts (tests pass fakes or emulator clients)."""
+    import datetime as _dt
+
     from vending import events as events_mod
     from vending.approvals import Approvals
     from vending.iam import GoogleCredentialsToken, IamCredentials, StaticToken
     from vending.identity import Verifier
-    from vending.service import Service
+    from vending.ledger import Ledger
+    from vending.service import AccessRequests, Issuances
     from vending.store import open_store
+    from vending.vend import Vend
 
     store = overrides.get("store") or open_store(s)
     iam = overrides.get("iam") or IamCredentials(
@@ -49,12 +93,16 @@ def build_service(s: Settings, **overrides: Any) -> Any:
                                          s.project)
     else:
         events = events_mod.FileEvents(s.events_file)
-    service = Service(s, store, iam, verifier, events)
-    service.approvals = overrides.get("approvals") or Approvals(service)
-    return service
+    ledger = Ledger(store, events, retention_days=s.retention_days)
+    approvals = overrides.get("approvals") or Approvals(s.policy, store, events,
+                                                        retention=_dt.timedelta(days=s.retention_days))
+    vend = Vend(s.policy, verifier, ledger, approvals, iam, events, iam_deadline_s=s.iam_timeout_s)
+    return Service(settings=s, store=store, iam=iam, verifier=verifier, events=events, ledger=ledger,
+                   approvals=approvals, vend=vend, requests=AccessRequests(verifier, ledger, approvals),
+                   issuances=Issuances(verifier, s.policy, ledger))
 
 
-def service() -> Any:
+def service() -> Service:
     global _service
     with _lock:
         if _service is None:
@@ -68,7 +116,8 @@ def handlers() -> Any:
         if _handlers is None:
             from vending.api import Handlers
 
-            _handlers = Handlers(service())
+            svc = service()
+            _handlers = Handlers(svc.vend, svc.requests, svc.issuances, svc.events, project=svc.settings.project)
         return _handlers
 
 

@@ -64,7 +64,7 @@ def policy_dict(issuer: dict[str, Any]) -> dict[str, Any]:
              "id_token": {"audiences": [{"pattern": r"https://[a-z0-9-]+(\.[a-z0-9-]+)*\.run\.app"}]},
              "signed_jwt": {"audiences": ["https://example.com/", "https://pubsub.googleapis.com/"],
                             "max_ttl": 7200, "allowed_claims": ["scope", "target"]},
-             "signed_blob": {"max_payload_bytes": 65536}},
+             "signed_blob": {"max_payload_bytes": 65536, "acknowledge_raw_signing": True}},
             {"name": "ungranted", "principals": [{"issuer": issuer["name"], "claims": {"sub": CI_SUBJECT}}],
              "service_account": UNGRANTED_SA, "scopes": [CLOUD], "max_lifetime": 600},
             {"name": "missing", "principals": [{"issuer": issuer["name"], "claims": {"sub": CI_SUBJECT}}],
