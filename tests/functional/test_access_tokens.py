@@ -282,19 +282,19 @@ def test_wrong_method(harness: ServiceHarness, method: str) -> None:
 
 # -- IAM failures ------------------------------------------------------------------------------------
 
-def test_iam_permission_denied_becomes_502(harness: ServiceHarness) -> None:
+def test_iam_permission_denied_becomes_403(harness: ServiceHarness) -> None:
     resp = harness.vend(service_account=UNGRANTED_SA)
     err = error_of(resp)
-    assert (resp.status_code, err["reason"]) == (502, "iam-permission-denied")
+    assert (resp.status_code, err["reason"], err["status"]) == (403, "iam-permission-denied", "PERMISSION_DENIED")
     assert "roles/iam.serviceAccountTokenCreator" in err["message"]
     [doc] = [d for d in _issuances(harness)]
     assert doc["state"] == "failed" and doc["failure"] == "iam-permission-denied"
 
 
-def test_iam_unknown_target_becomes_502(harness: ServiceHarness) -> None:
+def test_iam_unknown_target_becomes_404(harness: ServiceHarness) -> None:
     resp = harness.vend(service_account=MISSING_SA)
     err = error_of(resp)
-    assert (resp.status_code, err["reason"]) == (502, "iam-target-not-found")
+    assert (resp.status_code, err["reason"], err["status"]) == (404, "iam-target-not-found", "NOT_FOUND")
 
 
 def test_iam_429_becomes_429_with_retry_after(harness: ServiceHarness) -> None:
@@ -317,7 +317,7 @@ def test_iam_500_retries_are_bounded(harness: ServiceHarness) -> None:
     harness.standin.set_fault(500, count=10)
     resp = harness.vend()
     err = error_of(resp)
-    assert (resp.status_code, err["reason"]) == (502, "iam-error")
+    assert (resp.status_code, err["reason"], err["status"]) == (502, "iam-error", "UNAVAILABLE")
     assert harness.standin.calls["generateAccessToken"] == 3  # 1 + 2 retries
 
 

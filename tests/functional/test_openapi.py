@@ -319,7 +319,7 @@ scenario("access-tokens-403-approval-required", OP[AT], 403)(
     lambda c: c.h.post(AT, {"service_account": PROD_SA}, subject=REQUESTER))
 scenario("access-tokens-403-approval-pending", OP[AT], 403)(
     lambda c: c.h.post(AT, {"service_account": PROD_SA, "request_id": c.new_request()}, subject=REQUESTER))
-scenario("access-tokens-502-iam-permission-denied", OP[AT], 502)(
+scenario("access-tokens-403-iam-permission-denied", OP[AT], 403)(
     lambda c: c.h.post(AT, {"service_account": UNGRANTED_SA}))
 scenario("id-tokens-403-audience", OP[IDT], 403)(lambda c: c.h.post(IDT, {**IDT_OK, "audience": "https://evil.example"}))
 scenario("signed-jwts-200-exp", OP[JWT], 200)(
@@ -538,7 +538,7 @@ scenario("issuance-get-200-owner", GI, 200)(lambda c: c.h.get(f"/v1/issuances/{c
 
 
 def _get_failed_issuance(c: Ctx) -> Any:
-    assert c.h.post(AT, {"service_account": UNGRANTED_SA}).status_code == 502
+    assert c.h.post(AT, {"service_account": UNGRANTED_SA}).status_code == 403
     [record] = c.h.get("/v1/issuances", subject=AUDITOR).get_json()["issuances"]
     resp = c.h.get(f"/v1/issuances/{record['id']}", subject=AUDITOR)
     assert resp.get_json()["state"] == "failed" and resp.get_json()["failure"] == "iam-permission-denied"

@@ -87,7 +87,7 @@ def _scenario(h: ServiceHarness) -> dict[str, int]:
     seen("404", h.post("/v1/nothing", {}), 404)
     seen("405", h.call("DELETE", "/v1/access-tokens"), 405)
     # IAM errors
-    seen("502-iam-403", h.vend(service_account=UNGRANTED_SA), 502)
+    seen("403-iam-403", h.vend(service_account=UNGRANTED_SA), 403)
     h.standin.set_fault(429, count=1)
     seen("429", h.vend(), 429)
     h.standin.set_fault(503)
