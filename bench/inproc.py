@@ -109,7 +109,6 @@ def sweep_bench(args: argparse.Namespace) -> dict[str, Any]:
     from vending.events import MemoryEvents
     from vending.store.base import Create, Filter, Query, Update
     from vending.store.indexes import ISSUANCES
-    from vending.sweep import sweep
 
     settings = wiring.settings()
     tag = secrets.token_hex(3)
@@ -165,7 +164,7 @@ def sweep_bench(args: argparse.Namespace) -> dict[str, Any]:
                 store.write([Update(ISSUANCES, d, {"state": ledger.ACTIVE, "expired_at": None}) for d in due_ids])
             store.ops.clear()
             t0 = time.perf_counter()
-            result = sweep(service)
+            result = service.sweep()
             elapsed = time.perf_counter() - t0
             out["sizes"][str(size)]["ops_per_sweep"] = dict(store.ops)
             swept = result["counts"].get("issuances_expired_from_active", 0)

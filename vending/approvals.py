@@ -421,7 +421,7 @@ class Approvals:
                 count += len(won)
                 for doc in won:
                     self.events.publish("notifications", request_event(
-                        "request.expired", {**doc.data, "state": EXPIRED}, actor="system",
+                        "request.expired", {**doc.data, "id": doc.id, "state": EXPIRED}, actor="system",
                         previous_state=doc.data.get("state")))
         return count
 

@@ -414,16 +414,16 @@ def load_policy(path: str | Path) -> Policy:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: (top level): must be a mapping")
     try:
-        policy = Policy.model_validate(raw)
+        return Policy.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation(path, exc)) from exc
-    from vending import log
 
-    for ent in policy.entitlements:
-        if ent.signed_blob is not None and ent.signed_blob.acknowledge_raw_signing:
-            log.warning("raw blob signing acknowledged: this entitlement grants the service account's whole "
-                        "signing power", entitlement=ent.name, service_account=ent.service_account, config=path)
-    return policy
+
+def warnings(policy: Policy) -> list[tuple[str, dict[str, str]]]:
+    """What the service logs at cold start about a valid but risky policy."""
+    return [("raw blob signing acknowledged: this entitlement grants the service account's whole signing power",
+             {"entitlement": e.name, "service_account": e.service_account})
+            for e in policy.entitlements if e.signed_blob is not None and e.signed_blob.acknowledge_raw_signing]
 
 
 @dataclass(frozen=True)

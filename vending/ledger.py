@@ -154,7 +154,7 @@ class Ledger:
                     ISSUANCES, d.id, {"state": EXPIRED, "expired_at": now}, expect_version=d.version))
                 counts[f"issuances_expired_from_{state}"] += len(won)
                 for doc in won:
-                    self.events.publish("notifications", issuance_event("credential.expired", doc.data))
+                    self.events.publish("notifications", issuance_event("credential.expired", {**doc.data, "id": doc.id}))
         return counts
 
     def unconfirm_stale(self, stale_before: _dt.datetime) -> list[Doc]:

@@ -65,6 +65,8 @@ def settings() -> Settings:
         if _settings is None:
             _settings = config.load_settings()
             log.configure(_settings.log_level)
+            for message, fields in config.warnings(_settings.policy):
+                log.warning(message, **fields)
         return _settings
 
 

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -71,7 +71,8 @@ class FaultRun:
 def short_deadline(h: ServiceHarness) -> None:
     h.iam = IamCredentials(h.standin.url, StaticToken(IAM_TOKEN), timeout_s=TIMEOUT_S, retries=RETRIES,
                            backoff_s=0.01)
-    h.service.iam = h.iam
+    h.settings = replace(h.settings, iam_timeout_s=TIMEOUT_S, iam_retries=RETRIES)
+    h.rebuild()
 
 
 def vend_once(h: ServiceHarness, kind: str = "access_token") -> Outcome:

@@ -168,10 +168,9 @@ def test_store_failure_after_iam_success_keeps_the_reservation(harness: ServiceH
     [record] = issuances.values()
     assert record["state"] == "issuing" and minted.request_reason.endswith(record["id"])
     # AND the sweep turns it into "unconfirmed" once the reservation times out
-    from vending.sweep import sweep
 
     with freeze_time(_dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=h.settings.reservation_timeout_s + 1)):
-        sweep(h.service)
+        h.service.sweep()
     [record] = dump_store(h.store)[ISSUANCES].values()
     assert record["state"] == "unconfirmed"
     check_ledger(dump_store(h.store)[ISSUANCES], h.standin.minted)

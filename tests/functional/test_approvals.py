@@ -65,14 +65,14 @@ def test_request_two_approvals_token_then_second_vend_refused(any_harness: Servi
     resp = create(h, duration="1800s")
     assert resp.status_code == 200, resp.get_json()
     req = resp.get_json()
-    assert req["state"] == "APPROVAL_AWAITED" and req["requester"] == REQUESTER and req["quorum"] == 2
+    assert req["state"] == "APPROVAL_AWAITED" and req["requester"] == f"ci/{REQUESTER}" and req["quorum"] == 2
     # WHEN one approver approves, it still waits; a token is refused meanwhile
     assert act(h, req["id"], "approve", "alice@example.com").get_json()["state"] == "APPROVAL_AWAITED"
     assert reason(vend(h, req["id"])) == "approval-pending"
     # AND a second, distinct approver approves
     active = act(h, req["id"], "approve", "bob@example.com", comment="ok").get_json()
     assert active["state"] == "ACTIVE" and [a["approver"] for a in active["approvals"]] == [
-        "alice@example.com", "bob@example.com"]
+        "ci/alice@example.com", "ci/bob@example.com"]
     # THEN the requester gets one token, flagged with the request
     first = vend(h, req["id"])
     assert first.status_code == 200, first.get_json()
@@ -282,7 +282,7 @@ def test_bot_request_and_two_approvals(harness: ServiceHarness, bot: Bot) -> Non
     # GIVEN dave asks in chat; the bot files the request
     deliver(bot.message("request", REQUESTER, entitlement="prod-admin", justification=JUSTIFICATION))
     [req] = [d.data for d in _requests(harness)]
-    assert req["state"] == "APPROVAL_AWAITED" and req["requester"] == REQUESTER
+    assert req["state"] == "APPROVAL_AWAITED" and req["requester"] == f"ci/{REQUESTER}"
     # WHEN alice and bob click approve
     deliver(bot.message("approve", "alice@example.com", request_id=req["id"]))
     deliver(bot.message("approve", "bob@example.com", request_id=req["id"], comment="lgtm"))
@@ -302,7 +302,7 @@ def test_redelivery_three_times_shuffled_matches_one_ordered_delivery(harness: S
         deliver(jwt, message_id)
     doc = harness.get(f"/v1/requests/{request_id}", subject=REQUESTER).get_json()
     assert doc["state"] == "ACTIVE"
-    assert sorted(a["approver"] for a in doc["approvals"]) == ["alice@example.com", "bob@example.com"]
+    assert sorted(a["approver"] for a in doc["approvals"]) == ["ci/alice@example.com", "ci/bob@example.com"]
 
 
 def test_revoke_before_approve_leaves_it_revoked(harness: ServiceHarness, bot: Bot) -> None:
@@ -346,13 +346,12 @@ def test_storage_outage_makes_pubsub_redeliver(harness: ServiceHarness, bot: Bot
         def get(self, *a: Any) -> Any:
             raise StoreUnavailable("down")
 
-    real = harness.service.store
-    harness.service.store = Down()  # type: ignore[assignment]
+    harness.rebuild(store=Down())
     try:
         with pytest.raises(StoreUnavailable):
             deliver(jwt)
     finally:
-        harness.service.store = real
+        harness.rebuild()
     deliver(jwt)  # the redelivery applies it
     assert len(harness.get(f"/v1/requests/{request_id}", subject=REQUESTER).get_json()["approvals"]) == 1
 

@@ -596,7 +596,7 @@ def test_chat_initiated_request(stack: Stack) -> None:
                   "--justification", "INC-9: from chat", "--duration", "30m")
     assert r.returncode == 0, r.stderr
     created = [json.loads(line) for line in events.read_text()[len(before):].splitlines()]
-    (event,) = [e for e in created if e["type"] == "request.created" and e["requester"] == "erin@example.com"]
+    (event,) = [e for e in created if e["type"] == "request.created" and e["requester"] == "local-dev/erin@example.com"]
     r = stack.run("status", event["request_id"], *stack.as_("erin@example.com"), "--format", "json")
     assert r.returncode == 0, r.stderr
     req = json.loads(r.stdout)
@@ -667,7 +667,7 @@ def test_issuances_table_json_and_pages(stack: Stack) -> None:
     assert re.fullmatch(r"ID +KIND +STATE +SERVICE ACCOUNT +PRINCIPAL +EXPIRES", lines[0])
     for issuance_id in ids:
         (row,) = [line for line in lines if line.startswith(issuance_id)]
-        assert re.search(rf"access_token +active +{re.escape(DEMO_SA)} +{re.escape(CI)} +\d{{4}}-.* UTC \(in [01]m",
+        assert re.search(rf"access_token +active +{re.escape(DEMO_SA)} +local-dev/{re.escape(CI)} +\d{{4}}-.* UTC \(in [01]m",
                          row), row
     everything = json.loads(stack.run("issuances", *stack.as_(AUDITOR), "--format", "json").stdout)["issuances"]
     paged = json.loads(stack.run("issuances", *stack.as_(AUDITOR), "--format", "json", "--page-size", "1").stdout)
@@ -675,7 +675,7 @@ def test_issuances_table_json_and_pages(stack: Stack) -> None:
     assert not any("access_token" in i or "token" in i for i in everything)
     # a caller who is not an auditor sees only their own
     r = stack.run("issuances", *stack.as_(CI), "--format", "json")
-    assert {i["principal"] for i in json.loads(r.stdout)["issuances"]} == {CI}
+    assert {i["principal"] for i in json.loads(r.stdout)["issuances"]} == {f"local-dev/{CI}"}
     r = stack.run("issuances", *stack.as_(CI), "--principal", REQUESTER)
     assert r.returncode == 4 and "not-an-auditor" in _one_error_line(r)
 
@@ -708,6 +708,6 @@ def test_docs_commands_run(stack: Stack, github: tuple[FakeEndpoint, dict[str, s
     token_file = Path(re.search(r"TOKEN_FILE=(.*)", r.stdout).group(1))  # type: ignore[union-attr]
     token = token_file.read_text()
     assert stack.minted(token) and token not in r.stdout + r.stderr
-    assert re.search(r"access_token +active +prod-admin@\S+ +dave@example\.com", r.stdout), r.stdout
+    assert re.search(r"access_token +active +prod-admin@\S+ +local-dev/dave@example\.com", r.stdout), r.stdout
     assert "refused with exit code 7" in r.stdout and "approval-consumed" in r.stderr
     assert '"type":"break_glass.used"' in r.stdout and '"type":"break_glass.activated"' in r.stdout

@@ -42,7 +42,7 @@ from tests.support.app import (
 )
 from tests.support.gcs_v4 import V4, v4_request
 from vending import clock, policy
-from vending.config import load_policy, matches
+from vending.config import load_policy
 from vending.errors import BadRequestError, PermissionDeniedError
 from vending.identity import Principal
 
@@ -140,7 +140,7 @@ def small_blob_harness(sqlite_store: Any, oidc: Any, standin: Any, tmp_path: Pat
     entitlements = policy_dict(issuer_cfg)["entitlements"]
     for ent in entitlements:
         if ent["name"] == "deploy":
-            ent["signed_blob"] = {"max_payload_bytes": 1024}
+            ent["signed_blob"] = {"max_payload_bytes": 1024, "acknowledge_raw_signing": True}
     h = ServiceHarness(sqlite_store, oidc, standin, tmp_path, policy_overrides={"entitlements": entitlements})
     yield h
     h.close()
@@ -596,56 +596,59 @@ def _demo_principal(subject: str = DEMO_SUBJECT) -> Principal:
     return Principal(issuer="local-dev", identity=subject, claims={"sub": subject})
 
 
-def test_example_configuration_grants_the_demo_subject_all_three_kinds() -> None:
-    from vending.service import _jwt_claims
+def _decide(pol: Any, principal: Principal, kind: str, body: dict[str, Any], now: _dt.datetime) -> Any:
+    from vending.kinds import registry
 
+    module = registry()[kind]
+    return policy.decide(pol, principal, module, module.decode({"service_account": DEMO_SA, **body}), now)
+
+
+def test_example_configuration_grants_the_demo_subject_all_three_kinds() -> None:
     pol = load_policy("config/example.yaml")
     demo = _demo_principal()
     now = _dt.datetime(2026, 11, 28, 12, 0, tzinfo=_dt.UTC)
     now_s = int(now.timestamp())
 
     # ID tokens for https://*.run.app audiences, and nothing else
-    def id_check(aud: str) -> Any:
-        def check(ent: Any) -> None:
-            if not any(matches(m, aud) for m in ent.id_token.audiences):
-                raise PermissionDeniedError("no", reason="audience-not-allowed")
-        return check
-
-    grant = policy.decide_kind(pol, demo, "id_token", DEMO_SA, None, id_check("https://hello-abc-uc.a.run.app"))
-    assert (grant.entitlement.name, grant.service_account, grant.delegates) == ("demo-deploy", DEMO_SA, ())
+    grant = _decide(pol, demo, "id_token", {"audience": "https://hello-abc-uc.a.run.app"}, now)
+    assert (grant.entitlement, grant.service_account, grant.delegates) == ("demo-deploy", DEMO_SA, ())
+    assert grant.caller == f"local-dev/{DEMO_SUBJECT}"
     for aud in ("https://x.run.app.evil.com", "http://x.run.app", "https://example.com/"):
         with pytest.raises(PermissionDeniedError):
-            policy.decide_kind(pol, demo, "id_token", DEMO_SA, None, id_check(aud))
+            _decide(pol, demo, "id_token", {"audience": aud}, now)
 
     # signed JWTs with aud https://example.com/ and exp at most 1 h away
-    [ent] = policy.select(pol, demo, "signed_jwt", DEMO_SA)
-    assert _jwt_claims(ent, {"aud": EXAMPLE_AUD}, now, None)["exp"] == now_s + 3600
-    assert _jwt_claims(ent, {"aud": EXAMPLE_AUD, "exp": now_s + 3600}, now, None)["exp"] == now_s + 3600
+    def jwt_exp(claims: dict[str, Any]) -> int:
+        return int(_decide(pol, demo, "signed_jwt", {"claims": claims}, now).terms.claims["exp"])
+
+    assert jwt_exp({"aud": EXAMPLE_AUD}) == now_s + 3600
+    assert jwt_exp({"aud": EXAMPLE_AUD, "exp": now_s + 3600}) == now_s + 3600
     with pytest.raises(BadRequestError) as too_far:
-        _jwt_claims(ent, {"aud": EXAMPLE_AUD, "exp": now_s + 3601}, now, None)
+        jwt_exp({"aud": EXAMPLE_AUD, "exp": now_s + 3601})
     assert too_far.value.reason == "exp-too-far"
     with pytest.raises(PermissionDeniedError):
-        _jwt_claims(ent, {"aud": "https://other.example/"}, now, None)
-    grant = policy.decide_kind(pol, demo, "signed_jwt", DEMO_SA, None,
-                               lambda e: _jwt_claims(e, {"aud": EXAMPLE_AUD}, now, None))
-    assert grant.entitlement.name == "demo-deploy"
+        jwt_exp({"aud": "https://other.example/"})
 
-    # signed blobs up to 64 KiB, any payload (not only Cloud Storage V4)
-    [ent] = policy.select(pol, demo, "signed_blob", DEMO_SA)
+    # raw signed blobs up to 64 KiB, acknowledged as the account's whole signing power
+    [ent] = policy.candidates(pol, demo, "signed_blob", DEMO_SA, None)
+    assert ent.signed_blob is not None
     assert (ent.signed_blob.max_payload_bytes, ent.signed_blob.gcs_v4_only) == (65536, False)
-    assert policy.decide_kind(pol, demo, "signed_blob", DEMO_SA, [], lambda e: None).entitlement.name == "demo-deploy"
+    assert ent.signed_blob.acknowledge_raw_signing
+    payload = base64.b64encode(b"hello").decode()
+    assert _decide(pol, demo, "signed_blob", {"payload": payload}, now).entitlement == "demo-deploy"
 
     # and another subject gets none of them
     for kind in ("id_token", "signed_jwt", "signed_blob"):
         with pytest.raises(PermissionDeniedError) as denied:
-            policy.select(pol, _demo_principal("repo:example/app:ref:refs/heads/feature"), kind, DEMO_SA)
+            policy.candidates(pol, _demo_principal("repo:example/app:ref:refs/heads/feature"), kind, DEMO_SA, None)
         assert denied.value.reason == "service-account-not-allowed"
 
 
 def test_example_configuration_still_vends_the_core_access_token() -> None:
     pol = load_policy("config/example.yaml")
-    grant = policy.decide_access_token(pol, _demo_principal(), DEMO_SA, None, 900, None)
-    assert (grant.entitlement.name, grant.lifetime_s) == ("demo-deploy", 900)
+    now = _dt.datetime(2026, 11, 28, 12, 0, tzinfo=_dt.UTC)
+    grant = _decide(pol, _demo_principal(), "access_token", {"lifetime": 900}, now)
+    assert (grant.entitlement, grant.terms.lifetime_s) == ("demo-deploy", 900)
     assert CI_SUBJECT == DEMO_SUBJECT
 
 
@@ -673,11 +676,13 @@ def _jwt_entitlement(max_ttl: int = 7200) -> Any:
     ("https://example.com/", 7200),
 ])
 def test_google_api_audiences_are_recognised(aud: str, ttl: int) -> None:
-    from vending.service import _jwt_claims
+    from vending.kinds import signed_jwt
 
     now = _dt.datetime(2026, 11, 28, 12, 0, tzinfo=_dt.UTC)
-    claims = _jwt_claims(_jwt_entitlement(), {"aud": aud}, now, None)
-    assert claims["exp"] == int(now.timestamp()) + ttl
+    ent = _jwt_entitlement()
+    ask = signed_jwt.decode({"service_account": DEMO_SA, "claims": {"aud": aud}})
+    terms = signed_jwt.terms(ent, signed_jwt.bounds(ent, now), ask, now)
+    assert terms.claims["exp"] == int(now.timestamp()) + ttl
 
 
 @pytest.mark.parametrize("claim", ["iss", "sub", "iat", "aud", "exp"])

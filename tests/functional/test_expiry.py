@@ -21,11 +21,10 @@ from freezegun import freeze_time
 
 import main
 from tests.support.app import CI_SUBJECT, DEMO_SA, PROD_SA, ServiceHarness
+from tests.support.grants import access_grant
 from vending import clock, ledger
-from vending.ledger import Reservation
 from vending.store.base import Create, Query
 from vending.store.indexes import ISSUANCES, REPLAY
-from vending.sweep import sweep
 
 T0 = "2026-11-28T10:00:00Z"
 
@@ -55,7 +54,7 @@ def test_sixty_second_token_is_active_then_expired_with_and_without_sweep(any_ha
         # WHEN 59 s pass: active, and the sweep leaves it alone
         frozen.tick(59)
         assert state(h, issuance_id) == "active"
-        assert sweep(h.service)["counts"].get("issuances_expired_from_active", 0) == 0
+        assert h.service.sweep()["counts"].get("issuances_expired_from_active", 0) == 0
         assert [i["id"] for i in listing(h, state="active")["issuances"]] == [issuance_id]
         # WHEN it reaches expire_time: it reads expired before any sweep
         frozen.tick(1)
@@ -63,10 +62,10 @@ def test_sixty_second_token_is_active_then_expired_with_and_without_sweep(any_ha
         assert listing(h, state="active")["issuances"] == []
         assert [i["id"] for i in listing(h, state="expired")["issuances"]] == [issuance_id]
         # AND the sweep records it, once, with one event and a summary
-        summary = sweep(h.service)
+        summary = h.service.sweep()
         assert summary["counts"]["issuances_expired_from_active"] == 1 and summary["live_credentials"] == 0
         frozen.tick(1)
-        assert sweep(h.service)["counts"].get("issuances_expired_from_active", 0) == 0
+        assert h.service.sweep()["counts"].get("issuances_expired_from_active", 0) == 0
     doc = h.service.ledger.get(issuance_id)
     assert doc is not None and doc.data["state"] == "expired"
     assert [e["issuance_id"] for e in expired_events(h)] == [issuance_id]
@@ -75,7 +74,7 @@ def test_sixty_second_token_is_active_then_expired_with_and_without_sweep(any_ha
 def test_sweep_summary_counts_live_credentials(harness: ServiceHarness) -> None:
     harness.vend(lifetime=600)
     harness.vend(lifetime=600)
-    summary = sweep(harness.service)
+    summary = harness.service.sweep()
     assert summary["live_credentials"] == 2 and summary["live_by_service_account"] == {DEMO_SA: 2}
     assert summary["live_break_glass"] == 0
 
@@ -83,11 +82,11 @@ def test_sweep_summary_counts_live_credentials(harness: ServiceHarness) -> None:
 # -- reservation timeout ------------------------------------------------------------------------------
 
 def reserve(h: ServiceHarness, *, max_lifetime_s: int = 900) -> str:
-    res = Reservation(id=ledger.new_id(), kind="access_token", principal=CI_SUBJECT, issuer="ci", subject=CI_SUBJECT,
-                      entitlement="deploy", service_account=DEMO_SA, delegates=(),
-                      reserved_until=clock.now() + _dt.timedelta(seconds=max_lifetime_s), lifetime_s=600)
-    h.service.ledger.reserve(res, replay_key=None, replay_expires_at=None)
-    return res.id
+    issuance_id = ledger.new_id()
+    h.service.ledger.reserve(issuance_id, access_grant(), reason=None, details={},
+                             reserved_until=clock.now() + _dt.timedelta(seconds=max_lifetime_s),
+                             replay_key=None, replay_until=None)
+    return issuance_id
 
 
 @pytest.mark.parametrize("offset,expected", [(-1, "issuing"), (0, "unconfirmed"), (1, "unconfirmed")])
@@ -98,7 +97,7 @@ def test_reservation_timeout_boundary(any_harness: ServiceHarness, offset: int, 
         issuance_id = reserve(h)
         # WHEN the sweep runs around the reservation timeout
         frozen.tick(h.settings.reservation_timeout_s + offset)
-        sweep(h.service)
+        h.service.sweep()
         # THEN it says a credential may exist until reservation time + the maximum
         doc = h.service.ledger.get(issuance_id)
         assert doc is not None and doc.data["state"] == expected
@@ -111,10 +110,10 @@ def test_unconfirmed_expires_at_reserved_until(harness: ServiceHarness, offset: 
     with freeze_time(T0) as frozen:
         issuance_id = reserve(harness)
         frozen.tick(300)
-        sweep(harness.service)
+        harness.service.sweep()
         frozen.tick(600 + offset)  # reserved_until = T0 + 900
         assert state(harness, issuance_id) == expected
-        sweep(harness.service)
+        harness.service.sweep()
         doc = harness.service.ledger.get(issuance_id)
         assert doc is not None and doc.data["state"] == expected
 
@@ -130,23 +129,30 @@ def test_sweep_expires_requests_at_window_end(any_harness: ServiceHarness, offse
         h.post(f"/v1/requests/{request_id}:approve", subject="alice@example.com")
         h.post(f"/v1/requests/{request_id}:approve", subject="bob@example.com")
         frozen.tick(600 + offset)
-        sweep(h.service)
+        h.service.sweep()
     from vending.store.indexes import REQUESTS
 
     doc = h.store.get(REQUESTS, request_id)
     assert doc is not None and doc.data["state"] == expected
 
 
-def test_sweep_deletes_used_jti_past_expiry(any_harness: ServiceHarness) -> None:
+def test_sweep_deletes_used_jti_only_once_the_token_is_no_longer_accepted(any_harness: ServiceHarness) -> None:
     h = any_harness
+    leeway = h.policy.issuers[0].leeway_seconds
     with freeze_time(T0) as frozen:
+        # GIVEN a used caller token, accepted until exp + leeway
         token = h.token(exp=int(clock.epoch()) + 120)
         assert h.post("/v1/access-tokens", {"service_account": DEMO_SA}, token=token).status_code == 200
-        frozen.tick(119)
-        sweep(h.service)
+        # WHEN the sweep runs past exp but within the leeway
+        frozen.tick(120 + leeway - 1)
+        h.service.sweep()
+        # THEN the replay record stays, and the token is still refused as a replay
         assert len(h.store.query(Query(REPLAY, order_by="expires_at", limit=10))) == 1
+        again = h.post("/v1/access-tokens", {"service_account": DEMO_SA}, token=token)
+        assert (again.status_code, again.get_json()["error"]["reason"]) == (401, "token-replayed")
+        # AND once the token is no longer accepted, the sweep deletes it
         frozen.tick(1)
-        summary = sweep(h.service)
+        summary = h.service.sweep()
         assert summary["counts"]["replay_records_deleted"] == 1
         assert h.store.query(Query(REPLAY, order_by="expires_at", limit=10)) == []
 
@@ -194,8 +200,8 @@ def test_sweep_cost_grows_with_due_records_not_history(fs_harness: ServiceHarnes
     now = clock.now()
     seed(h, history=history - 100, due=100, now=now)
     counting = CountingStore(h.store)
-    h.service.store = counting  # type: ignore[assignment]
-    summary = sweep(h.service)
+    h.rebuild(store=counting)
+    summary = h.service.sweep()
     assert summary["counts"]["issuances_expired_from_active"] == 100
     assert counting.read <= 100 + 5, counting.read
     assert len(expired_events(h)) == 100
@@ -205,8 +211,8 @@ def test_sweep_over_ten_thousand_records_on_sqlite(harness: ServiceHarness) -> N
     now = clock.now()
     seed(harness, history=9_900, due=100, now=now)
     counting = CountingStore(harness.store)
-    harness.service.store = counting  # type: ignore[assignment]
-    assert sweep(harness.service)["counts"]["issuances_expired_from_active"] == 100
+    harness.rebuild(store=counting)
+    assert harness.service.sweep()["counts"]["issuances_expired_from_active"] == 100
     assert counting.read <= 105
 
 
@@ -218,7 +224,7 @@ def test_two_sweeps_at_once_expire_each_record_once(any_harness: ServiceHarness)
 
     def run() -> None:
         barrier.wait()
-        results.append(sweep(h.service))
+        results.append(h.service.sweep())
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for t in threads:

@@ -102,7 +102,8 @@ def test_lifecycle_events_reach_the_notifications_topic(fs_harness: ServiceHarne
     publisher, subscriber = pubsub
     topic, sub = make_topic(publisher, subscriber, "notifications")
     alerts_topic, alerts_sub = make_topic(publisher, subscriber, "alerts")
-    h.service.events = PubSubEvents({"notifications": topic, "alerts": alerts_topic}, PROJECT)
+    h.events = PubSubEvents({"notifications": topic, "alerts": alerts_topic}, PROJECT)
+    h.rebuild()
     # GIVEN a break-glass request and a token vended against it
     req = h.post("/v1/requests", {"entitlement": "prod-break-glass", "justification": "INC-1: outage"},
                  subject="oncall@example.com").get_json()

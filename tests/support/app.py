@@ -118,7 +118,14 @@ class ServiceHarness:
 
     def with_settings(self, **changes: Any) -> None:
         self.settings = replace(self.settings, **changes)
-        self.service.settings = self.settings
+        self.rebuild()
+
+    def rebuild(self, **parts: Any) -> None:
+        """Rebuild the service with other parts (``store``, ``iam``, ``events``): every use case
+        holds its own collaborators, so a part is swapped by building anew."""
+        chosen = {"store": self.store, "iam": self.iam, "events": self.events, **parts}
+        self.service = wiring.build_service(self.settings, **chosen)
+        wiring.install(self.service)
 
     def token(self, subject: str = CI_SUBJECT, **claims: Any) -> str:
         return str(self.issuer.mint(sub=subject, **claims))
