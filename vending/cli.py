@@ -29,8 +29,8 @@ def _dev_token(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from vending import log, wiring
 
+    log.configure(stream=sys.stderr)  # stdout carries the summary only
     service = wiring.service()
-    log.configure(service.settings.log_level, stream=sys.stderr)  # stdout carries the summary only
     summary = service.sweep()
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0

@@ -36,9 +36,11 @@ _SECRET_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*|y
 
 
 def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Set the level; ``stream`` (default: stdout, as Cloud Logging reads it) is kept once given."""
     global _level, _stream
     _level = _LEVELS.get(level.upper(), 20)
-    _stream = stream
+    if stream is not None:
+        _stream = stream
 
 
 def bind(**fields: Any) -> contextvars.Token[dict[str, Any]]:

@@ -34,9 +34,9 @@ from vending.ledger import Ledger
 from vending.store.base import StoreConflict
 
 # IAM failures after which a credential may nevertheless exist: no answer in time, a dropped
-# connection, a 200 whose body could not be read, or 5xx after retries (a gateway error may hide a
-# minted credential). The record becomes ``unconfirmed``.
-AMBIGUOUS_IAM_FAILURES = frozenset({"iam-unavailable", "iam-bad-response", "iam-error"})
+# connection, or a 200 whose body could not be read. The record becomes ``unconfirmed``. An IAM
+# error answer (4xx, 5xx after retries) minted nothing the service could hand out.
+AMBIGUOUS_IAM_FAILURES = frozenset({"iam-unavailable", "iam-bad-response"})
 IAM_CLOCK_SKEW_S = 1.0       # IAM's clock against ours, when checking a minted expiry
 MAX_RESERVE_ATTEMPTS = 20    # an approval's request changed under us: re-check and retry
 

@@ -139,7 +139,8 @@ def _mark_failed(w: Any) -> bool:
 
 
 def _record_use(w: Any) -> bool:
-    return isinstance(w, Update) and w.kind == REQUESTS and "uses" in w.changes
+    """The write that settles an approval use after the credential is recorded (timeline, ENDED)."""
+    return isinstance(w, Update) and w.kind == REQUESTS and "timeline" in w.changes
 
 
 def test_store_down_before_the_reservation_mints_nothing(harness: ServiceHarness, suite_figures: Any) -> None:

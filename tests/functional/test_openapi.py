@@ -271,8 +271,7 @@ def _vend_scenarios(path: str) -> None:
     scenario(f"{short}-429", op, 429)(rate_limited)
 
     def internal(c: Ctx) -> Any:
-        c.boom(c.h.service, {AT: "vend_access_token", IDT: "vend_id_token", JWT: "vend_signed_jwt",
-                             BLOB: "vend_signed_blob"}[path])
+        c.boom(c.h.service.vend, "_vend")
         return c.h.post(path, ok)
     scenario(f"{short}-500", op, 500)(internal)
 

@@ -71,8 +71,6 @@ def check_race(h: ServiceHarness, request_id: str, results: list[tuple[int, str 
     mine = [m for m in vended(h.standin.minted)
             if dump["issuances"].get(m.request_reason.rsplit(" ", 1)[-1], {}).get("request_id") == request_id]
     assert len(mine) == winners
-    uses = [d for d in dump.get("uses", {}).values() if d["request_id"] == request_id]
-    assert sorted(u["n"] for u in uses) == list(range(1, winners + 1))
     assert dump["requests"][request_id]["state"] == "ENDED"
     assert dump["requests"][request_id]["uses"] == winners
     check_ledger(dump["issuances"], h.standin.minted)
@@ -258,7 +256,7 @@ def test_a_busy_request_makes_pubsub_redeliver(harness: ServiceHarness, monkeypa
     # AND the redelivery applies it
     monkeypatch.setattr(approvals, "MAX_RETRIES", 8)
     _deliver(message, "busy-1")
-    assert [a["approver"] for a in h.store.get("requests", request_id).data["approvals"]] == ["alice@example.com"]
+    assert [a["approver"] for a in h.store.get("requests", request_id).data["approvals"]] == ["ci/alice@example.com"]
 
 
 def test_a_message_for_a_request_that_never_appears_is_redelivered_only_until_its_exp(

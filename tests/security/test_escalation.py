@@ -400,7 +400,7 @@ def test_quorum_by_one_approver_twice_by_message(harness: ServiceHarness, bot: B
     act(harness, request_id, "approve", "alice@example.com")
     # THEN one approval counts, the request still waits, and no token can be had
     req = request_of(harness, request_id)
-    assert req["state"] == "APPROVAL_AWAITED" and [a["approver"] for a in req["approvals"]] == ["alice@example.com"]
+    assert req["state"] == "APPROVAL_AWAITED" and [a["approver"] for a in req["approvals"]] == ["ci/alice@example.com"]
     assert_refused(harness, vend(harness, request_id), 403, "approval-pending")
 
 

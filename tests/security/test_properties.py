@@ -29,7 +29,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -37,16 +36,17 @@ from freezegun import freeze_time
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tests.support.app import BOT_SA, policy_dict
+from tests.support.app import PROD_SA, policy_dict
+from tests.support.grants import access_grant
 from vending import approvals as ap
 from vending.config import Pattern, Policy, PrincipalRule, matches
 from vending.errors import VendingError
 from vending.events import MemoryEvents
 from vending.identity import Principal
-from vending.ledger import Ledger, Reservation, new_id
+from vending.ledger import Ledger, new_id
 from vending.policy import rule_matches
 from vending.store.base import Create, StoreConflict, Update
-from vending.store.indexes import REQUESTS, USES
+from vending.store.indexes import REQUESTS
 from vending.store.sqlite import SqliteStore
 from vending.sweep import sweep
 
@@ -278,6 +278,7 @@ class World:
     quorum: int
     max_uses: int
     break_glass: bool
+    events: MemoryEvents
     vends: int = 0
 
 
@@ -290,10 +291,9 @@ def _world(entitlement: str, requester: str, quorum: int, max_uses: int, duratio
             ent["approval"].update(quorum=quorum, max_uses=max_uses)
     policy = Policy.model_validate(raw)
     store = RecordingStore()
-    ledger = Ledger(store)  # type: ignore[arg-type]
-    service = SimpleNamespace(policy=policy, store=store, ledger=ledger, events=MemoryEvents(),
-                              settings=SimpleNamespace(reservation_timeout_s=300))
-    approvals = ap.Approvals(service)
+    events = MemoryEvents()
+    ledger = Ledger(store, events)  # type: ignore[arg-type]
+    approvals = ap.Approvals(policy, store, events, retention=_dt.timedelta(days=90))  # type: ignore[arg-type]
     body = {"entitlement": entitlement, "duration": duration,
             "justification": "INC-7: db down" if entitlement == "prod-break-glass" else "TICKET-1: rotate keys"}
     try:
@@ -303,22 +303,26 @@ def _world(entitlement: str, requester: str, quorum: int, max_uses: int, duratio
         return None
     rules = policy.entitlement(entitlement).approval  # type: ignore[union-attr]
     assert rules is not None
-    return World(approvals, store, ledger, created["id"], requester, rules.quorum, rules.max_uses, rules.break_glass)
+    return World(approvals, store, ledger, created["id"], requester, rules.quorum, rules.max_uses, rules.break_glass,
+                 events=events)
 
 
 def _vend(w: World, who: str) -> str:
-    """The vend path's consumption (service._reserve): reserve + one use, atomically; then record it."""
+    """The vend path's consumption (vending.vend): check the request, reserve with one use conditional on
+    the request's version (atomically), then settle the use."""
     now = _dt.datetime.now(_dt.UTC)
-    approved = w.approvals.prepare_use(Principal("ci", who, {"sub": who}), w.request_id, now)
-    res = Reservation(id=new_id(), kind="access_token", principal=who, issuer="ci", subject=who,
-                      entitlement=approved.entitlement.name, service_account=approved.entitlement.service_account,
-                      delegates=(), reserved_until=now + _dt.timedelta(hours=1), request_id=w.request_id)
-    for n in approved.numbers:
+    principal = Principal("ci", who, {"sub": who})
+    for _ in range(3):
+        use = w.approvals.check_use(principal, w.request_id, now)
+        grant = access_grant(caller=principal.qualified, subject=who, entitlement=use.entitlement,
+                             service_account=PROD_SA, request_id=w.request_id)
+        issuance_id = new_id()
         try:
-            w.ledger.reserve(res, replay_key=None, replay_expires_at=None, extra=approved.writes_for(n))
+            w.ledger.reserve(issuance_id, grant, reserved_until=now + _dt.timedelta(hours=1), reason=None,
+                             details={}, replay_key=None, replay_until=None, extra=[w.approvals.use_write(use, now)])
         except StoreConflict:
             continue
-        w.approvals.record_use(w.request_id, n)
+        w.approvals.settle_use(w.request_id, issuance_id)
         return "vended"
     return "consumed"
 
@@ -353,8 +357,8 @@ def _check(w: World, history: list[str], vended_by: list[str]) -> None:
     # approvals: distinct approvers, never the requester, only listed approvers
     approvers = [a["approver"] for a in req["approvals"]]
     assert len(approvers) == len(set(approvers))
-    assert w.requester not in approvers
-    assert set(approvers) <= set(APPROVERS)
+    assert f"ci/{w.requester}" not in approvers
+    assert set(approvers) <= {f"ci/{a}" for a in APPROVERS}
     if state == ap.ACTIVE or req.get("window_start") is not None:
         assert w.break_glass or len(set(approvers)) >= w.quorum, req
     if w.break_glass:
@@ -363,14 +367,9 @@ def _check(w: World, history: list[str], vended_by: list[str]) -> None:
     assert int(req["uses"]) <= w.max_uses
     assert len(vended_by) <= w.max_uses
     assert set(vended_by) <= {w.requester}
-    assert _uses(w.store.inner, w.request_id, w.max_uses + 2) <= w.max_uses
+    assert int(req["uses"]) == len(vended_by)
     if state == ap.ENDED:
         assert int(req["uses"]) == w.max_uses
-
-
-def _uses(store: SqliteStore, request_id: str, upto: int) -> int:
-    """How many uses of the approval were consumed (USES/{request}-{n} documents)."""
-    return sum(store.get(USES, f"{request_id}-{n}") is not None for n in range(1, upto + 1))
 
 
 def run_sequence(entitlement: str, requester: str, quorum: int, max_uses: int, duration: int,
@@ -395,7 +394,7 @@ def run_sequence(entitlement: str, requester: str, quorum: int, max_uses: int, d
                     if kind == "tick":
                         frozen.tick(action[1])
                     elif kind == "sweep":
-                        sweep(w.approvals.service)
+                        sweep(w.ledger, w.approvals, w.events, reservation_timeout_s=300)
                     elif kind == "vend":
                         if _vend(w, action[1]) == "vended":
                             assert before == ap.ACTIVE, f"vended while {before}"
@@ -403,9 +402,9 @@ def run_sequence(entitlement: str, requester: str, quorum: int, max_uses: int, d
                     elif action[2] == "bot":
                         claims = {"action": action[0], "actor": action[1], "request_id": w.request_id,
                                   "jti": uuid.uuid4().hex}
-                        w.approvals.apply_bot_message(BOT_SA, claims, uuid.uuid4().hex)
+                        w.approvals.apply_bot_message(w.approvals.policy.bots[0], claims, uuid.uuid4().hex)
                     else:
-                        w.approvals.act(action[1], w.request_id, action[0], via="http")
+                        w.approvals.act(f"ci/{action[1]}", w.request_id, action[0], via="http")
                 except VendingError as exc:
                     assert exc.http_status < 500, f"{action}: {exc!r}"
                 _check(w, history, vended_by)

@@ -7,6 +7,7 @@ just before, at and just after each boundary.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import stat
@@ -234,15 +235,39 @@ def test_replay_key_hashes_jti(idp: TestIssuer, jwks: JwksCache) -> None:
     assert "same" not in (a.replay_key or "").split(":", 1)[1]
 
 
-def test_replay_key_without_jti_hashes_the_token(idp: TestIssuer, jwks: JwksCache) -> None:
+def test_replay_key_without_jti_is_what_the_token_asserts(idp: TestIssuer, jwks: JwksCache) -> None:
     # GIVEN a token without jti
     token = idp.mint(jti=DROP)
 
     # WHEN
     result = _verifier(idp, jwks).verify(token)
 
-    # THEN
-    assert result.replay_key == f"test:tok:{hashlib.sha256(token.encode()).hexdigest()}"
+    # THEN the key is the issuer's and a digest of what the token asserts, not of its encoding
+    assert result.replay_key is not None and result.replay_key.startswith("test:claims:")
+    assert hashlib.sha256(token.encode()).hexdigest() not in result.replay_key
+    # AND the replay record must live as long as the token is accepted: exp + leeway
+    assert result.replay_until == result.expires_at + timedelta(seconds=30)
+
+
+def test_es256_token_reencoded_with_the_other_valid_signature_has_the_same_replay_key(
+        idp: TestIssuer, jwks: JwksCache) -> None:
+
+    # GIVEN an ES256 token without jti, and the same token with s replaced by n - s (also valid)
+    verifier = _verifier(idp, jwks, algorithms=("RS256", "ES256"))
+    token = idp.mint(key="ec", jti=DROP)
+    head, payload, sig = token.split(".")
+    raw = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+    r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+    n = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # the order of P-256
+    twin_sig = base64.urlsafe_b64encode(r.to_bytes(32, "big") + (n - s).to_bytes(32, "big")).rstrip(b"=").decode()
+    twin = f"{head}.{payload}.{twin_sig}"
+    assert twin != token
+
+    # WHEN both verify
+    first, second = verifier.verify(token), verifier.verify(twin)
+
+    # THEN they are one token to the replay guard
+    assert first.replay_key == second.replay_key
 
 
 def test_replay_key_is_none_when_protection_is_off(idp: TestIssuer, jwks: JwksCache) -> None:
