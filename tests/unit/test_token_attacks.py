@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -477,11 +476,15 @@ def test_concurrent_flood_of_unknown_kids_shares_one_fetch(idp: TestIssuer, froz
     assert idp.fetches == 2
 
 
-def test_one_mib_token_is_rejected_cheaply(idp: TestIssuer) -> None:
-    # GIVEN a verifier and a 1 MiB token made of a valid token plus padding
+def test_one_mib_token_is_rejected_cheaply(idp: TestIssuer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vending import identity
+
+    # GIVEN a verifier and a 1 MiB token made of a valid token plus padding; any decoding is recorded
     verifier = Verifier([idp.issuer_config()], jwks=JwksCache(timeout_s=2))
     huge = idp.mint(pad="x" * (1024 * 1024))
-    started = time.process_time()
+    decoded: list[str] = []
+    real = identity._b64url_segment
+    monkeypatch.setattr(identity, "_b64url_segment", lambda seg, part: decoded.append(part) or real(seg, part))
 
     # WHEN it is verified 500 times
     reasons = set()
@@ -490,12 +493,11 @@ def test_one_mib_token_is_rejected_cheaply(idp: TestIssuer) -> None:
             verifier.verify(huge)
         except AuthenticationError as exc:
             reasons.add(exc.reason)
-    elapsed = time.process_time() - started
 
-    # THEN each rejection is a size check: no fetch, no parsing, well under a millisecond
+    # THEN each rejection is a size check: no fetch, no decoding, no parsing (the cost is the benchmark's)
     assert reasons == {"token-too-large"}
     assert idp.fetches == 0
-    assert elapsed < 0.5
+    assert decoded == []
 
 
 # ---------------------------------------------------------------------------
