@@ -11,7 +11,11 @@
   the same state as after one ordered delivery, for several seeds.
 
 After each race the ledger is checked against the IAM stand-in's own list of
-what it minted (``tests.support.audit.check_ledger``).
+what it minted (``tests.support.audit.check_ledger``), and the race is shown
+to have been settled by the store: the conditional writes that lost
+(``StoreConflict`` from the backend) are counted, and a race with none would
+mean the requests ran one after another (or behind an in-process lock, which
+is no protection across instances) and fails.
 """
 
 from __future__ import annotations
@@ -46,8 +50,43 @@ def approved_request(h: ServiceHarness, subject: str = REQUESTER) -> str:
     return request_id
 
 
+class ConflictCounter:
+    """The store as the service sees it, counting the conditional writes the backend refused."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.conflicts, self.writes = inner, 0, 0
+        self._lock = threading.Lock()
+
+    def write(self, writes: Any) -> None:
+        from vending.store.base import StoreConflict
+
+        with self._lock:
+            self.writes += 1
+        try:
+            self.inner.write(writes)  # no lock around the backend: the store alone settles the race
+        except StoreConflict:
+            with self._lock:
+                self.conflicts += 1
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def race(h: ServiceHarness, request_id: str, n: int) -> list[tuple[int, str | None, float]]:
     """``n`` vends against one approval, released together; (status, reason, seconds) each."""
+    counter = ConflictCounter(h.store)
+    h.rebuild(store=counter)
+    try:
+        results = _race(h, request_id, n)
+    finally:
+        h.rebuild()
+    # the store settled it: at least one conditional write lost (serialised requests would lose none)
+    assert counter.conflicts >= 1, f"no store conflict in {counter.writes} writes: the vends did not race"
+    return results
+
+
+def _race(h: ServiceHarness, request_id: str, n: int) -> list[tuple[int, str | None, float]]:
     tokens = [h.token(REQUESTER) for _ in range(n)]
     barrier = threading.Barrier(n)
 
