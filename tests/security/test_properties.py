@@ -333,7 +333,8 @@ ACT = st.tuples(st.sampled_from(["approve"] * 6 + ["deny", "withdraw", "revoke"]
                 st.sampled_from(["http", "bot"]))
 TICK = st.tuples(st.just("tick"), st.sampled_from([1, 59, 300, 599, 600, 601, 1799, 1800, 3599, 3600, 86399, 86400]))
 VEND = st.tuples(st.just("vend"), st.sampled_from(["REQ", "REQ", "REQ", "alice@example.com", "eve@example.com"]))
-ACTION = st.one_of(ACT, ACT, ACT, VEND, VEND, TICK, st.tuples(st.just("sweep")))
+WITHDRAW = st.tuples(st.just("withdraw"), st.just("REQ"), st.just("http"))  # only the requester may, over HTTP
+ACTION = st.one_of(ACT, ACT, ACT, VEND, VEND, TICK, WITHDRAW, st.tuples(st.just("sweep")))
 # Often a run of approvals first, so that many sequences go on from ACTIVE (uses, ENDED, the window's end).
 OPENING = st.lists(st.tuples(st.just("approve"), st.sampled_from(APPROVERS), st.sampled_from(["http", "bot"])),
                    max_size=4)
@@ -427,6 +428,28 @@ DURATION = st.sampled_from([600, 1800])
 def test_no_sequence_leaves_the_transition_table(entitlement: str, requester: str, quorum: int, max_uses: int,
                                                  duration: int, actions: list[tuple[Any, ...]]) -> None:
     run_sequence(entitlement, requester, quorum, max_uses, duration, actions)
+
+
+# One hand-written sequence per state, so that a generator that stopped reaching one is noticed.
+EVERY_STATE: dict[str, tuple[str, int, list[tuple[Any, ...]]]] = {
+    ap.AWAITED: ("prod-admin", 2, [("approve", "alice@example.com", "http")]),
+    ap.ACTIVE: ("prod-admin", 2, [("approve", "alice@example.com", "http"), ("approve", "bob@example.com", "bot")]),
+    ap.DENIED: ("prod-admin", 2, [("deny", "carol@example.com", "bot")]),
+    ap.REVOKED: ("prod-admin", 1, [("approve", "alice@example.com", "http"), ("revoke", "auditor@example.com", "http")]),
+    ap.WITHDRAWN: ("prod-admin", 2, [("approve", "alice@example.com", "http"), ("withdraw", "REQ", "http")]),
+    ap.EXPIRED: ("prod-admin", 1, [("tick", 86400), ("sweep",)]),
+    ap.ENDED: ("prod-admin", 1, [("approve", "bob@example.com", "http"), ("vend", "REQ")]),
+}
+
+
+@pytest.mark.parametrize("state", list(EVERY_STATE))
+def test_the_state_machine_reaches_each_state(state: str) -> None:
+    """GIVEN a sequence written to end in STATE / WHEN it runs through the same harness as the property /
+    THEN it ends there (and the property's checks hold on the way)."""
+    entitlement, quorum, actions = EVERY_STATE[state]
+    before = STATES_REACHED[state]
+    run_sequence(entitlement, "dave@example.com", quorum, 1, 600, actions)
+    assert STATES_REACHED[state] == before + 1
 
 
 @pytest.mark.long
