@@ -4,10 +4,14 @@ Run-wide: every test that uses a harness is audited by the autouse
 ``leak_audit`` fixture (tests/support/fixtures.py): every credential the IAM
 stand-in minted during the test (the service's, and the test bot's signed
 messages) and every caller token sent is searched for in the vending log
-lines (at DEBUG) and stdlib log records, every document of every kind in the
-store, every error body, every response header, every non-credential
-response body and every published event. The run's totals are printed at
-the end ("secrets audit").
+lines (at DEBUG) and stdlib log records, what reached stdout / stderr, every
+document of every kind in every store the service holds, every response body
+(error bodies included; a vend's own credential field blanked), every
+response header and every published event, by every 32-character window,
+plain and base64 / base64url / percent-encoded (tests/support/audit.py,
+issue 19). The run's totals are printed at the end ("secrets audit");
+tests/security/test_leak_audit_catches.py shows the audit catches each kind
+of leak in each place.
 
 Here one scenario, on SQLite and on the Firestore emulator, exercises every
 endpoint, every credential kind, the approval flow over HTTP and Pub/Sub,
@@ -38,7 +42,16 @@ from tests.support.app import (
     UNGRANTED_SA,
     ServiceHarness,
 )
-from tests.support.audit import FailingStore, LeakAudit, dump_store, find_secrets, kinds_count, use_store, vended
+from tests.support.audit import (
+    FailingStore,
+    LeakAudit,
+    dump_store,
+    find_secrets,
+    kinds_count,
+    use_iam,
+    use_store,
+    vended,
+)
 from tests.support.bots import Bot, cloud_event
 from tests.support.gcs_v4 import v4_request
 from vending import clock
@@ -95,12 +108,12 @@ def _scenario(h: ServiceHarness) -> dict[str, int]:
     h.standin.clear_faults()
     # errors after IAM minted: a late answer, then a store failure when finalizing
     real_iam = h.service.iam
-    h.service.iam = IamCredentials(h.standin.url, StaticToken(IAM_TOKEN), timeout_s=0.4, retries=0)
+    use_iam(h, IamCredentials(h.standin.url, StaticToken(IAM_TOKEN), timeout_s=0.4, retries=0))
     h.standin.set_latency(700)
     seen("503-iam-late", h.vend(), 503)
     seen("503-iam-late-blob", h.post("/v1/signed-blobs", {"service_account": DEMO_SA, "payload": b64(b"x")}), 503)
     h.standin.clear_faults()
-    h.service.iam = real_iam
+    use_iam(h, real_iam)
     real_store = h.service.store
     use_store(h, FailingStore(real_store, lambda w: isinstance(w, Update) and "token_sha256" in w.changes))
     seen("503-store-after-mint", h.vend(), 503)
@@ -163,11 +176,12 @@ def test_no_credential_leaks_anywhere(any_harness: ServiceHarness, leak_audit: L
     assert {s for s in statuses.values()} >= {200, 400, 401, 403, 404, 405, 409, 429, 502, 503}
 
     # WHEN everything the service wrote is searched
-    figures = audit.check()                      # logs, store, error bodies, headers, other bodies, events
+    figures = audit.check()                      # logs, output, store, bodies, headers, events
     captured = capfd.readouterr()
-    fd_hits = find_secrets(captured.out + captured.err, secrets)
+    everything = secrets + audit.caller_tokens()
+    fd_hits = find_secrets(captured.out + captured.err, everything)
     store = dump_store(h.store)
-    store_hits = find_secrets(json.dumps(store, default=str), secrets)
+    store_hits = find_secrets(json.dumps(store, default=str), everything)
 
     # THEN zero hits, and the store does hold each issued credential's SHA-256 instead
     assert fd_hits == [] and store_hits == []

@@ -3,23 +3,30 @@
 - ``dump_store(store)``: every document of every kind, on either backend
   (SQLite read straight from its file, Firestore from every root collection),
   as ``{kind: {id: data}}``.
+- ``use_store`` / ``use_iam``: point a harness's service (whatever its shape)
+  at another store or IAM client.
 - ``ShadowStore``: a ``Store`` wrapper that keeps, in memory, what a durable
   backend holds after every committed batch. The Firestore emulator loses its
   data when it is stopped, real Firestore does not: the fault suite checks
   the ledger against the shadow.
 - ``check_ledger(issuances, minted)``: the ledger's promises against the IAM
   stand-in's own list of what it minted (see ``check_ledger``).
-- ``find_secrets(haystack, secrets)``: where any credential (or a 32-char
-  fingerprint of its secret part) occurs in a text.
-- ``LeakAudit``: for one test, tee every vending log line and stdlib log
-  record, every HTTP response of the harness and every published event; at
-  the end search them and the store dump for every credential the stand-in
-  minted (and every caller token sent). ``CredentialArchive`` keeps the
-  figures of the whole run.
+- ``find_secrets(haystack, secrets)`` / ``SecretIndex``: where any credential
+  occurs in a text: every 32-character window of its secret part, plain, in
+  base64 and base64url (at each byte offset) and percent-encoded (see
+  ``sensitive_part``, ``search_forms`` and ``fingerprints``: the single
+  definition).
+- ``LeakAudit``: for one test, tee every vending log line, stdlib log record
+  and what reaches stdout / stderr, every HTTP response of the harness; at the
+  end search them, the whole store and every published event for every
+  credential the stand-in minted and every caller token sent (issue 19).
+  ``CredentialArchive`` keeps the figures of the whole run.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import io
 import json
 import logging
@@ -28,8 +35,9 @@ import re
 import sqlite3
 import sys
 import threading
+import urllib.parse
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,10 +195,30 @@ class FailingStore:
 
 
 def use_store(h: Any, store: Any) -> None:
-    """Point the harness's service (and its ledger) at ``store``."""
+    """Point the harness, its service and whichever of the service's parts hold a store at ``store``.
+
+    Tolerant of the service's shape: sets ``store`` / ``_store`` wherever they exist on the service,
+    its ledger and its approvals (a read-only property, one that reads another's store, is left alone).
+    """
     h.store = store
-    h.service.store = store
-    h.service.ledger.store = store
+    service = h.service
+    for owner in (service, getattr(service, "ledger", None), getattr(service, "approvals", None)):
+        if owner is None:
+            continue
+        for attr in ("store", "_store"):
+            if hasattr(owner, attr):
+                with contextlib.suppress(AttributeError):
+                    setattr(owner, attr, store)
+
+
+def use_iam(h: Any, iam: Any) -> None:
+    """Point the harness's service, and whichever of its parts call IAM (the vend pipeline), at ``iam``."""
+    h.iam = iam
+    service = h.service
+    for owner in (service, getattr(service, "vend", None)):
+        if owner is not None and hasattr(owner, "iam"):
+            with contextlib.suppress(AttributeError):
+                owner.iam = iam
 
 
 # ---------------------------------------------------------------------------
@@ -248,46 +276,209 @@ def check_ledger(issuances: dict[str, dict[str, Any]], minted: Sequence[Any]) ->
 
 # ---------------------------------------------------------------------------
 # Searching for credentials
+#
+# The single definition of what counts as a leak of a credential:
+# - ``sensitive_part``: the part that must never be seen. A JWT's header is public (and shared by every
+#   token of a key), so for JWTs it is the payload and the signature; a ``ya29.`` access token without
+#   its prefix; a signature (signBlob) or anything else, whole.
+# - ``search_forms``: that part as is; in standard base64 and base64url at the three byte offsets a
+#   substring can have inside a longer encoded text (the last, partial quad dropped: it depends on what
+#   follows), and whole, padded and unpadded; percent-encoded (``quote(safe='')``, ``quote_plus``).
+# - ``fingerprints``: every 32-character window of every form (sliding, step 1); a form shorter than
+#   32 characters (16 at least) counts whole. The base64url and standard alphabets are folded together
+#   ('-' read as '+', '_' as '/') on both sides.
+# ``find_secrets`` / ``SecretIndex.find`` report a secret when one of its fingerprints occurs in a text,
+# unless every fingerprint found is also one of another searched secret's: two JWTs of one issuer share
+# the encoding of their common claims (``{"iss":"https://...","aud":...``), which identifies neither.
+
+FINGERPRINT = 32
+MIN_SHORT = 16
+_FOLD = str.maketrans("-_", "+/")
+_RUN_RE = re.compile(rf"[A-Za-z0-9_\-+/=.~%]{{{MIN_SHORT},}}")
+# SecretIndex keys: 10-character pieces of each form taken every 11 characters, probed at every
+# 2nd position of a text. Any 32-character match [p, p+32) of form position i holds a k <= 21 with
+# (i + k) % 11 == 0 and (p + k) % 2 == 0 (11 and 2 are coprime, 11 * 2 <= 32 - 10 + 1), so the
+# piece at form position i + k is probed at text position p + k; the match is then confirmed by
+# extending it both ways. The index is ~1/11 of the forms' length: thousands of caller tokens stay cheap.
+_KEY, _FORM_STEP, _TEXT_STEP = 10, 11, 2
+
+
+def sensitive_part(secret: str) -> str:
+    """The part of a credential whose exposure is a leak (its public parts left out)."""
+    parts = secret.split(".")
+    if len(parts) == 3 and secret.startswith("eyJ"):
+        return f"{parts[1]}.{parts[2]}"
+    if secret.startswith("ya29."):
+        return secret[len("ya29."):]
+    return secret
+
+
+def search_forms(secret: str) -> dict[str, str]:
+    """Every form in which the sensitive part of ``secret`` is searched for, by name."""
+    core = sensitive_part(secret)
+    raw = core.encode("utf-8")
+    forms: dict[str, str] = {"plain": core}
+    for offset in range(3):
+        part = raw[offset:]
+        whole_quads = len(part) // 3 * 4
+        forms[f"base64@{offset}"] = base64.b64encode(part).decode()[:whole_quads]
+        forms[f"base64url@{offset}"] = base64.urlsafe_b64encode(part).decode()[:whole_quads]
+    forms["base64"] = base64.b64encode(raw).decode()
+    forms["base64url"] = base64.urlsafe_b64encode(raw).decode()
+    forms["base64url-unpadded"] = forms["base64url"].rstrip("=")
+    forms["percent"] = urllib.parse.quote(core, safe="")
+    forms["percent-plus"] = urllib.parse.quote_plus(core)
+    return forms
+
+
+def _folded_forms(secret: str) -> dict[str, str]:
+    """``search_forms`` folded to one base64 alphabet; too-short forms dropped, and so is a form of 32
+    characters or more inside another one (its windows are among the other's: base64@0 inside the
+    padded base64, the unpadded inside the padded, percent-encoding that changed nothing)."""
+    folded = {}
+    for name, form in search_forms(secret).items():
+        f = form.translate(_FOLD)
+        if len(f) >= MIN_SHORT and f not in folded.values():
+            folded[name] = f
+    return {name: f for name, f in folded.items()
+            if len(f) < FINGERPRINT or not any(f != g and f in g for g in folded.values())}
 
 
 def fingerprints(secret: str) -> list[str]:
-    """Fixed-size pieces of the secret part of a credential.
+    """Every 32-character window of every searched form (folded), or a short form whole."""
+    out: dict[str, None] = {}
+    for form in _folded_forms(secret).values():
+        if len(form) < FINGERPRINT:
+            out[form] = None
+        else:
+            for i in range(len(form) - FINGERPRINT + 1):
+                out[form[i:i + FINGERPRINT]] = None
+    return list(out)
 
-    JWTs share their header prefix, so for them only the signature counts;
-    other credentials (ya29 tokens, base64 signatures) are random throughout.
-    """
-    parts = secret.split(".")
-    core = parts[-1] if len(parts) == 3 and secret.startswith("eyJ") else secret
-    if len(core) < FINGERPRINT:
-        return [core] if len(core) >= 16 else []
-    return list(dict.fromkeys([core[:FINGERPRINT], core[-FINGERPRINT:]]))
+
+@dataclass(frozen=True)
+class Hit:
+    """One secret found in one text: which secret, in which form, with a little context."""
+
+    label: str
+    secret: str
+    form: str
+    context: str
+
+    def __str__(self) -> str:
+        return f"{self.label} {self.secret[:12]}... as {self.form} near {self.context!r}"
+
+
+class SecretIndex:
+    """Every fingerprint of a set of secrets, searchable in one pass over a text (see ``_KEY``)."""
+
+    def __init__(self, secrets: Sequence[str] = (), label: str = "secret") -> None:
+        self._forms: list[tuple[int, str, str]] = []     # (secret number, form name, folded form)
+        self._secrets: list[tuple[str, str]] = []        # (secret, label)
+        self._pieces: dict[str, list[tuple[int, int]]] = {}
+        self._short: list[int] = []
+        self._known: set[str] = set()
+        self._owners: dict[str, tuple[int, ...]] = {}    # window -> up to two secrets holding it
+        self.add(secrets, label)
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def add(self, secrets: Sequence[str], label: str = "secret") -> None:
+        for secret in secrets:
+            if secret in self._known:
+                continue
+            self._known.add(secret)
+            self._owners.clear()
+            number = len(self._secrets)
+            self._secrets.append((secret, label))
+            for name, form in _folded_forms(secret).items():
+                form_id = len(self._forms)
+                self._forms.append((number, name, form))
+                if len(form) < FINGERPRINT:
+                    self._short.append(form_id)
+                    continue
+                for j in range(0, len(form) - _KEY + 1, _FORM_STEP):
+                    self._pieces.setdefault(form[j:j + _KEY], []).append((form_id, j))
+
+    def find(self, haystack: str) -> list[Hit]:
+        """One ``Hit`` per secret found in ``haystack`` (first occurrence), in order of the secrets."""
+        if not haystack or not self._secrets:
+            return []
+        found: dict[int, Hit] = {}
+        pieces = self._pieces
+        for match in _RUN_RE.finditer(haystack):
+            run = match.group().translate(_FOLD)
+            if len(run) < FINGERPRINT:
+                continue
+            tried: set[tuple[int, int]] = set()  # (form, diagonal q - j): one match region each
+            for q in range(0, len(run) - _KEY + 1, _TEXT_STEP):
+                candidates = pieces.get(run[q:q + _KEY])
+                if candidates is None:
+                    continue
+                for form_id, j in candidates:
+                    number, name, form = self._forms[form_id]
+                    if number in found or (form_id, q - j) in tried:
+                        continue
+                    tried.add((form_id, q - j))
+                    at = self._own_window(run, q, form, j, number)
+                    if at is not None:
+                        found[number] = self._hit(number, name, haystack, match.start() + at)
+        if self._short:
+            folded = haystack.translate(_FOLD)
+            for form_id in self._short:
+                number, name, form = self._forms[form_id]
+                if number not in found:
+                    at = folded.find(form)
+                    if at >= 0:
+                        found[number] = self._hit(number, name, haystack, at)
+        return [found[n] for n in sorted(found)]
+
+    def _own_window(self, run: str, q: int, form: str, j: int, number: int) -> int | None:
+        """Where in ``run`` a 32-character window of ``form`` (matched at run[q] == form[j]) starts that
+        is this secret's own: no other secret's form holds it (a window shared by two secrets, such as
+        the claims two JWTs of one issuer have in common, identifies neither). None if there is none."""
+        left = 0
+        while left < q and left < j and run[q - left - 1] == form[j - left - 1]:
+            left += 1
+        right, end_q, end_j = 0, q + _KEY, j + _KEY
+        while end_q + right < len(run) and end_j + right < len(form) and run[end_q + right] == form[end_j + right]:
+            right += 1
+        start, end = q - left, end_q + right
+        # From the end: a JWT's shared claims come first, its own claims and signature after.
+        for p in range(end - FINGERPRINT, start - 1, -1):
+            if not self._shared(run[p:p + FINGERPRINT], number):
+                return p
+        return None
+
+    def _shared(self, window: str, number: int) -> bool:
+        """Whether a form of another secret than ``number`` holds ``window``."""
+        owners = self._owners.get(window)
+        if owners is None:
+            owners = self._owners[window] = self._find_owners(window)
+        return any(o != number for o in owners)
+
+    def _find_owners(self, window: str) -> tuple[int, ...]:
+        """Up to two secrets whose forms hold ``window`` (see ``_KEY`` for why looking its pieces up at
+        offsets 0..22 finds every such form)."""
+        owners: list[int] = []
+        for k in range(FINGERPRINT - _KEY + 1):
+            for form_id, j in self._pieces.get(window[k:k + _KEY], ()):
+                owner, _, form = self._forms[form_id]
+                if owner not in owners and j >= k and form[j - k:j - k + FINGERPRINT] == window:
+                    owners.append(owner)
+                    if len(owners) == 2:
+                        return tuple(owners)
+        return tuple(owners)
+
+    def _hit(self, number: int, form: str, haystack: str, at: int) -> Hit:
+        secret, label = self._secrets[number]
+        return Hit(label, secret, form, haystack[max(0, at - 24):at + 8])
 
 
 def find_secrets(haystack: str, secrets: Sequence[str]) -> list[str]:
-    """The secrets (whole, or one of their fingerprints) found in ``haystack``."""
-    if not secrets or not haystack:
-        return []
-    table: dict[str, str] = {}
-    short: list[str] = []
-    for s in secrets:
-        for fp in fingerprints(s):
-            if len(fp) == FINGERPRINT:
-                table[fp] = s
-            else:
-                short.append(fp)
-    hits: dict[str, None] = {}
-    for s in secrets:  # whole occurrences first (cheap for a few secrets)
-        if len(secrets) <= 64 and s in haystack:
-            hits[s] = None
-    for run in _RUN_RE.findall(haystack):
-        for i in range(len(run) - FINGERPRINT + 1):
-            found = table.get(run[i:i + FINGERPRINT])
-            if found is not None:
-                hits[found] = None
-    for fp in short:
-        if fp in haystack:
-            hits[fp] = None
-    return list(hits)
+    """The secrets (any fingerprint of any form, see above) found in ``haystack``."""
+    return [hit.secret for hit in SecretIndex(secrets).find(haystack)]
 
 
 # ---------------------------------------------------------------------------
@@ -295,23 +486,70 @@ def find_secrets(haystack: str, secrets: Sequence[str]) -> list[str]:
 
 
 class _Tee(io.TextIOBase):
+    """The vending log stream: keeps a copy, passes every line on (to stdout, past ``_StreamTee``)."""
+
     def __init__(self, previous: Any) -> None:
         self.previous = previous
         self.buffer_ = io.StringIO()
         self.lock = threading.Lock()
 
+    def _target(self) -> Any:
+        target = self.previous or sys.stdout
+        return target.previous if isinstance(target, _StreamTee) else target  # one copy is enough
+
     def write(self, text: str) -> int:
         with self.lock:
             self.buffer_.write(text)
-        (self.previous or sys.stdout).write(text)
+        self._target().write(text)
         return len(text)
 
     def flush(self) -> None:
-        (self.previous or sys.stdout).flush()
+        self._target().flush()
 
     def getvalue(self) -> str:
         with self.lock:
             return self.buffer_.getvalue()
+
+
+class _StreamTee:
+    """``sys.stdout`` / ``sys.stderr`` during a test: copies what is written into ``sink``, passes it on."""
+
+    def __init__(self, previous: Any, sink: io.StringIO, lock: threading.Lock) -> None:
+        self.previous, self.sink, self._lock = previous, sink, lock
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self.sink.write(text)
+        self.previous.write(text)
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self.previous.flush()
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno, buffer...
+        return getattr(self.previous, name)
+
+
+# Audits installed now. pytest's output capture puts its own sys.stdout / sys.stderr back at the start
+# of each test phase (setup, call, teardown), so tests/conftest.py calls ``tee_streams`` around each
+# phase to tee them again.
+_ACTIVE: list[LeakAudit] = []
+
+
+@contextlib.contextmanager
+def tee_streams() -> Iterator[None]:
+    """Tee the current sys.stdout / sys.stderr into every installed audit for the duration."""
+    for audit in _ACTIVE:
+        audit._wrap_streams()
+    try:
+        yield
+    finally:
+        for audit in reversed(list(_ACTIVE)):
+            audit._unwrap_streams()
 
 
 class _Records(logging.Handler):
@@ -337,29 +575,110 @@ class Response:
     authorization: str
 
 
+_B64TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750's b64token: what a bearer token is made of
+
+
+def caller_token_of(authorization: str) -> str | None:
+    """The credential of an Authorization header (``Bearer X`` or any ``SCHEME X``; the value if bare),
+    or None when it cannot be one: not a b64token, a sensitive part shorter than a window, or fewer than
+    12 distinct characters in it (fuzzers send ``Bearer 0000...`` and ``generateAccessToken``)."""
+    value = authorization.strip()
+    if not value:
+        return None
+    scheme, _, rest = value.partition(" ")
+    token = rest.strip() or scheme
+    core = sensitive_part(token)
+    if not _B64TOKEN_RE.fullmatch(token) or len(core) < FINGERPRINT or len(set(core)) < 12:
+        return None
+    return token
+
+
+def _stores_of(h: Any) -> list[Any]:
+    """Every store object the harness and its service hold (wrappers included), once each."""
+    candidates = [getattr(h, "store", None)]
+    service = getattr(h, "service", None)
+    for owner in (service, getattr(service, "ledger", None), getattr(service, "approvals", None)):
+        for attr in ("store", "_store"):
+            candidates.append(getattr(owner, attr, None) if owner is not None else None)
+    out: dict[int, Any] = {}
+    for store in candidates:
+        if store is None:
+            continue
+        inner = store
+        while hasattr(inner, "inner"):
+            inner = inner.inner
+        out.setdefault(id(inner), inner)
+    return list(out.values())
+
+
+def _events_text(h: Any) -> list[str]:
+    """Every event the harness's publishers kept: MemoryEvents' list and any local events file."""
+    publishers: dict[int, Any] = {}
+    for ev in (getattr(h, "events", None), getattr(getattr(h, "service", None), "events", None)):
+        if ev is not None:
+            publishers.setdefault(id(ev), ev)
+    texts: list[str] = []
+    paths: set[str] = set()
+    for ev in publishers.values():
+        published = getattr(ev, "published", None)
+        if published is not None:
+            texts.append(json.dumps(list(published), default=str))
+        path = getattr(ev, "_path", None) or getattr(ev, "path", None)
+        if path:
+            paths.add(str(path))
+    for settings in (getattr(h, "settings", None), getattr(getattr(h, "service", None), "settings", None)):
+        path = getattr(settings, "events_file", None)
+        if path:
+            paths.add(str(path))
+    for path in sorted(paths):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                texts.append(fh.read())
+    return texts
+
+
 class LeakAudit:
-    """Collects everything a test's service emitted; ``check()`` searches it for credentials."""
+    """Collects everything a test's service emitted; ``check()`` searches it for credentials.
+
+    Secrets: every credential the IAM stand-in minted (``standin.minted``: the service's and the test
+    bot's), ``extra_secrets``, and every caller token sent to a watched harness. Places: the vending
+    JSON log and stdlib log records (DEBUG and up), what reached ``sys.stdout`` / ``sys.stderr``, the
+    whole store of every watched harness (every kind, every store its service holds), every event
+    published (``MemoryEvents`` and a local events file), every response body (a vend's own credential
+    field blanked: it is handed out by design) and every response header, and ``extra_haystacks``.
+    """
 
     VEND_PATHS = ("/v1/access-tokens", "/v1/id-tokens", "/v1/signed-jwts", "/v1/signed-blobs")
+    CREDENTIAL_FIELDS = ("access_token", "id_token", "signed_jwt", "signed_blob")
 
     def __init__(self) -> None:
         self.harnesses: list[Any] = []
         self.responses: list[Response] = []
         self.extra_secrets: list[str] = []
+        self.extra_caller_tokens: list[str] = []
         self.extra_haystacks: dict[str, str] = {}
         self._tee: _Tee | None = None
+        self._output = io.StringIO()          # what reached sys.stdout and sys.stderr
+        self._output_lock = threading.Lock()
+        self._wraps: list[tuple[str, _StreamTee]] = []
         self._records = _Records()
         self._saved: tuple[Any, int] | None = None
+        self._root_level: int | None = None
         self._apps: list[Any] = []
         self._lock = threading.Lock()
 
     # -- wiring ---------------------------------------------------------------
     def install(self) -> None:
         self._saved = (vlog._stream, vlog._level)
+        _ACTIVE.append(self)
+        self._wrap_streams()
         self._tee = _Tee(vlog._stream)
         vlog._stream = self._tee
         vlog._level = 10  # DEBUG lines are searched too
-        logging.getLogger().addHandler(self._records)
+        root = logging.getLogger()
+        self._root_level = root.level
+        root.setLevel(logging.DEBUG)  # stdlib DEBUG records reach the handler too
+        root.addHandler(self._records)
 
     def uninstall(self) -> None:
         import flask
@@ -367,10 +686,36 @@ class LeakAudit:
         if self._saved is not None:
             vlog._stream, vlog._level = self._saved
             self._saved = None
-        logging.getLogger().removeHandler(self._records)
+        self._unwrap_streams()
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+        root = logging.getLogger()
+        root.removeHandler(self._records)
+        if self._root_level is not None:
+            root.setLevel(self._root_level)
+            self._root_level = None
         for app in self._apps:
             flask.request_finished.disconnect(self._on_response, app)
         self._apps = []
+
+    def _wrap_streams(self) -> None:
+        for name in ("stdout", "stderr"):
+            current = getattr(sys, name)
+            if not (isinstance(current, _StreamTee) and current.sink is self._output):
+                tee = _StreamTee(current, self._output, self._output_lock)
+                setattr(sys, name, tee)
+                self._wraps.append((name, tee))
+
+    def _unwrap_streams(self) -> None:
+        for name, tee in reversed(self._wraps):
+            if getattr(sys, name) is tee:
+                setattr(sys, name, tee.previous)
+        self._wraps.clear()
+
+    def output(self) -> str:
+        """What reached sys.stdout / sys.stderr while installed (the vending log lines excepted)."""
+        with self._output_lock:
+            return self._output.getvalue()
 
     def watch(self, harness: Any) -> None:
         """Audit this harness's HTTP responses, events and store too."""
@@ -407,23 +752,42 @@ class LeakAudit:
         return out
 
     # -- searching --------------------------------------------------------------
+    def _public_body(self, r: Response) -> str:
+        """The body of a response, a vend's own credential field blanked (handed out by design)."""
+        if r.status >= 300 or r.path not in self.VEND_PATHS:
+            return r.body
+        try:
+            data = json.loads(r.body)
+        except ValueError:
+            return r.body
+        if isinstance(data, dict):
+            for name in self.CREDENTIAL_FIELDS:
+                if isinstance(data.get(name), str):
+                    data[name] = "[handed out]"
+        return json.dumps(data)
+
     def haystacks(self) -> dict[str, str]:
-        out: dict[str, str] = {"logs": (self._tee.getvalue() if self._tee else "") + "\n".join(self._records.lines)}
-        errors, headers, others = [], [], []
-        for r in self.responses:
+        out: dict[str, str] = {
+            "logs": (self._tee.getvalue() if self._tee else "") + "\n" + "\n".join(self._records.lines),
+            "stdout-stderr": self.output(),
+        }
+        errors, bodies, headers = [], [], []
+        with self._lock:
+            responses = list(self.responses)
+        for r in responses:
             headers.append(r.headers)
-            if r.status >= 400:
-                errors.append(r.body)
-            elif r.path not in self.VEND_PATHS:  # a vend's own 200 body carries its credential, by design
-                others.append(r.body)
+            (errors if r.status >= 400 else bodies).append(self._public_body(r))
         out["error-bodies"] = "\n".join(errors)
+        out["response-bodies"] = "\n".join(bodies)
         out["response-headers"] = "\n".join(headers)
-        out["other-response-bodies"] = "\n".join(others)
-        stores, events = [], []
+        stores: dict[int, str] = {}
+        events: list[str] = []
         for h in self.harnesses:
-            stores.append(json.dumps(dump_store(h.store), default=str, sort_keys=True))
-            events.append(json.dumps(getattr(h.events, "published", []), default=str))
-        out["store"] = "\n".join(stores)
+            for store in _stores_of(h):
+                if id(store) not in stores:
+                    stores[id(store)] = json.dumps(dump_store(store), default=str, sort_keys=True)
+            events.extend(_events_text(h))
+        out["store"] = "\n".join(stores.values())
         out["events"] = "\n".join(events)
         out.update(self.extra_haystacks)
         return out
@@ -438,28 +802,33 @@ class LeakAudit:
         return list(seen)
 
     def caller_tokens(self) -> list[str]:
+        """Every caller credential sent to a watched harness (whatever its shape), and the extra ones."""
         out: dict[str, None] = {}
-        for r in self.responses:
-            parts = r.authorization.split(" ")
-            if len(parts) == 2 and parts[1].count(".") == 2 and len(parts[1].rsplit(".", 1)[1]) >= FINGERPRINT:
-                out[parts[1]] = None
+        with self._lock:
+            headers = [r.authorization for r in self.responses]
+        for auth in headers:
+            token = caller_token_of(auth)
+            if token is not None:
+                out[token] = None
+        for token in self.extra_caller_tokens:
+            out[token] = None
         return list(out)
 
-    def check(self) -> dict[str, Any]:
-        """Search every haystack; returns figures, raises AssertionError on any hit."""
-        secrets = self.minted_secrets()
-        tokens = self.caller_tokens()
+    def hits(self) -> tuple[list[tuple[str, Hit]], dict[str, Any]]:
+        """Every (place, hit) and the figures of the search."""
+        secrets, tokens = self.minted_secrets(), self.caller_tokens()
+        index = SecretIndex(secrets, "minted credential")
+        index.add(tokens, "caller token")
         stacks = self.haystacks()
-        hits: list[tuple[str, str, str]] = []
-        for where, text in stacks.items():
-            for s in find_secrets(text, secrets):
-                hits.append(("minted credential", where, s[:12] + "..."))
-        for where in ("logs", "response-headers"):
-            for s in find_secrets(stacks[where], tokens):
-                hits.append(("caller token", where, s[:12] + "..."))
+        found = [(where, hit) for where, text in stacks.items() for hit in index.find(text)]
         figures = {"credentials": len(secrets), "caller_tokens": len(tokens), "responses": len(self.responses),
-                   "bytes": {k: len(v) for k, v in stacks.items()}, "hits": len(hits)}
-        assert not hits, f"credential material found: {hits}"
+                   "bytes": {k: len(v) for k, v in stacks.items()}, "hits": len(found)}
+        return found, figures
+
+    def check(self) -> dict[str, Any]:
+        """Search every haystack for every secret; returns figures, raises AssertionError on any hit."""
+        found, figures = self.hits()
+        assert not found, "credential material found:\n" + "\n".join(f"  in {w}: {h}" for w, h in found)
         return figures
 
 
@@ -486,4 +855,5 @@ class CredentialArchive:
     def summary(self) -> str:
         searched = ", ".join(f"{k} {v:,} B" for k, v in sorted(self.bytes.items()))
         return (f"secrets audit: {self.tests} tests, {len(self.credentials)} minted credentials and "
-                f"{self.caller_tokens} caller tokens searched in {self.responses} responses; {searched}; hits 0")
+                f"{self.caller_tokens} caller tokens searched (every 32-char window; plain, base64, base64url, "
+                f"percent-encoded) in {self.responses} responses; {searched}; hits 0")
