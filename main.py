@@ -43,7 +43,7 @@ def handle_pubsub(event: Any) -> None:
     from vending import pubsub
 
     svc = wiring.service()
-    pubsub.handle_approval_event(event, svc.bot_verifier(), svc.approvals, svc.events)
+    pubsub.handle_approval_event(event, svc.bot_verifier(), svc.approvals, svc.events, svc.kill_switch)
 
 
 @functions_framework.cloud_event

@@ -35,6 +35,7 @@ from vending.inputs import MAX_BLOB_BODY_BYTES, MAX_BODY_BYTES
 Handler = Callable[[Request, dict[str, str]], Any]
 
 _ID = r"(?P<id>[^/:]+)"
+_EMAIL = r"(?P<email>[^/:]+)"
 ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/healthz"), "healthz"),
     ("POST", re.compile(r"/v1/access-tokens"), "access_token"),
@@ -46,6 +47,8 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(rf"/v1/requests/{_ID}:(?P<action>withdraw|approve|deny|revoke)"), "act_on_request"),
     ("GET", re.compile(r"/v1/issuances"), "list_issuances"),
     ("GET", re.compile(rf"/v1/issuances/{_ID}"), "get_issuance"),
+    ("GET", re.compile(rf"/v1/service-accounts/{_EMAIL}"), "get_kill_switch"),
+    ("POST", re.compile(rf"/v1/service-accounts/{_EMAIL}:(?P<action>disable|enable)"), "act_on_kill_switch"),
 ]
 
 
@@ -158,10 +161,12 @@ def handle(request: Request, get_handlers: Callable[[], Any]) -> Response:
 class Handlers:
     """Binds routes to the use cases; one instance per process."""
 
-    def __init__(self, vend: Any, requests: Any, issuances: Any, events: Any, *, project: str) -> None:
+    def __init__(self, vend: Any, requests: Any, issuances: Any, events: Any, *, project: str,
+                 service_accounts: Any = None) -> None:
         self.vend = vend
         self.requests = requests
         self.issuances = issuances
+        self.service_accounts = service_accounts
         self.events = events
         self.project = project
 
@@ -207,3 +212,10 @@ class Handlers:
 
     def get_issuance(self, request: Request, params: dict[str, str]) -> Any:
         return self.issuances.get(request.headers.get("Authorization"), params["id"])
+
+    def get_kill_switch(self, request: Request, params: dict[str, str]) -> Any:
+        return self.service_accounts.status(request.headers.get("Authorization"), params["email"])
+
+    def act_on_kill_switch(self, request: Request, params: dict[str, str]) -> Any:
+        return self.service_accounts.act(request.headers.get("Authorization"), params["email"], params["action"],
+                                         _read_body(request))

@@ -26,6 +26,12 @@ Identities are issuer-qualified (``ISSUER/IDENTITY``, see
 Break-glass entitlements are self-approved at creation (with a
 justification matching the entitlement's pattern), every use is flagged
 and announced on the alerts topic.
+
+A request is for an entitlement, or (``entitlement`` = ``KILL_SWITCH_RELEASE``)
+for releasing a service account's kill switch before it is safe: filed by a
+kill switch operator, approved by the ``kill_switch`` section's approvers
+(``rules_of`` finds the approval rules of either), spent by
+``vending.killswitch`` (``check_release``), never by a vend.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import hashlib
 from typing import Any
 
 from vending import clock, inputs, log, policy
-from vending.config import Bot, Entitlement, Policy, matches
+from vending.config import ApprovalRules, Bot, Entitlement, Policy, matches
 from vending.errors import (
     BadRequestError,
     ConflictError,
@@ -67,6 +73,8 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (ACTIVE, "expire"): EXPIRED,
     (ACTIVE, "end"): ENDED,
 }
+# The ``entitlement`` of a request to release a kill switch early: no entitlement name can take this form.
+KILL_SWITCH_RELEASE = "kill-switch:release"
 EVENT_NAMES = {ACTIVE: "request.activated", DENIED: "request.denied", WITHDRAWN: "request.withdrawn",
                REVOKED: "request.revoked", EXPIRED: "request.expired", ENDED: "request.ended"}
 MAX_RETRIES = 8
@@ -120,6 +128,10 @@ class Approvals:
         self.store = store
         self.events = events
         self.retention = retention
+        ks = policy.kill_switch
+        self.release_rules = ApprovalRules(
+            approvers=ks.approvers, quorum=ks.quorum, max_window=ks.release_window, max_uses=1,
+            pending_timeout=ks.pending_timeout) if ks and ks.approvers else None
 
     # -- reading ---------------------------------------------------------------
     def load(self, request_id: str) -> Doc:
@@ -131,10 +143,19 @@ class Approvals:
     def approvers_of(self, ent: Entitlement) -> frozenset[str]:
         return self.policy.expand(ent.approval.approvers) if ent.approval else frozenset()
 
+    def rules_of(self, record: dict[str, Any]) -> ApprovalRules | None:
+        """The approval rules a request is decided by: its entitlement's, or the kill switch's."""
+        if record.get("entitlement") == KILL_SWITCH_RELEASE:
+            return self.release_rules
+        ent = self.policy.entitlement(record["entitlement"])
+        return ent.approval if ent else None
+
     def get(self, principal: Principal, request_id: str) -> dict[str, Any]:
         doc = self.load(request_id)
-        ent = self.policy.entitlement(doc.data["entitlement"])
-        readers = self.approvers_of(ent) if ent else frozenset()
+        rules = self.rules_of(doc.data)
+        readers = self.policy.expand(rules.approvers) if rules else frozenset()
+        if doc.data.get("entitlement") == KILL_SWITCH_RELEASE:
+            readers |= self.policy.kill_switch_operator_set
         if not policy.can_read(self.policy, principal, doc.data["requester"], readers):
             raise PermissionDeniedError("Only the requester, its approvers and auditors may read this request.",
                                         reason="not-a-reader")
@@ -143,7 +164,10 @@ class Approvals:
     # -- creating ----------------------------------------------------------------
     def create(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
         """File a request from a decoded ``POST /v1/requests`` body."""
-        inputs.check_fields(body, (), ("entitlement", "service_account", "duration", "justification", "scopes"))
+        inputs.check_fields(body, (), ("entitlement", "service_account", "duration", "justification", "scopes",
+                                       "kill_switch"))
+        if body.get("kill_switch") is not None:
+            return self._create_release(principal, body)
         ent = self._entitlement_for(principal, body)
         scopes = inputs.scopes(body.get("scopes"))
         if scopes and any(s not in ent.scopes for s in scopes):
@@ -151,8 +175,33 @@ class Approvals:
         duration = inputs.lifetime(body.get("duration"))
         justification = inputs.text(body.get("justification"), "justification", required=False)
         request_id = new_id()
-        record = self._new_record(request_id, ent, principal.qualified, scopes or ent.scopes, duration,
-                                  justification, via="http")
+        assert ent.approval is not None
+        record = self._new_record(request_id, ent.name, ent.service_account, ent.approval, principal.qualified,
+                                  scopes or ent.scopes, duration, justification, via="http")
+        self.store.write([Create(REQUESTS, request_id, record)])
+        self._announce_created(record)
+        return view(record, clock.now())
+
+    def _create_release(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        """``{"kill_switch": EMAIL, "justification"}``: ask the kill switch approvers to release EMAIL early."""
+        if any(body.get(f) is not None for f in ("entitlement", "service_account", "scopes")):
+            raise BadRequestError("kill_switch excludes entitlement, service_account and scopes.",
+                                  reason="invalid-kill-switch")
+        email = inputs.service_account(body.get("kill_switch"))
+        if not self.policy.is_kill_switch_operator(principal.qualified):
+            raise PermissionDeniedError("Only kill switch operators and auditors may ask for a release.",
+                                        reason="not-a-kill-switch-operator")
+        if email not in self.policy.target_service_accounts:
+            raise PermissionDeniedError(f"{email} is not a service account this service vends for.",
+                                        reason="service-account-not-managed")
+        if self.release_rules is None:
+            raise BadRequestError("The policy names no kill switch approvers: a kill switch is released only "
+                                  "once it is safe.", reason="approval-not-configured")
+        duration = inputs.lifetime(body.get("duration"))
+        justification = inputs.text(body.get("justification"), "justification", required=True)
+        request_id = new_id()
+        record = self._new_record(request_id, KILL_SWITCH_RELEASE, email, self.release_rules, principal.qualified,
+                                  (), duration, justification, via="http")
         self.store.write([Create(REQUESTS, request_id, record)])
         self._announce_created(record)
         return view(record, clock.now())
@@ -178,11 +227,9 @@ class Approvals:
                                   reason="approval-not-required")
         return ent
 
-    def _new_record(self, request_id: str, ent: Entitlement, requester: str, scopes: tuple[str, ...],
-                    duration: int | None, justification: str | None, *, via: str,
+    def _new_record(self, request_id: str, name: str, service_account: str, rules: ApprovalRules, requester: str,
+                    scopes: tuple[str, ...], duration: int | None, justification: str | None, *, via: str,
                     requested_by: str | None = None) -> dict[str, Any]:
-        rules = ent.approval
-        assert rules is not None
         if duration is not None and duration > rules.max_window:
             raise BadRequestError(f"duration {duration}s is above the maximum window of {rules.max_window}s.",
                                   reason="duration-too-long")
@@ -192,7 +239,7 @@ class Approvals:
         now = clock.now()
         window = duration or rules.max_window
         record: dict[str, Any] = {
-            "id": request_id, "state": AWAITED, "entitlement": ent.name, "service_account": ent.service_account,
+            "id": request_id, "state": AWAITED, "entitlement": name, "service_account": service_account,
             "scopes": list(scopes), "requester": requester, "duration_s": window,
             "justification": justification, "break_glass": rules.break_glass, "quorum": rules.quorum,
             "max_uses": rules.max_uses, "uses": 0, "approvals": [], "created_at": now,
@@ -237,10 +284,10 @@ class Approvals:
             record = {**doc.data, "timeline": list(doc.data.get("timeline", [])),
                       "approvals": list(doc.data.get("approvals", []))}
             now = clock.now()
-            ent = self.policy.entitlement(record["entitlement"])
-            if ent is None or ent.approval is None:
+            rules = self.rules_of(record)
+            if rules is None:
                 raise ConflictError("The request's entitlement no longer exists.", reason="entitlement-removed")
-            self._authorize(ent, record, principal_identity, action)
+            self._authorize(rules, record, principal_identity, action)
             before = record["state"]
             if effective_state(record, now) == EXPIRED and before != EXPIRED:
                 record["state"] = transition(before, "expire")
@@ -248,7 +295,7 @@ class Approvals:
                 self._save(doc, record)
                 self._announce(record, before)
                 raise IllegalTransitionError(f"The request is {EXPIRED}; it cannot {action}.")
-            changed = self._apply(record, ent, principal_identity, action, via, comment, now)
+            changed = self._apply(record, principal_identity, action, via, comment, now)
             if not changed:
                 return view(record, now)
             try:
@@ -259,8 +306,8 @@ class Approvals:
             return view(record, now)
         raise ConflictError("The request is being changed concurrently; retry.", reason="request-busy")
 
-    def _authorize(self, ent: Entitlement, record: dict[str, Any], who: str, action: str) -> None:
-        approvers = self.approvers_of(ent)
+    def _authorize(self, rules: ApprovalRules, record: dict[str, Any], who: str, action: str) -> None:
+        approvers = self.policy.expand(rules.approvers)
         if action == "withdraw":
             if who != record["requester"]:
                 raise PermissionDeniedError("Only the requester may withdraw a request.", reason="not-requester")
@@ -269,7 +316,7 @@ class Approvals:
                 raise PermissionDeniedError("Nobody approves or denies their own request.",
                                             reason="self-approval")
             if who not in approvers:
-                raise PermissionDeniedError(f"{who} is not an approver of entitlement {ent.name!r}.",
+                raise PermissionDeniedError(f"{who} is not an approver of {record['entitlement']!r}.",
                                             reason="not-an-approver")
         elif action == "revoke":
             if who not in approvers and not self.policy.is_auditor(who):
@@ -278,8 +325,8 @@ class Approvals:
         else:
             raise BadRequestError(f"Unknown action {action!r}.", reason="invalid-action")
 
-    def _apply(self, record: dict[str, Any], ent: Entitlement, who: str, action: str, via: str,
-               comment: str | None, now: _dt.datetime) -> bool:
+    def _apply(self, record: dict[str, Any], who: str, action: str, via: str, comment: str | None,
+               now: _dt.datetime) -> bool:
         """Mutate ``record``; False when the action changes nothing (a duplicate)."""
         state = record["state"]
         entry = {"at": now, "event": action, "actor": who, "via": via}
@@ -328,9 +375,42 @@ class Approvals:
         if req["requester"] != principal.qualified:
             raise PermissionDeniedError("This access request belongs to another requester.",
                                         reason="not-requester")
+        if req.get("entitlement") == KILL_SWITCH_RELEASE:
+            raise PermissionDeniedError("A kill switch release request vends nothing.", reason="not-a-vend-request")
         ent = self.policy.entitlement(req["entitlement"])
         if ent is None:
             raise PermissionDeniedError("The request's entitlement no longer exists.", reason="entitlement-removed")
+        uses, max_uses = self._require_active(req, now)
+        window_end = req["window_end"]
+        # The approvers approved the scopes of the request, not every scope of the entitlement.
+        scopes = tuple(s for s in req.get("scopes") or ent.scopes if s in ent.scopes)
+        # window end minus one second so no credential outlives the window
+        return ApprovalUse(request_id=request_id, entitlement=ent.name, requester=req["requester"],
+                           not_after=window_end - _dt.timedelta(seconds=1), scopes=scopes, uses=uses,
+                           max_uses=max_uses, break_glass=bool(req.get("break_glass")), version=doc.version)
+
+    def check_release(self, principal: Principal, request_id: str, service_account: str,
+                      not_before: _dt.datetime, now: _dt.datetime) -> ApprovalUse:
+        """An ACTIVE request of this caller to release ``service_account``'s kill switch, filed at or
+        after ``not_before`` (the engagement it releases), with its use left, as read now."""
+        doc = self.load(request_id)
+        req = doc.data
+        if req.get("entitlement") != KILL_SWITCH_RELEASE or req.get("service_account") != service_account:
+            raise PermissionDeniedError(f"Request {request_id} is not a request to release {service_account}.",
+                                        reason="not-a-release-request")
+        if req["requester"] != principal.qualified:
+            raise PermissionDeniedError("This release request belongs to another requester.", reason="not-requester")
+        if req["created_at"] < not_before:
+            raise PermissionDeniedError("This release request was filed before the kill switch was engaged; "
+                                        "file a new one.", reason="release-request-stale")
+        uses, max_uses = self._require_active(req, now)
+        return ApprovalUse(request_id=request_id, entitlement=KILL_SWITCH_RELEASE, requester=req["requester"],
+                           not_after=req["window_end"], scopes=(), uses=uses, max_uses=max_uses,
+                           break_glass=False, version=doc.version)
+
+    @staticmethod
+    def _require_active(req: dict[str, Any], now: _dt.datetime) -> tuple[int, int]:
+        """(uses, max_uses) of an ACTIVE request with a use left and time left in its window; else refuse."""
         state = effective_state(req, now)
         uses, max_uses = int(req.get("uses", 0)), int(req["max_uses"])
         if state == ACTIVE and uses >= max_uses:
@@ -342,16 +422,10 @@ class Approvals:
             if state == ENDED:
                 raise ConflictError("Every use of this approval has been consumed.", reason=reason)
             raise PermissionDeniedError(f"The access request is {state}, not ACTIVE.", reason=reason)
-        window_end = req["window_end"]
-        if int((window_end - now).total_seconds()) - 1 < 1:
+        if int((req["window_end"] - now).total_seconds()) - 1 < 1:
             raise PermissionDeniedError("The approval window ends now; ask for a new request.",
                                         reason="approval-expired")
-        # The approvers approved the scopes of the request, not every scope of the entitlement.
-        scopes = tuple(s for s in req.get("scopes") or ent.scopes if s in ent.scopes)
-        # window end minus one second so no credential outlives the window
-        return ApprovalUse(request_id=request_id, entitlement=ent.name, requester=req["requester"],
-                           not_after=window_end - _dt.timedelta(seconds=1), scopes=scopes, uses=uses,
-                           max_uses=max_uses, break_glass=bool(req.get("break_glass")), version=doc.version)
+        return uses, max_uses
 
     @staticmethod
     def use_write(use: ApprovalUse, now: _dt.datetime) -> Update:
@@ -364,7 +438,7 @@ class Approvals:
         doc = self.store.get(REQUESTS, use.request_id)
         return doc is not None and int(doc.data.get("uses", 0)) >= use.uses + 1
 
-    def settle_use(self, request_id: str, issuance_id: str) -> None:
+    def settle_use(self, request_id: str, issuance_id: str | None) -> None:
         """After an issuance: note the use on the timeline, and END the request when none is left."""
         self._update(request_id, lambda r, now: self._settle(r, issuance_id, now))
 
@@ -379,9 +453,11 @@ class Approvals:
 
         self._update(request_id, give_back)
 
-    def _settle(self, record: dict[str, Any], issuance_id: str, now: _dt.datetime) -> bool:
-        record["timeline"].append({"at": now, "event": "used", "actor": record["requester"], "via": "http",
-                                   "issuance_id": issuance_id})
+    def _settle(self, record: dict[str, Any], issuance_id: str | None, now: _dt.datetime) -> bool:
+        entry = {"at": now, "event": "used", "actor": record["requester"], "via": "http"}
+        if issuance_id is not None:  # a vend (a kill switch release has none)
+            entry["issuance_id"] = issuance_id
+        record["timeline"].append(entry)
         if int(record.get("uses", 0)) >= int(record["max_uses"]) and record["state"] == ACTIVE:
             record["state"] = transition(ACTIVE, "end")
             record["expires_at"] = None
@@ -465,8 +541,8 @@ class Approvals:
         justification = inputs.text(claims.get("justification"), "justification")
         # Deterministic id from the message's jti: a redelivered request creates nothing new.
         request_id = bot_request_id(str(claims["jti"]))
-        record = self._new_record(request_id, ent, actor, ent.scopes, duration, justification, via=via,
-                                  requested_by=actor)
+        record = self._new_record(request_id, ent.name, ent.service_account, ent.approval, actor, ent.scopes,
+                                  duration, justification, via=via, requested_by=actor)
         try:
             self.store.write([Create(REQUESTS, request_id, record)])
         except StoreConflict:

@@ -285,12 +285,30 @@ class Bot(_Model):
     """A chat-ops bot: its service account signs messages (IAM ``signJwt``) naming an acting person.
 
     ``actor_issuer``: the issuer whose identities the bot asserts (the person's identity is
-    ``ISSUER/ACTOR``); optional when the policy has one issuer.
+    ``ISSUER/ACTOR``); optional when the policy has one issuer. ``disable`` (engage the kill
+    switch of a service account) is never a default: a bot may send it only when listed.
     """
 
     service_account: str
-    actions: tuple[Literal["request", "approve", "deny", "revoke"], ...] = ("request", "approve", "deny", "revoke")
+    actions: tuple[Literal["request", "approve", "deny", "revoke", "disable"], ...] = (
+        "request", "approve", "deny", "revoke")
     actor_issuer: str | None = None
+
+
+class KillSwitchRules(_Model):
+    """Who may engage a service account's kill switch (``vending.killswitch``), and who releases it early.
+
+    ``operators`` (and every auditor) may engage, read and release the switch. Before every
+    credential issued before the kill has expired (``safe_at``), a release needs an ACTIVE
+    release request approved by ``quorum`` distinct ``approvers``, never its own requester.
+    With no approvers, a switch is only released once it is safe.
+    """
+
+    operators: tuple[str, ...] = ()
+    approvers: tuple[str, ...] = ()
+    quorum: int = Field(default=1, ge=1, le=10)
+    release_window: int = Field(default=3600, gt=0, le=EXTENDED_MAX_LIFETIME_S)  # an approved release stays usable
+    pending_timeout: int = Field(default=86400, gt=0, le=604800)    # a release request awaits approval
 
 
 class Policy(_Model):
@@ -301,6 +319,7 @@ class Policy(_Model):
     bots: tuple[Bot, ...] = ()
     bot_audience: str | None = None
     bot_message_max_ttl_seconds: int = Field(default=600, gt=0, le=3600)
+    kill_switch: KillSwitchRules | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Policy:
@@ -318,6 +337,10 @@ class Policy(_Model):
             for ref in refs + list(self.auditors):
                 if ref.startswith("group:") and ref[6:] not in self.groups:
                     raise ValueError(f"unknown group {ref!r}")
+        ks = self.kill_switch
+        for ref in (ks.operators + ks.approvers) if ks else ():
+            if ref.startswith("group:") and ref[6:] not in self.groups:
+                raise ValueError(f"kill_switch: unknown group {ref!r}")
         for bot in self.bots:
             if bot.actor_issuer is not None and bot.actor_issuer not in names:
                 raise ValueError(f"bot {bot.service_account!r} names unknown actor_issuer {bot.actor_issuer!r}")
@@ -328,6 +351,8 @@ class Policy(_Model):
         for where, members in self._identity_refs():
             for member in members:
                 qualify(member, tuple(names), where)
+        if ks and ks.approvers and len(self.expand(ks.approvers)) < ks.quorum:
+            raise ValueError(f"kill_switch: quorum {ks.quorum} needs at least {ks.quorum} distinct approvers")
         return self
 
     def _identity_refs(self) -> list[tuple[str, tuple[str, ...]]]:
@@ -337,6 +362,10 @@ class Policy(_Model):
             if e.approval:
                 out.append((f"entitlements.{e.name}.approval.approvers",
                             tuple(r for r in e.approval.approvers if not r.startswith("group:"))))
+        if self.kill_switch:
+            for name in ("operators", "approvers"):
+                out.append((f"kill_switch.{name}",
+                            tuple(r for r in getattr(self.kill_switch, name) if not r.startswith("group:"))))
         return out
 
     def issuer(self, name: str) -> Issuer | None:
@@ -363,6 +392,19 @@ class Policy(_Model):
 
     def is_auditor(self, qualified_identity: str) -> bool:
         return qualified_identity in self.auditor_set
+
+    @cached_property
+    def kill_switch_operator_set(self) -> frozenset[str]:
+        return self.expand(self.kill_switch.operators) if self.kill_switch else frozenset()
+
+    def is_kill_switch_operator(self, qualified_identity: str) -> bool:
+        """Auditors and the kill_switch section's operators may engage, read and release a kill switch."""
+        return qualified_identity in self.kill_switch_operator_set or self.is_auditor(qualified_identity)
+
+    @cached_property
+    def target_service_accounts(self) -> frozenset[str]:
+        """The service accounts credentials are vended for: the only ones a kill switch applies to."""
+        return frozenset(e.service_account for e in self.entitlements)
 
     def bot_actor(self, bot: Bot, actor: str) -> str:
         """The qualified identity of a person a bot's message names."""
@@ -446,6 +488,9 @@ class Settings:
     reservation_timeout_s: int       # VENDING_RESERVATION_TIMEOUT, issuing -> unconfirmed
     log_level: str                   # VENDING_LOG_LEVEL
     policy: Policy
+    # VENDING_IAM_ADMIN_ENDPOINT: the IAM API (service account disable / enable / get, for the kill
+    # switch). With a static VENDING_IAM_TOKEN (the local stand-in) it defaults to VENDING_IAM_ENDPOINT.
+    iam_admin_endpoint: str = "https://iam.googleapis.com"
 
     @property
     def store_kind(self) -> str:
@@ -461,7 +506,10 @@ ENV_VARS = (
     "VENDING_IAM_ENDPOINT", "VENDING_IAM_TOKEN", "VENDING_IAM_TIMEOUT", "VENDING_IAM_RETRIES",
     "VENDING_KEYS_BASE_URL", "VENDING_NOTIFICATIONS_TOPIC", "VENDING_ALERTS_TOPIC",
     "VENDING_EVENTS_FILE", "VENDING_RETENTION_DAYS", "VENDING_RESERVATION_TIMEOUT", "VENDING_LOG_LEVEL",
+    "VENDING_IAM_ADMIN_ENDPOINT",
 )
+IAM_ADMIN_ENDPOINT = "https://iam.googleapis.com"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -478,6 +526,22 @@ def _number(name: str, default: str, kind: type, minimum: float, maximum: float)
     if not minimum <= value <= maximum:
         raise ConfigError(f"{name}: {value} is outside [{minimum}, {maximum}]")
     return value
+
+
+def _endpoint(name: str, value: str) -> str:
+    """An API base URL: https, or plain http on a loopback host only (the local stand-in)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {value!r} is not a URL") from exc
+    ok = bool(host) and (parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS))
+    if not ok or parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(f"{name}: must be https://HOST (plain http only on loopback), got {value!r}")
+    return value.rstrip("/")
 
 
 def load_settings() -> Settings:
@@ -508,7 +572,12 @@ def load_settings() -> Settings:
         reservation_timeout_s=_number("VENDING_RESERVATION_TIMEOUT", "300", int, 30, 3600),
         log_level=(_env("VENDING_LOG_LEVEL", "INFO") or "INFO").upper(),
         policy=policy,
+        iam_admin_endpoint=_endpoint("VENDING_IAM_ADMIN_ENDPOINT", _env(
+            "VENDING_IAM_ADMIN_ENDPOINT", iam_endpoint if _env("VENDING_IAM_TOKEN") else IAM_ADMIN_ENDPOINT) or ""),
     )
+    if settings.iam_token and settings.iam_admin_endpoint.startswith(IAM_ADMIN_ENDPOINT):
+        raise ConfigError("VENDING_IAM_TOKEN: a static token is only for the local IAM stand-in "
+                          "(set VENDING_IAM_ADMIN_ENDPOINT to it too)")
     if settings.iam_token and iam_endpoint.startswith("https://iamcredentials.googleapis.com"):
         raise ConfigError("VENDING_IAM_TOKEN: a static token is only for the local IAM stand-in")
     if settings.store_kind == "firestore":

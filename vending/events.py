@@ -51,6 +51,15 @@ def request_event(type_: str, record: dict[str, Any], **extra: Any) -> dict[str,
     return make_event(type_, request_id=record["id"], **fields, **extra)
 
 
+KILL_SWITCH_FIELDS = ("service_account", "state", "engagement_id", "engaged_by", "justification", "via",
+                      "requested_at", "engaged_at", "safe_at", "revoked", "failure")
+
+
+def kill_switch_event(type_: str, record: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """``kill_switch.*`` events from a kill switch record (``vending.killswitch``)."""
+    return make_event(type_, **{k: record.get(k) for k in KILL_SWITCH_FIELDS}, **extra)
+
+
 class PubSubEvents:
     """Publishes to Pub/Sub topics given as full names ``projects/P/topics/T``."""
 

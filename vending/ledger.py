@@ -6,6 +6,7 @@
     issuing --answer outside the grant--------> withheld (it exists until expire_time; never returned)
     issuing --process died (sweep)------------> unconfirmed
     active | unconfirmed | withheld --past expire_time (sweep)--> expired
+    issuing | active | unconfirmed | withheld --kill switch engaged--> revoked
 
 A record is written *before* the IAM call (state ``issuing``) in the same
 atomic batch that consumes the caller token's ``jti`` (and, for an approved
@@ -16,6 +17,13 @@ credential's SHA-256 and expiry; the raw credential is never stored. An
 the credential's lifetime (``reserved_until``), so a late answer cannot
 outlive it. Replay records (used caller tokens) live until the token is no
 longer accepted (``exp`` + leeway); the sweep deletes only those past it.
+
+``revoked`` (``revoke_live``, ``mark_revoked``): the target account's kill switch
+(``vending.killswitch``) was engaged while the credential was within its
+expiry; IAM rejects what it can of it from then on. It says who and why
+(``revoked_by``, ``revoked_reason``, ``revoked_at``) and keeps its
+``expire_time`` (for an ``issuing`` record, its ``reserved_until``): until then
+re-enabling the account would make the credential valid again.
 """
 
 from __future__ import annotations
@@ -27,20 +35,32 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from vending import clock
-from vending.errors import AuthenticationError, BadRequestError
+from vending.errors import AuthenticationError, BadRequestError, ConflictError
 from vending.events import Events, issuance_event
 from vending.grant import Grant
 from vending.store.base import Create, Delete, Doc, Filter, Query, Store, StoreConflict, Update, Write
 from vending.store.batch import apply_each, due
 from vending.store.indexes import ISSUANCES, REPLAY
 
-ISSUING, ACTIVE, FAILED, EXPIRED, UNCONFIRMED, SIGNED, WITHHELD = (
-    "issuing", "active", "failed", "expired", "unconfirmed", "signed", "withheld")
-STATES = (ISSUING, ACTIVE, FAILED, EXPIRED, UNCONFIRMED, SIGNED, WITHHELD)
+ISSUING, ACTIVE, FAILED, EXPIRED, UNCONFIRMED, SIGNED, WITHHELD, REVOKED = (
+    "issuing", "active", "failed", "expired", "unconfirmed", "signed", "withheld", "revoked")
+STATES = (ISSUING, ACTIVE, FAILED, EXPIRED, UNCONFIRMED, SIGNED, WITHHELD, REVOKED)
 LIVE_STATES = (ACTIVE, UNCONFIRMED, WITHHELD)   # a credential may be valid until expire_time
+REVOCABLE_STATES = (ISSUING, *LIVE_STATES)      # what a kill switch marks revoked (within expiry)
+MAX_REVOKE_PASSES = 20                          # a vend finishing under the kill switch: query again
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What ``Ledger.revoke_live`` found for one service account."""
+
+    marked: int                        # records this call moved to ``revoked``
+    within_expiry: int                 # revoked records of the account still within their expiry
+    safe_at: _dt.datetime | None       # the latest of their expiries (None: none is left)
 
 
 def sha256(value: str | bytes) -> str:
@@ -136,12 +156,81 @@ class Ledger:
                                                           "expire_time": until,
                                                           "purge_at": until + self.retention})])
 
+    def mark_revoked(self, issuance_id: str, *, by: str, reason: str) -> None:
+        """The vend path, after its final kill-switch check: this record's credential is never handed out."""
+        now = clock.now()
+        self.store.write([Update(ISSUANCES, issuance_id, {"state": REVOKED, "revoked_by": by,
+                                                          "revoked_reason": reason, "revoked_at": now})])
+
+    def give_back(self, replay_key: str | None) -> None:
+        """Forget a used caller token (a state-changing call failed before it changed anything)."""
+        if replay_key is not None:
+            self.store.write([Delete(REPLAY, replay_key)])
+
     def mark_failed(self, issuance_id: str, failure: str, *, replay_key: str | None) -> None:
         """Nothing was minted: record why, and in the same write give back the caller token's jti."""
         now = clock.now()
         release: list[Write] = [Delete(REPLAY, replay_key)] if replay_key else []
         self.store.write([Update(ISSUANCES, issuance_id, {"state": FAILED, "failure": failure,
                                                           "purge_at": now + self.retention}), *release])
+
+    # -- the kill switch -----------------------------------------------------------------
+    def revoke_live(self, service_account: str, *, by: str, reason: str, now: _dt.datetime) -> Revocation:
+        """Mark every record of ``service_account`` that may hold a valid credential ``revoked``.
+
+        That is ``issuing`` records (any age: IAM may be answering right now) and ``active``,
+        ``unconfirmed`` and ``withheld`` ones within their expiry. Each write carries the
+        version read, so a vend that finishes in between makes us read again rather than
+        overwrite it; passes repeat until none is left. Then the account's revoked records
+        still within their expiry (these, and any of an earlier engagement released early)
+        give ``safe_at``: re-enabling the account before then makes them valid again.
+        Idempotent: a second call marks nothing and answers the same ``safe_at``.
+        """
+        marked = 0
+        for _ in range(MAX_REVOKE_PASSES):
+            live = self._revocable(service_account, now)
+            if not live:
+                break
+
+            def revoke(d: Doc) -> Update:
+                until = d.data.get("expire_time") or d.data.get("reserved_until")
+                return Update(ISSUANCES, d.id, {"state": REVOKED, "revoked_by": by, "revoked_reason": reason,
+                                                "revoked_at": now, "expire_time": until},
+                              expect_version=d.version)
+
+            for start in range(0, len(live), 200):
+                marked += len(apply_each(self.store, live[start:start + 200], revoke))
+        else:
+            raise ConflictError("Credentials of this service account keep changing; call again to finish.",
+                                reason="kill-switch-busy")
+        outstanding = self.revoked_outstanding(service_account, now)
+        return Revocation(marked=marked, within_expiry=outstanding.within_expiry, safe_at=outstanding.safe_at)
+
+    def revoked_outstanding(self, service_account: str, now: _dt.datetime) -> Revocation:
+        """The account's revoked credentials still within their expiry, and the latest expiry."""
+        revoked = self._within_expiry(REVOKED, service_account, now)
+        return Revocation(marked=0, within_expiry=len(revoked),
+                          safe_at=max((d.data["expire_time"] for d in revoked), default=None))
+
+    def _revocable(self, service_account: str, now: _dt.datetime) -> list[Doc]:
+        docs: list[Doc] = []
+        after = None
+        while True:  # issuing: few, by created_at (newest first, the listing's index)
+            batch = self.store.query(Query(ISSUANCES, (Filter("state", "==", ISSUING),
+                                                       Filter("service_account", "==", service_account)),
+                                           order_by="created_at", descending=True, limit=200, start_after=after))
+            docs += batch
+            if len(batch) < 200:
+                break
+            after = (batch[-1].data["created_at"], batch[-1].id)
+        for state in LIVE_STATES:
+            docs += self._within_expiry(state, service_account, now)
+        return docs
+
+    def _within_expiry(self, state: str, service_account: str, now: _dt.datetime) -> list[Doc]:
+        filters = (Filter("state", "==", state), Filter("service_account", "==", service_account),
+                   Filter("expire_time", ">", now))
+        return [d for batch in due(self.store, ISSUANCES, filters, "expire_time") for d in batch]
 
     # -- the sweep --------------------------------------------------------------------
     def expire_due(self, now: _dt.datetime) -> Counter[str]:
@@ -245,6 +334,7 @@ PUBLIC_FIELDS = (
     "delegates", "scopes", "lifetime_s", "reason", "request_id", "break_glass", "created_at",
     "reserved_until", "issued_at", "expire_time", "token_sha256", "key_id", "failure",
     "audience", "expired_at", "payload_sha256", "payload_bytes", "bucket", "object", "method", "bounds",
+    "revoked_by", "revoked_reason", "revoked_at",
 )
 
 

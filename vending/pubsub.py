@@ -2,7 +2,8 @@
 
 ``handle_approval_event``: the message data is a JWT signed by a trusted
 bot's service account (IAM ``signJwt``). Verified, then applied to the
-access request. Permanent problems (malformed, forged, expired, untrusted,
+access request, or (``action: disable``, from a bot whose ``actions`` list it)
+to the kill switch of a service account. Permanent problems (malformed, forged, expired, untrusted,
 illegal transition) are logged with their reason and acknowledged by
 returning normally; retryable ones (storage unavailable, a request that
 does not exist yet because the message filing it has not arrived) raise so
@@ -20,6 +21,7 @@ from vending.approvals import Approvals
 from vending.errors import BadRequestError, NotFoundError, UnavailableError, VendingError
 from vending.events import Events
 from vending.identity import BotVerifier
+from vending.killswitch import KillSwitch
 
 
 def _message(event: Any) -> tuple[str, str]:
@@ -39,7 +41,8 @@ def _message(event: Any) -> tuple[str, str]:
         raise BadRequestError("The Pub/Sub message data is not a signed JWT.", reason="invalid-message") from exc
 
 
-def handle_approval_event(event: Any, bot_verifier: BotVerifier, approvals: Approvals, events: Events) -> None:
+def handle_approval_event(event: Any, bot_verifier: BotVerifier, approvals: Approvals, events: Events,
+                          switch: KillSwitch | None = None) -> None:
     message_id = ""
     try:
         token, message_id = _message(event)
@@ -47,8 +50,14 @@ def handle_approval_event(event: Any, bot_verifier: BotVerifier, approvals: Appr
         action = claims.get("action")
         if action not in bot.actions:
             raise BadRequestError(f"Bot {bot.service_account} may not send {action!r}.", reason="action-not-allowed")
+        result: dict[str, Any] | None
         try:
-            result = approvals.apply_bot_message(bot, claims, message_id)
+            if action == "disable":
+                if switch is None:
+                    raise BadRequestError("This function has no kill switch.", reason="action-not-allowed")
+                result = switch.apply_bot_message(bot, claims, message_id)
+            else:
+                result = approvals.apply_bot_message(bot, claims, message_id)
         except NotFoundError as exc:
             if exc.reason != "request-not-found":
                 raise
@@ -58,9 +67,9 @@ def handle_approval_event(event: Any, bot_verifier: BotVerifier, approvals: Appr
                                    reason="request-not-yet-known", detail=exc.message) from exc
         log.notice("approval message applied", audit=True, message_id=message_id, bot=bot.service_account,
                    action=action, actor=claims.get("actor"), access_request_id=(result or {}).get("id"),
-                   state=(result or {}).get("state"))
+                   service_account=(result or {}).get("service_account"), state=(result or {}).get("state"))
     except VendingError as exc:
-        if exc.retryable or exc.reason == "request-busy":  # busy: changed concurrently past the retries
+        if exc.retryable or exc.reason in ("request-busy", "kill-switch-busy"):  # changed concurrently
             log.warning("approval message will be retried", message_id=message_id, reason=exc.reason,
                         detail=exc.detail or exc.message)
             raise

@@ -1,4 +1,4 @@
-"""Use cases other than vending: access requests over HTTP, and reading the ledger.
+"""Use cases other than vending: access requests over HTTP, reading the ledger, kill switches.
 
 Each class receives the collaborators it uses. Vending itself is ``vending.vend``.
 """
@@ -11,8 +11,9 @@ from typing import Any
 from vending import clock, inputs, ledger, log, policy
 from vending.approvals import Approvals
 from vending.config import Policy, split_qualified
-from vending.errors import BadRequestError, NotFoundError, PermissionDeniedError
-from vending.identity import Verifier
+from vending.errors import BadRequestError, NotFoundError, PermissionDeniedError, VendingError
+from vending.identity import VerifiedToken, Verifier
+from vending.killswitch import KillSwitch
 from vending.ledger import Ledger
 
 
@@ -120,3 +121,69 @@ class Issuances:
     def _qualified(self, principal: str, default_issuer: str) -> str:
         """``ISSUER/IDENTITY`` as given, or a bare identity of the caller's own issuer."""
         return principal if split_qualified(principal, self.policy.issuer_names) else f"{default_issuer}/{principal}"
+
+
+class ServiceAccounts:
+    """``GET /v1/service-accounts/{email}``, ``POST /v1/service-accounts/{email}:disable|enable``: the kill switch.
+
+    Only auditors and the policy's kill switch operators (issuer-qualified) may call them. Every
+    call, allowed or refused, writes one audit line with the caller's qualified identity. The
+    state-changing calls consume the caller token's ``jti`` (given back when the call changed
+    nothing, so a retry with the same token resumes).
+    """
+
+    def __init__(self, verifier: Verifier, policy_: Policy, ledger_: Ledger, switch: KillSwitch) -> None:
+        self.verifier = verifier
+        self.policy = policy_
+        self.ledger = ledger_
+        self.switch = switch
+
+    def status(self, authorization: str | None, email: str) -> dict[str, Any]:
+        return self._audited("status", authorization, email, b"")
+
+    def act(self, authorization: str | None, email: str, action: str, raw_body: bytes) -> dict[str, Any]:
+        return self._audited({"disable": "engage", "enable": "release"}[action], authorization, email, raw_body)
+
+    def _audited(self, action: str, authorization: str | None, email: str, raw_body: bytes) -> dict[str, Any]:
+        fields: dict[str, Any] = {"action": action, "service_account": email[:320]}
+        try:
+            caller = self.verifier.verify_authorization(authorization)
+            fields.update(principal=caller.principal.qualified, issuer=caller.principal.issuer)
+            result = self._run(action, caller, email, raw_body)
+        except VendingError as exc:
+            denied = exc.http_status < 500
+            log.emit("WARNING" if denied else "ERROR", f"kill switch {action} denied" if denied else
+                     f"kill switch {action} failed", audit=True, decision="deny", reason=exc.reason,
+                     status=exc.http_status, detail=exc.detail or exc.message, **fields)
+            exc.logged = True
+            raise
+        log.notice(f"kill switch {action}", audit=True, decision="allow", state=result["state"],
+                   safe_at=result["safe_at"], **fields)
+        return result
+
+    def _run(self, action: str, caller: VerifiedToken, email: str, raw_body: bytes) -> dict[str, Any]:
+        who = caller.principal.qualified
+        if not self.policy.is_kill_switch_operator(who):
+            raise PermissionDeniedError("Only kill switch operators and auditors may use the kill switch.",
+                                        reason="not-a-kill-switch-operator")
+        if email not in self.policy.target_service_accounts:
+            raise NotFoundError(f"{email[:320]!r} is not a service account this service vends for.",
+                                reason="service-account-not-managed")
+        if action == "status":
+            return self.switch.status(email)
+        body = inputs.parse_json(raw_body)  # malformed bodies are refused before the token is consumed
+        if action == "engage":
+            inputs.check_fields(body, ("justification",), ())
+        else:
+            inputs.check_fields(body, ("justification",), ("request_id",))
+        justification = inputs.text(body.get("justification"), "justification", required=True)
+        assert justification is not None
+        request_id = inputs.record_id(body.get("request_id")) if action == "release" else None
+        self.ledger.consume(caller.replay_key, caller.replay_until)
+        try:
+            if action == "engage":
+                return self.switch.engage(who, email, justification, via="http")
+            return self.switch.release(caller.principal, email, justification, request_id, via="http")
+        except VendingError:
+            self.ledger.give_back(caller.replay_key)  # nothing was done that a retry would repeat harmfully
+            raise

@@ -34,6 +34,8 @@ class Service:
     vend: Any
     requests: Any
     issuances: Any
+    kill_switch: Any = None
+    service_accounts: Any = None
     _bot_verifier: Any = field(default=None, repr=False)
 
     @property
@@ -77,16 +79,20 @@ def build_service(s: Settings, **overrides: Any) -> Service:
     from vending import events as events_mod
     from vending.approvals import Approvals
     from vending.iam import GoogleCredentialsToken, IamCredentials, StaticToken
+    from vending.iam_admin import IamAdmin
     from vending.identity import Verifier
+    from vending.killswitch import KillSwitch
     from vending.ledger import Ledger
-    from vending.service import AccessRequests, Issuances
+    from vending.service import AccessRequests, Issuances, ServiceAccounts
     from vending.store import open_store
     from vending.vend import Vend
 
     store = overrides.get("store") or open_store(s)
-    iam = overrides.get("iam") or IamCredentials(
-        s.iam_endpoint, StaticToken(s.iam_token) if s.iam_token else GoogleCredentialsToken(),
-        timeout_s=s.iam_timeout_s, retries=s.iam_retries)
+    token_source = StaticToken(s.iam_token) if s.iam_token else GoogleCredentialsToken()
+    iam = overrides.get("iam") or IamCredentials(s.iam_endpoint, token_source, timeout_s=s.iam_timeout_s,
+                                                 retries=s.iam_retries)
+    iam_admin = overrides.get("iam_admin") or IamAdmin(s.iam_admin_endpoint, token_source,
+                                                       timeout_s=s.iam_timeout_s, retries=s.iam_retries)
     verifier = overrides.get("verifier") or Verifier(s.policy.issuers)
     if "events" in overrides:
         events = overrides["events"]
@@ -98,10 +104,13 @@ def build_service(s: Settings, **overrides: Any) -> Service:
     ledger = Ledger(store, events, retention_days=s.retention_days)
     approvals = overrides.get("approvals") or Approvals(s.policy, store, events,
                                                         retention=_dt.timedelta(days=s.retention_days))
-    vend = Vend(s.policy, verifier, ledger, approvals, iam, events, iam_deadline_s=s.iam_timeout_s)
+    switch = KillSwitch(s.policy, store, ledger, approvals, iam_admin, events,
+                        retention=_dt.timedelta(days=s.retention_days))
+    vend = Vend(s.policy, verifier, ledger, approvals, iam, events, switch, iam_deadline_s=s.iam_timeout_s)
     return Service(settings=s, store=store, iam=iam, verifier=verifier, events=events, ledger=ledger,
                    approvals=approvals, vend=vend, requests=AccessRequests(verifier, ledger, approvals),
-                   issuances=Issuances(verifier, s.policy, ledger))
+                   issuances=Issuances(verifier, s.policy, ledger), kill_switch=switch,
+                   service_accounts=ServiceAccounts(verifier, s.policy, ledger, switch))
 
 
 def service() -> Service:
@@ -119,7 +128,8 @@ def handlers() -> Any:
             from vending.api import Handlers
 
             svc = service()
-            _handlers = Handlers(svc.vend, svc.requests, svc.issuances, svc.events, project=svc.settings.project)
+            _handlers = Handlers(svc.vend, svc.requests, svc.issuances, svc.events, project=svc.settings.project,
+                                 service_accounts=svc.service_accounts)
         return _handlers
 
 

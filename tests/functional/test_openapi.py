@@ -32,7 +32,15 @@ from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.support.app import CI_SUBJECT, DEMO_SA, GCS_SUBJECT, PROD_SA, UNGRANTED_SA, ServiceHarness
+from tests.support.app import (
+    CI_SUBJECT,
+    DEMO_SA,
+    GCS_SUBJECT,
+    KILL_SWITCH_OPERATOR,
+    PROD_SA,
+    UNGRANTED_SA,
+    ServiceHarness,
+)
 from tests.support.gcs_v4 import v4_request
 from vending import api, clock, wiring
 from vending.store.base import StoreUnavailable
@@ -79,7 +87,7 @@ def test_every_operation_has_the_error_envelope_and_headers() -> None:
 def _route_templates() -> set[tuple[str, str]]:
     out = set()
     for method, pattern, _name in api.ROUTES:
-        template = pattern.pattern.replace(api._ID, "{id}")
+        template = pattern.pattern.replace(api._ID, "{id}").replace(api._EMAIL, "{email}")
         m = re.fullmatch(r"(.*):\(\?P<action>([a-z|]+)\)", template)
         actions = m.group(2).split("|") if m else [None]
         for action in actions:
@@ -94,7 +102,7 @@ def _doc_operations() -> set[tuple[str, str]]:
 def test_routes_and_document_name_the_same_operations() -> None:
     routes, documented = _route_templates(), _doc_operations()
     assert routes == documented, {"undocumented": routes - documented, "not routed": documented - routes}
-    assert len(routes) == 13
+    assert len(routes) == 16
 
 
 @pytest.mark.parametrize("method,path", sorted(_doc_operations()))
@@ -201,6 +209,12 @@ class Ctx:
         def fail(*_a: Any, **_k: Any) -> Any:
             raise RuntimeError("injected failure with a secret-looking detail: ya29.not-a-token")
         self.mp.setattr(obj, name, fail)
+
+    def engage(self, sa: str = DEMO_SA) -> Any:
+        resp = self.h.post(f"/v1/service-accounts/{sa}:disable", {"justification": "INC-1: key leaked"},
+                           subject=KILL_SWITCH_OPERATOR)
+        assert resp.status_code == 200, resp.get_json()
+        return resp.get_json()
 
     def store_down(self, *names: str) -> None:
         def fail(*_a: Any, **_k: Any) -> Any:
@@ -567,6 +581,159 @@ def _get_issuance_503(c: Ctx) -> Any:
 scenario("issuance-get-500", GI, 500)(_get_issuance_500)
 scenario("issuance-get-503", GI, 503)(_get_issuance_503)
 
+
+
+def _get_revoked_issuance(c: Ctx) -> Any:
+    issuance_id = c.issuance()
+    c.engage()
+    resp = c.h.get(f"/v1/issuances/{issuance_id}", subject=AUDITOR)
+    assert resp.get_json()["state"] == "revoked" and resp.get_json()["revoked_by"] == f"ci/{KILL_SWITCH_OPERATOR}"
+    return resp
+
+
+scenario("issuance-get-200-revoked", GI, 200)(_get_revoked_issuance)
+
+# the kill switch
+OTHER_SA = "other@local-project.iam.gserviceaccount.com"
+KS = "/v1/service-accounts"
+GK, KD, KE = "GET /v1/service-accounts/{email}", "POST /v1/service-accounts/{email}:disable", \
+    "POST /v1/service-accounts/{email}:enable"
+WHY = {"justification": "INC-1: key leaked"}
+
+
+def _ks_get_engaged(c: Ctx) -> Any:
+    c.engage()
+    resp = c.h.get(f"{KS}/{DEMO_SA}", subject=AUDITOR)
+    assert (resp.get_json()["state"], resp.get_json()["iam_disabled"]) == ("ENGAGED", True)
+    return resp
+
+
+scenario("ks-get-200-not-engaged", GK, 200)(lambda c: c.h.get(f"{KS}/{DEMO_SA}", subject=KILL_SWITCH_OPERATOR))
+scenario("ks-get-200-engaged", GK, 200)(_ks_get_engaged)
+scenario("ks-get-401", GK, 401)(lambda c: c.h.client.get(f"{KS}/{DEMO_SA}"))
+scenario("ks-get-403", GK, 403)(lambda c: c.h.get(f"{KS}/{DEMO_SA}"))
+scenario("ks-get-404", GK, 404)(lambda c: c.h.get(f"{KS}/{OTHER_SA}", subject=AUDITOR))
+scenario("ks-get-405-action-suffix", GK, 405)(lambda c: c.h.get(f"{KS}/{DEMO_SA}:disable", subject=AUDITOR))
+
+
+def _ks_get_500(c: Ctx) -> Any:
+    c.boom(c.h.service.kill_switch, "status")
+    return c.h.get(f"{KS}/{DEMO_SA}", subject=AUDITOR)
+
+
+def _ks_get_503(c: Ctx) -> Any:
+    c.store_down("get")
+    return c.h.get(f"{KS}/{DEMO_SA}", subject=AUDITOR)
+
+
+scenario("ks-get-500", GK, 500)(_ks_get_500)
+scenario("ks-get-503", GK, 503)(_ks_get_503)
+
+
+def _releasing(c: Ctx) -> None:
+    """A switch left RELEASING: engaged with nothing live, then IAM failed the enable."""
+    c.engage()
+    c.h.standin.set_fault(500, count=10, methods={"enable"})
+    assert c.h.post(f"{KS}/{DEMO_SA}:enable", WHY, subject=KILL_SWITCH_OPERATOR).status_code == 502
+    c.h.standin.clear_faults()
+
+
+def _disable_idempotent(c: Ctx) -> Any:
+    first = c.engage()
+    again = c.h.post(f"{KS}/{DEMO_SA}:disable", {"justification": "INC-1: again"}, subject=AUDITOR)
+    assert again.get_json()["engagement_id"] == first["engagement_id"]
+    return again
+
+
+def _disable_conflict(c: Ctx) -> Any:
+    _releasing(c)
+    resp = c.h.post(f"{KS}/{DEMO_SA}:disable", WHY, subject=KILL_SWITCH_OPERATOR)
+    assert resp.get_json()["error"]["reason"] == "kill-switch-busy"
+    return resp
+
+
+def _iam_fault(status: int, method: str, path: str, engage_first: bool = False) -> Callable[[Ctx], Any]:
+    def run(c: Ctx) -> Any:
+        if engage_first:
+            c.engage()
+        c.h.standin.set_fault(status, count=10, methods={method}, retry_after_s=3)
+        return c.h.post(path, WHY, subject=KILL_SWITCH_OPERATOR)
+    return run
+
+
+def _ks_500(name: str, path: str) -> Callable[[Ctx], Any]:
+    def run(c: Ctx) -> Any:
+        c.boom(c.h.service.kill_switch, name)
+        return c.h.post(path, WHY, subject=KILL_SWITCH_OPERATOR)
+    return run
+
+
+def _ks_503(path: str) -> Callable[[Ctx], Any]:
+    def run(c: Ctx) -> Any:
+        c.store_down("write")
+        return c.h.post(path, WHY, subject=KILL_SWITCH_OPERATOR)
+    return run
+
+
+scenario("disable-200", KD, 200)(lambda c: c.h.post(f"{KS}/{DEMO_SA}:disable", WHY, subject=KILL_SWITCH_OPERATOR))
+scenario("disable-200-idempotent", KD, 200)(_disable_idempotent)
+scenario("disable-400-missing", KD, 400)(lambda c: c.h.post(f"{KS}/{DEMO_SA}:disable", {}, subject=AUDITOR))
+scenario("disable-400-unknown-field", KD, 400)(
+    lambda c: c.h.post(f"{KS}/{DEMO_SA}:disable", {**WHY, "nope": 1}, subject=AUDITOR))
+scenario("disable-401", KD, 401)(lambda c: c.h.client.post(f"{KS}/{DEMO_SA}:disable", json=WHY))
+scenario("disable-403", KD, 403)(lambda c: c.h.post(f"{KS}/{DEMO_SA}:disable", WHY))
+scenario("disable-404", KD, 404)(lambda c: c.h.post(f"{KS}/{OTHER_SA}:disable", WHY, subject=AUDITOR))
+scenario("disable-409-releasing", KD, 409)(_disable_conflict)
+scenario("disable-429", KD, 429)(_iam_fault(429, "disable", f"{KS}/{DEMO_SA}:disable"))
+scenario("disable-500", KD, 500)(_ks_500("engage", f"{KS}/{DEMO_SA}:disable"))
+scenario("disable-502", KD, 502)(_iam_fault(500, "disable", f"{KS}/{DEMO_SA}:disable"))
+scenario("disable-503", KD, 503)(_ks_503(f"{KS}/{DEMO_SA}:disable"))
+
+
+def _enable_safe(c: Ctx) -> Any:
+    c.engage()  # nothing was live: safe at once
+    resp = c.h.post(f"{KS}/{DEMO_SA}:enable", WHY, subject=KILL_SWITCH_OPERATOR)
+    assert (resp.get_json()["state"], resp.get_json()["released_early"]) == ("RELEASED", False)
+    return resp
+
+
+def _enable_early(c: Ctx) -> Any:
+    c.issuance()
+    c.engage()
+    rid = c.h.post("/v1/requests", {"kill_switch": DEMO_SA, **WHY}, subject=KILL_SWITCH_OPERATOR).get_json()["id"]
+    for approver in APPROVERS:
+        assert c.h.post(f"/v1/requests/{rid}:approve", subject=approver).status_code == 200
+    resp = c.h.post(f"{KS}/{DEMO_SA}:enable", {**WHY, "request_id": rid}, subject=KILL_SWITCH_OPERATOR)
+    assert (resp.get_json()["state"], resp.get_json()["released_early"]) == ("RELEASED", True)
+    return resp
+
+
+def _enable_not_safe(c: Ctx) -> Any:
+    c.issuance()
+    c.engage()
+    resp = c.h.post(f"{KS}/{DEMO_SA}:enable", WHY, subject=KILL_SWITCH_OPERATOR)
+    assert resp.get_json()["error"]["reason"] == "release-not-safe"
+    return resp
+
+
+scenario("enable-200", KE, 200)(_enable_safe)
+scenario("enable-200-early-with-approval", KE, 200)(_enable_early)
+scenario("enable-400-request-id", KE, 400)(
+    lambda c: c.h.post(f"{KS}/{DEMO_SA}:enable", {**WHY, "request_id": "nope"}, subject=AUDITOR))
+scenario("enable-401", KE, 401)(lambda c: c.h.client.post(f"{KS}/{DEMO_SA}:enable", json=WHY))
+scenario("enable-403", KE, 403)(lambda c: c.h.post(f"{KS}/{DEMO_SA}:enable", WHY, subject=REQUESTER))
+scenario("enable-404", KE, 404)(lambda c: c.h.post(f"{KS}/{OTHER_SA}:enable", WHY, subject=AUDITOR))
+scenario("enable-409-not-safe", KE, 409)(_enable_not_safe)
+scenario("enable-409-not-engaged", KE, 409)(lambda c: c.h.post(f"{KS}/{DEMO_SA}:enable", WHY, subject=AUDITOR))
+scenario("enable-429", KE, 429)(_iam_fault(429, "enable", f"{KS}/{DEMO_SA}:enable", engage_first=True))
+scenario("enable-500", KE, 500)(_ks_500("release", f"{KS}/{DEMO_SA}:enable"))
+scenario("enable-502", KE, 502)(_iam_fault(500, "enable", f"{KS}/{DEMO_SA}:enable", engage_first=True))
+scenario("enable-503", KE, 503)(_ks_503(f"{KS}/{DEMO_SA}:enable"))
+scenario("requests-200-kill-switch-release", CR, 200)(
+    lambda c: c.h.post("/v1/requests", {"kill_switch": DEMO_SA, **WHY}, subject=KILL_SWITCH_OPERATOR))
+scenario("requests-403-kill-switch-not-operator", CR, 403)(
+    lambda c: c.h.post("/v1/requests", {"kill_switch": DEMO_SA, **WHY}, subject=REQUESTER))
+
 # GET /healthz
 scenario("healthz-200", "GET /healthz", 200)(lambda c: c.h.client.get("/healthz"))
 
@@ -586,7 +753,8 @@ def test_response_conforms(harness: ServiceHarness, monkeypatch: pytest.MonkeyPa
     method, path = operation.split(" ", 1)
     assert resp.request.method == method
     if status != 405:
-        assert re.fullmatch(re.escape(path).replace(r"\{id\}", "[^/:]+"), resp.request.path), resp.request.path
+        template = re.escape(path).replace(r"\{id\}", "[^/:]+").replace(r"\{email\}", "[^/:]+")
+        assert re.fullmatch(template, resp.request.path), resp.request.path
     conform(resp, status)
 
 

@@ -19,6 +19,7 @@ from vending import wiring
 from vending.config import Policy, Settings
 from vending.events import MemoryEvents
 from vending.iam import IamCredentials, StaticToken
+from vending.iam_admin import IamAdmin
 from vending.local.iam_policy import StandInPolicy
 from vending.local.iamcredentials import IamStandIn
 
@@ -45,8 +46,13 @@ STANDIN_POLICY: dict[str, Any] = {
         HOP_SA: [PROD_SA],
         BOT_SA: [BOT_SA],
     },
+    # the kill switch role (disable, enable, get): the runtime account on the policy's targets
+    "service_account_admins": {
+        "vending-runtime@local-project.iam.gserviceaccount.com": [DEMO_SA, PROD_SA, UNGRANTED_SA],
+    },
     "lifetime_extension": [],
 }
+KILL_SWITCH_OPERATOR = "sre-lead@example.com"
 
 
 def policy_dict(issuer: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +63,9 @@ def policy_dict(issuer: dict[str, Any]) -> dict[str, Any]:
         "auditors": ["auditor@example.com"],
         "bots": [{"service_account": BOT_SA}],
         "bot_audience": issuer["audience"],
+        # issuer-qualified, so the policy stays valid when a test adds a second issuer
+        "kill_switch": {"operators": [f"{issuer['name']}/{KILL_SWITCH_OPERATOR}"], "approvers": ["group:approvers"],
+                        "quorum": 2},
         "entitlements": [
             {"name": "deploy", "principals": [{"issuer": issuer["name"], "claims": {"sub": CI_SUBJECT}}],
              "service_account": DEMO_SA, "scopes": [CLOUD, READ_ONLY], "max_lifetime": 900,
@@ -93,7 +102,8 @@ def settings_for(policy: Policy, tmp_path: Path, standin_url: str, *, store: str
         config_path="tests/policy.yaml", store=store or f"sqlite:{tmp_path}/vending.db", project="vending-test",
         firestore_database="(default)", iam_endpoint=standin_url, iam_token=IAM_TOKEN, iam_timeout_s=3.0,
         iam_retries=2, keys_base_url=standin_url, notifications_topic=None, alerts_topic=None,
-        events_file=None, retention_days=90, reservation_timeout_s=300, log_level="DEBUG", policy=policy)
+        events_file=None, retention_days=90, reservation_timeout_s=300, log_level="DEBUG", policy=policy,
+        iam_admin_endpoint=standin_url)
 
 
 class ServiceHarness:
@@ -112,7 +122,9 @@ class ServiceHarness:
         self.store, self.issuer, self.standin = store, issuer, standin
         self.events = MemoryEvents()
         self.iam = IamCredentials(standin.url, StaticToken(IAM_TOKEN), timeout_s=3.0, retries=2, backoff_s=0.01)
-        self.service = wiring.build_service(self.settings, store=store, iam=self.iam, events=self.events)
+        self.iam_admin = IamAdmin(standin.url, StaticToken(IAM_TOKEN), timeout_s=3.0, retries=2, backoff_s=0.01)
+        self.service = wiring.build_service(self.settings, store=store, iam=self.iam, iam_admin=self.iam_admin,
+                                            events=self.events)
         wiring.install(self.service)
         self.client = create_app("vend_http", "main.py").test_client()
 
@@ -123,7 +135,7 @@ class ServiceHarness:
     def rebuild(self, **parts: Any) -> None:
         """Rebuild the service with other parts (``store``, ``iam``, ``events``): every use case
         holds its own collaborators, so a part is swapped by building anew."""
-        chosen = {"store": self.store, "iam": self.iam, "events": self.events, **parts}
+        chosen = {"store": self.store, "iam": self.iam, "iam_admin": self.iam_admin, "events": self.events, **parts}
         self.service = wiring.build_service(self.settings, **chosen)
         wiring.install(self.service)
 

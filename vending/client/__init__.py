@@ -2,7 +2,7 @@
 
 ``vending.cli`` calls ``register(subparsers)``; this package adds ``token``,
 ``id-token``, ``sign-jwt``, ``sign-blob``, ``request``, ``status``,
-``issuances`` and ``publish-approval``. Only the standard library and
+``issuances``, ``kill-switch`` and ``publish-approval``. Only the standard library and
 ``requests`` load at import; google-auth and google-cloud-pubsub load inside
 ``publish-approval``.
 
@@ -131,6 +131,8 @@ def register(subparsers: Any) -> None:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--entitlement", metavar="NAME")
     target.add_argument("--service-account", metavar="EMAIL", help="instead of --entitlement")
+    target.add_argument("--kill-switch", metavar="EMAIL",
+                        help="ask the kill switch approvers to release EMAIL's kill switch early")
     p.add_argument("--justification", metavar="TEXT", help="e.g. an incident or ticket id")
     p.add_argument("--duration", metavar="DURATION", help="approval window, e.g. 1800s, 30m")
     p.add_argument("--scope", action="append", metavar="SCOPE")
@@ -146,12 +148,29 @@ def register(subparsers: Any) -> None:
 
     p = add("issuances", "list issued credentials (auditors: all; others: their own)", commands.cmd_issuances, ident)
     p.add_argument("--active", action="store_true", help="only live credentials (state active)")
-    p.add_argument("--state", choices=("issuing", "active", "failed", "expired", "unconfirmed", "signed"))
+    p.add_argument("--state", choices=("issuing", "active", "failed", "expired", "unconfirmed", "signed", "withheld",
+                                       "revoked"))
     p.add_argument("--service-account", metavar="EMAIL")
     p.add_argument("--principal", metavar="P")
     p.add_argument("--since", metavar="RFC3339")
     p.add_argument("--page-size", type=int, default=100, help=argparse.SUPPRESS)
     p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = add("kill-switch", "engage, read or release a service account's kill switch (operators, auditors)",
+            commands.cmd_kill_switch, ident, description=(
+                "engage   disable the service account in IAM (its access tokens are rejected at once), refuse\n"
+                "         every vend for it and mark every live credential of it revoked in the ledger\n"
+                "status   the switch: who engaged it, when and why, when it is safe to release, IAM's flag\n"
+                "release  enable it again: refused (exit 26) while a credential issued before the kill has not\n"
+                "         expired, unless --request-id names a release request approved by the kill switch\n"
+                "         approvers (file one with: vending request --kill-switch EMAIL --justification ...)\n"
+                "Prints one line (or --format json)."))
+    p.add_argument("ks_action", metavar="ACTION", choices=("engage", "status", "release"),
+                   help="engage, status or release")
+    p.add_argument("service_account_email", metavar="SA", help="the service account's email")
+    p.add_argument("--justification", metavar="TEXT", help="why (engage and release: required)")
+    p.add_argument("--request-id", metavar="ID", help="release: an approved release request (before it is safe)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
 
     p = add("publish-approval", "as a chat-ops bot: sign an approval message (signJwt) and publish it",
             bot.cmd_publish_approval, description=(
@@ -163,12 +182,13 @@ def register(subparsers: Any) -> None:
     where.add_argument("--topic", help="projects/P/topics/T, or T with --project")
     where.add_argument("--project")
     where.add_argument("--deliver-to", metavar="URL", help="POST a CloudEvent to a handle_pubsub function")
-    p.add_argument("--action", required=True, choices=("approve", "deny", "revoke", "request"))
+    p.add_argument("--action", required=True, choices=("approve", "deny", "revoke", "request", "disable"))
     p.add_argument("--request-id", metavar="ID", help="the access request (approve, deny, revoke)")
     p.add_argument("--actor", required=True, metavar="EMAIL", help="the human who clicked")
     p.add_argument("--comment")
     p.add_argument("--entitlement", metavar="NAME", help="--action request: the entitlement asked for")
-    p.add_argument("--justification", metavar="TEXT", help="--action request")
+    p.add_argument("--justification", metavar="TEXT", help="--action request and disable")
+    p.add_argument("--service-account", metavar="EMAIL", help="--action disable: whose kill switch to engage")
     p.add_argument("--duration", metavar="DURATION", help="--action request: approval window")
     p.add_argument("--bot-service-account", metavar="EMAIL",
                    help="the bot's service account (default: the first bot of the policy file)")

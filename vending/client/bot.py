@@ -41,18 +41,23 @@ from vending.client.common import (
 # -- chat-ops bots: signed approval messages ---------------------------------------------------
 def approval_claims(*, bot: str, audience: str, action: str, actor: str, request_id: str | None = None,
                     comment: str | None = None, entitlement: str | None = None, justification: str | None = None,
-                    duration: str | None = None, ttl_s: int = 300) -> dict[str, Any]:
-    """The claims of one approval message (see vending.approvals.apply_bot_message)."""
+                    duration: str | None = None, service_account: str | None = None,
+                    ttl_s: int = 300) -> dict[str, Any]:
+    """The claims of one approval message (see vending.approvals.apply_bot_message), or of a kill switch
+    message (``action: disable``, see vending.killswitch.KillSwitch.apply_bot_message)."""
     if action == "request":
         if not entitlement:
             raise ClientError("--action request needs --entitlement.", EXIT_USAGE)
+    elif action == "disable":
+        if not service_account or not justification:
+            raise ClientError("--action disable needs --service-account and --justification.", EXIT_USAGE)
     elif not request_id:
         raise ClientError(f"--action {action} needs --request-id.", EXIT_USAGE)
     now = int(time.time())
     claims = {"iss": bot, "sub": bot, "aud": audience, "iat": now, "exp": now + int(ttl_s),
               "jti": uuid.uuid4().hex, "action": action, "actor": actor, "request_id": request_id,
               "comment": comment, "entitlement": entitlement, "justification": justification,
-              "duration": as_seconds(duration)}
+              "duration": as_seconds(duration), "service_account": service_account}
     return {k: v for k, v in claims.items() if v is not None}
 
 
@@ -167,7 +172,8 @@ def cmd_publish_approval(args: argparse.Namespace) -> int:
         bot=args.bot_service_account, audience=args.audience, action=args.action, actor=args.actor,
         topic=args.topic, project=args.project, deliver_to=args.deliver_to, iam_endpoint=args.iam_endpoint,
         iam_token=args.iam_token, ttl_s=args.ttl, request_id=args.request_id, comment=args.comment,
-        entitlement=args.entitlement, justification=args.justification, duration=args.duration)
+        entitlement=args.entitlement, justification=args.justification, duration=args.duration,
+        service_account=args.service_account)
     print(message_id)
     note(f"published {args.action} by {args.actor} as {args.bot_service_account} (message {message_id})")
     return 0

@@ -1,4 +1,4 @@
-"""Commands that call the service: token, id-token, sign-jwt, sign-blob, request, status, issuances."""
+"""Commands that call the service: token, id-token, sign-jwt, sign-blob, request, status, issuances, kill-switch."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from vending.client.common import (
     EXIT_AUTH,
     EXIT_ERROR,
     EXIT_NETWORK,
+    EXIT_NOT_SAFE,
     EXIT_RATE_LIMITED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -131,7 +132,7 @@ def _describe(req: dict[str, Any]) -> str:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    body = {"entitlement": args.entitlement, "service_account": args.service_account,
+    body = {"entitlement": args.entitlement, "service_account": args.service_account, "kill_switch": args.kill_switch,
             "justification": args.justification, "duration": as_seconds(args.duration), "scopes": args.scope or None}
     req = Api(args).call("POST", "/v1/requests", {k: v for k, v in body.items() if v is not None})
     if args.format == "json":
@@ -229,3 +230,49 @@ def cmd_issuances(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+# -- the kill switch -----------------------------------------------------------------------
+def describe_kill_switch(ks: dict[str, Any]) -> str:
+    """One line: the state, who engaged it and why, what was revoked, when it is safe to release."""
+    sa, state = ks.get("service_account"), str(ks.get("state"))
+    if state == "NOT_ENGAGED":
+        text = f"{sa}: kill switch NOT_ENGAGED (vends allowed)"
+    else:
+        text = (f"{sa}: kill switch {state} by {ks.get('engaged_by')} at {human_time(ks.get('requested_at'))} "
+                f"({ks.get('justification')!r})")
+        if state == "RELEASED":
+            text += f"; released by {ks.get('released_by')} at {human_time(ks.get('released_at'))}"
+            if ks.get("released_early"):
+                text += " EARLY: credentials issued before the kill that had not expired are valid again"
+        elif ks.get("revoked_at"):
+            text += (f"; {ks.get('revoked')} credential(s) revoked; safe to release "
+                     + ("now" if ks.get("safe_now") else f"at {human_time(ks.get('safe_at'))}"))
+        if ks.get("failure"):
+            text += f"; last IAM failure: {ks.get('failure')}"
+    if ks.get("iam_disabled") is not None:
+        text += f"; IAM: {'disabled' if ks['iam_disabled'] else 'enabled'}"
+    elif ks.get("iam_error"):
+        text += f"; IAM: unknown ({ks['iam_error']})"
+    return text
+
+
+def cmd_kill_switch(args: argparse.Namespace) -> int:
+    api = Api(args)
+    path = f"/v1/service-accounts/{quote(args.service_account_email, safe='@')}"
+    if args.ks_action != "status" and not args.justification:
+        raise ClientError(f"kill-switch {args.ks_action} needs --justification.", EXIT_USAGE)
+    try:
+        if args.ks_action == "status":
+            ks = api.call("GET", path)
+        elif args.ks_action == "engage":
+            ks = api.call("POST", f"{path}:disable", {"justification": args.justification})
+        else:
+            body = {"justification": args.justification, "request_id": args.request_id}
+            ks = api.call("POST", f"{path}:enable", {k: v for k, v in body.items() if v is not None})
+    except ClientError as exc:
+        if exc.message.startswith("409 release-not-safe"):
+            exc.code = EXIT_NOT_SAFE
+        raise
+    print(json.dumps(ks, indent=2) if args.format == "json" else describe_kill_switch(ks))
+    return 0

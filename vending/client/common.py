@@ -14,6 +14,7 @@ EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_RATE_LIMITED, EXIT_UNAVAILABLE, EXIT_NETWORK
 EXIT_NO_IDENTITY = 11
 STATE_EXIT = {"ACTIVE": 0, "DENIED": 20, "REVOKED": 21, "WITHDRAWN": 22, "EXPIRED": 23, "ENDED": 24}
 EXIT_WAIT_TIMEOUT = 25
+EXIT_NOT_SAFE = 26          # kill-switch release refused: credentials issued before the kill still live
 HTTP_EXIT = {400: EXIT_BAD_REQUEST, 401: EXIT_AUTH, 403: EXIT_DENIED, 404: EXIT_NOT_FOUND,
              405: EXIT_BAD_REQUEST, 409: EXIT_CONFLICT, 413: EXIT_BAD_REQUEST, 429: EXIT_RATE_LIMITED}
 
@@ -27,6 +28,8 @@ exit codes:
    5  bad request (400)            20-24  status --wait ended DENIED, REVOKED,
    6  not found (404)                     WITHDRAWN, EXPIRED, ENDED
                                    25  status --wait timed out
+                                   26  kill-switch release: not safe yet (409
+                                       release-not-safe; the message says when)
 errors print one line on stderr: "vending: STATUS REASON: MESSAGE"."""
 
 # -- environment: constants so tests can point them at local fakes -----------------

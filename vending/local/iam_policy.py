@@ -3,7 +3,9 @@
 It answers the only questions the stand-in asks: which principal a bearer
 token stands for (in place of Google OAuth), which service accounts exist
 (email and numeric unique id), who holds ``roles/iam.serviceAccountTokenCreator``
-on which service account, and which service accounts the organization policy
+on which service account, who holds the kill switch role (``service_account_admins``:
+``iam.serviceAccounts.disable``, ``.enable`` and ``.get``) on which service
+account, and which service accounts the organization policy
 ``constraints/iam.allowServiceAccountCredentialLifetimeExtension`` lets mint
 access tokens of up to 12 hours.
 
@@ -31,13 +33,19 @@ SIGN_BLOB = "iam.serviceAccounts.signBlob"
 SIGN_JWT = "iam.serviceAccounts.signJwt"
 IMPLICIT_DELEGATION = "iam.serviceAccounts.implicitDelegation"
 TOKEN_CREATOR_PERMISSIONS = frozenset({GET_ACCESS_TOKEN, GET_OPENID_TOKEN, SIGN_BLOB, SIGN_JWT, IMPLICIT_DELEGATION})
+# The kill switch's custom role (terraform: the runtime account, bound per target account).
+DISABLE = "iam.serviceAccounts.disable"
+ENABLE = "iam.serviceAccounts.enable"
+GET = "iam.serviceAccounts.get"
+ADMIN_PERMISSIONS = frozenset({DISABLE, ENABLE, GET})
 
 DEFAULT_MAX_LIFETIME_S = 3600      # access tokens without the org-policy extension
 EXTENDED_MAX_LIFETIME_S = 43200    # with constraints/iam.allowServiceAccountCredentialLifetimeExtension
 
 _SA_EMAIL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?@[a-z0-9](?:[a-z0-9.-]{0,200}[a-z0-9])?\.gserviceaccount\.com")
 _UNIQUE_ID_RE = re.compile(r"[1-9][0-9]{20}")
-_TOP_LEVEL_KEYS = frozenset({"project", "callers", "service_accounts", "token_creators", "lifetime_extension"})
+_TOP_LEVEL_KEYS = frozenset({"project", "callers", "service_accounts", "token_creators", "service_account_admins",
+                             "lifetime_extension"})
 
 
 class PolicyError(ValueError):
@@ -67,6 +75,7 @@ class StandInPolicy:
     service_accounts: tuple[ServiceAccount, ...]
     token_creators: Mapping[str, frozenset[str]]
     lifetime_extension: frozenset[str] = frozenset()
+    service_account_admins: Mapping[str, frozenset[str]] = field(default_factory=dict)
     _by_email: Mapping[str, ServiceAccount] = field(default_factory=dict, repr=False, compare=False)
     _by_id: Mapping[str, ServiceAccount] = field(default_factory=dict, repr=False, compare=False)
 
@@ -107,6 +116,7 @@ class StandInPolicy:
         known = {sa.email for sa in accounts}
         callers = _parse_callers(data.get("callers"), source)
         creators = _parse_token_creators(data.get("token_creators"), known, source)
+        admins = _parse_token_creators(data.get("service_account_admins"), known, source, "service_account_admins")
         extension = _parse_email_list(data.get("lifetime_extension"), known, f"{source}: lifetime_extension")
         return cls(
             project=project.strip(),
@@ -114,6 +124,7 @@ class StandInPolicy:
             service_accounts=accounts,
             token_creators=creators,
             lifetime_extension=frozenset(extension),
+            service_account_admins=admins,
         )
 
     def with_caller(self, token: str, principal: str) -> StandInPolicy:
@@ -143,7 +154,9 @@ class StandInPolicy:
         return self._by_email.get(email_or_unique_id.lower())
 
     def has_permission(self, member: str, permission: str, target: ServiceAccount) -> bool:
-        """Whether ``member`` holds ``permission`` on ``target`` (via Token Creator)."""
+        """Whether ``member`` holds ``permission`` on ``target`` (via Token Creator or the kill switch role)."""
+        if permission in ADMIN_PERMISSIONS:
+            return target.email in self.service_account_admins.get(member, frozenset())
         if permission not in TOKEN_CREATOR_PERMISSIONS:
             return False
         return target.email in self.token_creators.get(member, frozenset())
@@ -211,8 +224,9 @@ def _parse_callers(raw: Any, source: str) -> dict[str, str]:
     return callers
 
 
-def _parse_token_creators(raw: Any, known: set[str], source: str) -> dict[str, frozenset[str]]:
-    where = f"{source}: token_creators"
+def _parse_token_creators(raw: Any, known: set[str], source: str,
+                          key: str = "token_creators") -> dict[str, frozenset[str]]:
+    where = f"{source}: {key}"
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):

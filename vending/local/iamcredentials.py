@@ -10,6 +10,19 @@ and the public key endpoints (``/service_accounts/v1/metadata/...``,
 ``/robot/v1/metadata/x509/...``, ``/oauth2/v1/certs``, ``/oauth2/v3/certs``)
 so every credential it returns verifies with standard libraries.
 
+It also speaks the three methods of the IAM API (``iam.googleapis.com`` v1,
+``projects.serviceAccounts``) the kill switch uses, on the same host:
+``POST .../serviceAccounts/{email}:disable`` and ``:enable`` (body ``{}``,
+answer ``{}``) and ``GET .../serviceAccounts/{email}`` (the ServiceAccount
+resource; ``disabled`` only when true), each needing its permission
+(``service_account_admins`` in the policy): 404 for an unknown account, 403
+without the permission. A disabled account cannot be impersonated
+(generateAccessToken, generateIdToken, signJwt, signBlob answer 400
+``FAILED_PRECONDITION``; also as a delegate), and the access tokens the
+stand-in minted for it are refused as bearers (401) until it is enabled again,
+when those not yet expired work again, as on Google Cloud. Its public keys stay
+published: signatures it made stay verifiable.
+
 Use it in-process::
 
     with IamStandIn(StandInPolicy.load("config/local-iam.yaml")) as iam:
@@ -32,11 +45,14 @@ only, so tests can prove it leaks nowhere), per-method call counters and
     DELETE /_standin/faults                 clear faults and latency
     GET    /_standin/minted[?include_credentials=true]
     GET    /_standin/calls                  {"calls": {"generateAccessToken": 3, ...}}
-    POST   /_standin/reset                  faults, records, counters (keys and policy stay)
+    POST   /_standin/reset                  faults, records, counters, disabled accounts (keys and policy stay)
+    GET    /_standin/disabled               {"disabled": ["EMAIL", ...]}
     POST   /_standin/callers                {"token": "...", "principal": "EMAIL"}
 
-Faults and hangs apply to the four API methods only; latency to every
-non-admin response. Admin endpoints take no authentication: bind to loopback.
+Faults and hangs apply to the four credential methods, and to the IAM API's
+``disable``, ``enable`` and ``get`` only when a fault lists them in ``methods``;
+latency to every non-admin response. Admin endpoints take no authentication:
+bind to loopback.
 """
 
 from __future__ import annotations
@@ -72,6 +88,9 @@ from cryptography.x509.oid import NameOID
 
 from vending import clock
 from vending.local.iam_policy import (
+    DISABLE,
+    ENABLE,
+    GET,
     GET_ACCESS_TOKEN,
     GET_OPENID_TOKEN,
     IMPLICIT_DELEGATION,
@@ -94,14 +113,20 @@ METHOD_PERMISSIONS: Mapping[str, str] = {
     "signBlob": SIGN_BLOB,
     "signJwt": SIGN_JWT,
 }
+# The IAM API's service account methods (the kill switch): name -> permission needed on the account.
+ADMIN_PERMISSIONS: Mapping[str, str] = {"disable": DISABLE, "enable": ENABLE, "get": GET}
 _RPC_NAMES = {
     "generateAccessToken": "GenerateAccessToken",
     "generateIdToken": "GenerateIdToken",
     "signBlob": "SignBlob",
     "signJwt": "SignJwt",
     "allowedLocations": "GetAllowedLocations",
+    "disable": "DisableServiceAccount",
+    "enable": "EnableServiceAccount",
+    "get": "GetServiceAccount",
 }
 SERVICE = "iamcredentials.googleapis.com"
+ADMIN_SERVICE = "iam.googleapis.com"
 JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
 GOOGLE_ISSUER = "https://accounts.google.com"
 ID_TOKEN_LIFETIME_S = 3600
@@ -141,6 +166,9 @@ TEXT_JWT_NOT_OBJECT = "Invalid JWT payload: the payload must be a JSON object (a
 TEXT_JWT_EXP_TYPE = "Invalid JWT payload: the 'exp' claim must be an integer timestamp."
 TEXT_JWT_EXP_PAST = "Invalid JWT payload: the 'exp' claim must not be in the past."
 TEXT_JWT_EXP_FAR = "Invalid JWT payload: the 'exp' claim must be no more than 12 hours in the future."
+# No verbatim texts were found for these two; they are ours.
+TEXT_ACCOUNT_DISABLED = "Service account {email} is disabled."
+TEXT_ADMIN_NOT_FOUND = "Service account projects/-/serviceAccounts/{email} not found."
 TEXT_INTERNAL = "Internal error encountered."
 TEXT_UNAVAILABLE = "The service is currently unavailable."
 TEXT_QUOTA = (
@@ -199,6 +227,7 @@ _REPEATED = frozenset({"delegates", "scope"})
 _DURATION_RE = re.compile(r"(-)?([0-9]+)(?:\.([0-9]{1,9}))?s")
 _API_PATH_RE = re.compile(r"/v1/projects/([^/]+)/serviceAccounts/([^/]+):([A-Za-z]+)")
 _LOCATIONS_PATH_RE = re.compile(r"/v1/projects/([^/]+)/serviceAccounts/([^/:]+)/allowedLocations")
+_ACCOUNT_PATH_RE = re.compile(r"/v1/projects/([^/]+)/serviceAccounts/([^/:]+)")
 _KEYS_PATH_RE = re.compile(r"/(?:service_accounts/v1/metadata/(x509|jwk|raw)|service_accounts/v1/(jwk)|robot/v1/metadata/(x509))/([^/]+)")
 _DELEGATE_RE = re.compile(r"projects/([^/]+)/serviceAccounts/([^/]+)")
 
@@ -605,6 +634,7 @@ class IamStandIn:
         self._issued: dict[str, _IssuedToken] = {}
         self._prune_at = _ISSUED_PRUNE_AT
         self._calls: Counter[str] = Counter()
+        self._disabled: set[str] = set()
         self._httpd: _HttpServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -755,12 +785,24 @@ class IamStandIn:
             return Counter(self._calls)
 
     def reset(self) -> None:
-        """Clear faults, latency, minted records, issued tokens and counters (keys and policy stay)."""
+        """Clear faults, latency, minted records, issued tokens, counters and disabled accounts
+        (keys and policy stay)."""
         with self._lock:
             self._minted.clear()
             self._issued.clear()
             self._calls.clear()
+            self._disabled.clear()
         self.clear_faults()
+
+    @property
+    def disabled(self) -> frozenset[str]:
+        """Emails of the service accounts disabled now (IAM ``serviceAccounts.disable``)."""
+        with self._lock:
+            return frozenset(self._disabled)
+
+    def is_disabled(self, email: str) -> bool:
+        with self._lock:
+            return email.lower() in self._disabled
 
     def _release_hangs(self) -> None:
         with self._lock:
@@ -796,10 +838,16 @@ class IamStandIn:
         match = _API_PATH_RE.fullmatch(path)
         if match is not None:
             project, sa_id, method = match.groups()
-            if method not in METHOD_PERMISSIONS:
+            if method not in METHOD_PERMISSIONS and method not in ("disable", "enable"):
                 raise _not_found_path(path)
             _require_verb(verb, "POST", path)
-            reply = self._api(method, project, sa_id, headers, body)
+            if method in ("disable", "enable"):
+                reply = self._account_api(method, project, sa_id, headers, body)
+            else:
+                reply = self._api(method, project, sa_id, headers, body)
+        elif (match := _ACCOUNT_PATH_RE.fullmatch(path)) is not None:
+            _require_verb(verb, "GET", path)
+            reply = self._account_api("get", match.group(1), match.group(2), headers, body)
         elif (match := _LOCATIONS_PATH_RE.fullmatch(path)) is not None:
             _require_verb(verb, "GET", path)
             reply = self._allowed_locations(match.group(1), match.group(2))
@@ -849,6 +897,9 @@ class IamStandIn:
                 raise _permission_denied(permission)
         if not policy.has_permission(chain[-1], permission, target):
             raise _permission_denied(permission)
+        for account in (*delegates, target):  # a disabled account can neither be impersonated nor delegate
+            if self.is_disabled(account.email):
+                raise ApiError(400, TEXT_ACCOUNT_DISABLED.format(email=account.email), status="FAILED_PRECONDITION")
 
         chain_names = tuple(f"projects/-/serviceAccounts/{d.email}" for d in delegates)
         call = _Call(caller, target, chain_names, headers.get("x-goog-request-reason"))
@@ -860,9 +911,60 @@ class IamStandIn:
         }[method]
         return mint(policy, call, body)
 
+    def _account_api(self, method: str, project: str, sa_id: str, headers: Mapping[str, str], raw: bytes) -> _Reply:
+        """IAM API ``projects.serviceAccounts`` disable / enable / get."""
+        with self._lock:
+            self._calls[method] += 1
+            fault = self._take_fault(method)
+            release = self._hang_release
+        if fault is not None:
+            if fault.kind == "hang":
+                return _Reply(0, hang_s=fault.hang_s, hang_release=release)
+            raise self._fault_error(fault, method)
+        policy = self._policy
+        caller = self._authenticate(method, headers.get("authorization"))
+        if method != "get" and raw.strip():  # DisableServiceAccountRequest / EnableServiceAccountRequest: no fields
+            try:
+                data = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise _bad_request(TEXT_BAD_JSON) from exc
+            if data is not None and not isinstance(data, dict):
+                raise _bad_request(TEXT_NOT_OBJECT)
+            for key in data or {}:
+                raise _bad_request(TEXT_UNKNOWN_FIELD.format(name=key))
+        if project != "-" and project != policy.project:
+            raise ApiError(400, TEXT_INVALID_ARGUMENT)
+        target = policy.find(sa_id)
+        if target is None:
+            raise ApiError(404, TEXT_ADMIN_NOT_FOUND.format(email=sa_id))
+        permission = ADMIN_PERMISSIONS[method]
+        if not policy.has_permission(caller, permission, target):
+            raise _permission_denied(permission)
+        with self._lock:
+            if method == "disable":
+                self._disabled.add(target.email)
+            elif method == "enable":
+                self._disabled.discard(target.email)
+            disabled = target.email in self._disabled
+        if method != "get":
+            return _Reply(200, {})
+        account: dict[str, Any] = {
+            "name": f"projects/{policy.project}/serviceAccounts/{target.email}",
+            "projectId": policy.project,
+            "uniqueId": target.unique_id,
+            "email": target.email,
+            "etag": base64.b64encode(hashlib.sha256(target.email.encode()).digest()[:8]).decode("ascii"),
+            "oauth2ClientId": target.unique_id,
+        }
+        if disabled:  # proto3 JSON leaves a false bool out
+            account["disabled"] = True
+        return _Reply(200, account)
+
     def _take_fault(self, method: str) -> _Fault | None:
         fault = self._fault
         if fault is None or (fault.methods is not None and method not in fault.methods):
+            return None
+        if fault.methods is None and method in ADMIN_PERMISSIONS:  # admin methods only when listed
             return None
         if fault.remaining is not None:
             fault.remaining -= 1
@@ -902,7 +1004,10 @@ class IamStandIn:
         )
 
     def _authenticate(self, method: str, authorization: str | None) -> str:
-        rpc = {"service": SERVICE, "method": f"google.iam.credentials.v1.IAMCredentials.{_RPC_NAMES[method]}"}
+        if method in ADMIN_PERMISSIONS:
+            rpc = {"service": ADMIN_SERVICE, "method": f"google.iam.admin.v1.IAM.{_RPC_NAMES[method]}"}
+        else:
+            rpc = {"service": SERVICE, "method": f"google.iam.credentials.v1.IAMCredentials.{_RPC_NAMES[method]}"}
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -913,10 +1018,18 @@ class IamStandIn:
                 headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'},
             )
         caller = self._policy.caller_for(token)
+        with self._lock:
+            issued = self._issued.get(token) if caller is None else None
+            disabled = (caller or (issued.email if issued else "")) in self._disabled
+        if disabled:  # a disabled account's tokens are rejected (they work again if it is enabled in time)
+            raise ApiError(
+                401,
+                TEXT_INVALID_CREDENTIALS,
+                details=[_error_info("ACCOUNT_STATE_INVALID", "googleapis.com", rpc)],
+                headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/", error="invalid_token"'},
+            )
         if caller is not None:
             return caller
-        with self._lock:
-            issued = self._issued.get(token)
         if issued is None or issued.expire_epoch <= clock.epoch():
             reason = "ACCESS_TOKEN_EXPIRED" if issued is not None else "ACCESS_TOKEN_TYPE_UNSUPPORTED"
             raise ApiError(
@@ -1086,6 +1199,7 @@ class IamStandIn:
             "/_standin/minted": {"GET": lambda: self._admin_minted(query)},
             "/_standin/calls": {"GET": lambda: _Reply(200, {"calls": dict(self.calls)})},
             "/_standin/reset": {"POST": self._admin_reset},
+            "/_standin/disabled": {"GET": lambda: _Reply(200, {"disabled": sorted(self.disabled)})},
             "/_standin/callers": {"POST": lambda: self._admin_add_caller(_admin_json(raw))},
         }
         verbs = routes.get(path)
@@ -1151,9 +1265,10 @@ def _check_count(count: int | None) -> int | None:
 def _check_methods(methods: set[str] | None) -> frozenset[str] | None:
     if methods is None:
         return None
-    unknown = sorted(set(methods) - set(METHOD_PERMISSIONS))
+    allowed = set(METHOD_PERMISSIONS) | set(ADMIN_PERMISSIONS)
+    unknown = sorted(set(methods) - allowed)
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; allowed: {sorted(METHOD_PERMISSIONS)}")
+        raise ValueError(f"unknown method(s) {unknown}; allowed: {sorted(allowed)}")
     return frozenset(methods)
 
 

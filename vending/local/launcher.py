@@ -1,7 +1,8 @@
 """The embedded default: everything needed to try the service offline.
 
 ``python -m vending serve`` (what ``make run`` calls) starts, on loopback:
-- the local IAM Credentials stand-in on :8081 (keys kept in ``.vending-local``),
+- the local IAM Credentials stand-in on :8081 (keys kept in ``.vending-local``), which also
+  answers the IAM API's service account disable / enable / get (the kill switch),
 - the local development identity issuer's JWKS on :8082,
 - ``functions-framework --target vend_http`` on :8080 (SQLite store),
 - ``functions-framework --target handle_pubsub`` on :8083, where a chat-ops
@@ -38,6 +39,7 @@ def local_env(port: int = 8080, iam_port: int = 8081, state_dir: Path = STATE_DI
         "VENDING_STORE": f"sqlite:{state_dir}/vending.db",
         "VENDING_PROJECT": "local-project",
         "VENDING_IAM_ENDPOINT": f"http://127.0.0.1:{iam_port}",
+        "VENDING_IAM_ADMIN_ENDPOINT": f"http://127.0.0.1:{iam_port}",   # the kill switch: the same stand-in
         "VENDING_IAM_TOKEN": LOCAL_IAM_TOKEN,
         "VENDING_KEYS_BASE_URL": f"http://127.0.0.1:{iam_port}",
         "VENDING_EVENTS_FILE": f"{state_dir}/events.jsonl",
@@ -137,7 +139,7 @@ def serve(port: int = 8080, iam_port: int = 8081, issuer_port: int = 8082, pubsu
             print("vending serve: the service did not start", file=sys.stderr)
             return 1
         print(f"\nToken vending service (embedded default) on http://127.0.0.1:{port}")
-        print(f"  IAM Credentials stand-in  http://127.0.0.1:{iam_port}")
+        print(f"  IAM Credentials stand-in  http://127.0.0.1:{iam_port}  (and the IAM API, for the kill switch)")
         print(f"  development issuer        {dev.issuer}")
         print(f"  chat-ops bot endpoint     http://127.0.0.1:{pubsub_port}  (CloudEvents for handle_pubsub)")
         print(f"  store                     {env['VENDING_STORE']}\n")

@@ -17,6 +17,7 @@ ISSUANCES = "issuances"
 REQUESTS = "requests"
 REPLAY = "replay"
 USES = "uses"
+KILL_SWITCHES = "kill_switches"   # one document per service account (id: its email); read by id only
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ INDEXES: tuple[IndexShape, ...] = (
     IndexShape(ISSUANCES, ("state", "principal"), "created_at"),
     IndexShape(ISSUANCES, ("principal", "service_account"), "created_at"),
     IndexShape(ISSUANCES, ("state", "principal", "service_account"), "created_at"),
+    # kill switch: an account's live (and revoked) credentials still within their expiry
+    IndexShape(ISSUANCES, ("state", "service_account"), "expire_time"),
     # sweep: requests waiting too long / active past their window
     IndexShape(REQUESTS, ("state",), "expires_at"),
     # sweep: used jti records past expiry

@@ -9,7 +9,7 @@
 # tie-break on the document id. Single-field shapes use the automatic indexes.
 
 locals {
-  firestore_collections = ["issuances", "requests", "replay", "uses"]
+  firestore_collections = ["issuances", "requests", "replay", "uses", "kill_switches"]
 
   firestore_composite_indexes = {
     # sweep: active issuances due by expire_time
@@ -50,6 +50,11 @@ locals {
     issuances_state_principal_service_account_created_at_desc = {
       collection = "issuances"
       fields     = [["state", "ASCENDING"], ["principal", "ASCENDING"], ["service_account", "ASCENDING"], ["created_at", "DESCENDING"]]
+    }
+    # kill switch: an account's live (and revoked) credentials within their expiry
+    issuances_state_service_account_expire_time_asc = {
+      collection = "issuances"
+      fields     = [["state", "ASCENDING"], ["service_account", "ASCENDING"], ["expire_time", "ASCENDING"]]
     }
     # sweep: requests waiting too long / past their window
     requests_state_expires_at_asc = {

@@ -4,7 +4,10 @@
 #     IAM condition is the narrowest grant there is);
 #   - roles/pubsub.publisher on its own notifications and alerts topics;
 #   - roles/iam.serviceAccountTokenCreator on each service account the policy
-#     lets it impersonate, one binding per account, never on the project.
+#     lets it impersonate, one binding per account, never on the project;
+#   - the kill switch role (iam.serviceAccounts.disable, .enable and .get only)
+#     on each target account of the policy, one binding per account, never on
+#     the project.
 # No primitive role, nothing else project-wide.
 
 resource "google_service_account" "runtime" {
@@ -44,9 +47,13 @@ locals {
     } : key => hops[0]
   }
 
+  # Whose kill switch the service may engage: the accounts it vends credentials of
+  # (vending/config.py Policy.target_service_accounts), never a delegate hop.
+  kill_switch_targets = toset([for e in local.entitlements : e.service_account])
+
   # projects/PROJECT/serviceAccounts/EMAIL for a user-managed account's email.
   sa_project = {
-    for email in setunion(local.token_creator_targets, toset([for h in values(local.delegation_hops) : h.to])) :
+    for email in setunion(local.token_creator_targets, toset([for h in values(local.delegation_hops) : h.to]), local.kill_switch_targets) :
     email => try(regex("^[^@]+@([a-z0-9-]+)\\.iam\\.gserviceaccount\\.com$", email)[0], var.project)
   }
 
@@ -86,6 +93,30 @@ resource "google_service_account_iam_member" "runtime_token_creator" {
 
   service_account_id = "projects/${local.sa_project[each.value]}/serviceAccounts/${each.value}"
   role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.runtime_member
+}
+
+# The kill switch (POST /v1/service-accounts/EMAIL:disable): a custom role with exactly
+# the three permissions it uses, bound on each target account, never project-wide.
+resource "google_project_iam_custom_role" "kill_switch" {
+  count = var.kill_switch_role == null ? 1 : 0
+
+  project     = var.project
+  role_id     = "${replace(var.name, "-", "_")}_kill_switch"
+  title       = "Token vending kill switch"
+  description = "Disable, enable and read the target service accounts of the token vending service."
+  permissions = [
+    "iam.serviceAccounts.disable",
+    "iam.serviceAccounts.enable",
+    "iam.serviceAccounts.get",
+  ]
+}
+
+resource "google_service_account_iam_member" "runtime_kill_switch" {
+  for_each = local.kill_switch_targets
+
+  service_account_id = "projects/${local.sa_project[each.value]}/serviceAccounts/${each.value}"
+  role               = coalesce(var.kill_switch_role, try(google_project_iam_custom_role.kill_switch[0].name, null))
   member             = local.runtime_member
 }
 

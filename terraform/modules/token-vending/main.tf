@@ -38,6 +38,7 @@ locals {
     VENDING_PROJECT             = var.project
     VENDING_FIRESTORE_DATABASE  = local.firestore_database
     VENDING_IAM_ENDPOINT        = var.iam_endpoint
+    VENDING_IAM_ADMIN_ENDPOINT  = var.iam_admin_endpoint
     VENDING_IAM_TIMEOUT         = tostring(var.iam_timeout_seconds)
     VENDING_IAM_RETRIES         = tostring(var.iam_retries)
     VENDING_KEYS_BASE_URL       = var.keys_base_url

@@ -68,6 +68,16 @@ output "token_creator_targets" {
   value       = sort(tolist(local.token_creator_targets))
 }
 
+output "kill_switch_targets" {
+  description = "Service accounts whose kill switch the runtime account may engage (disable, enable, get), from the policy."
+  value       = sort(tolist(local.kill_switch_targets))
+}
+
+output "kill_switch_role" {
+  description = "The role bound to the runtime account on each kill switch target."
+  value       = coalesce(var.kill_switch_role, try(google_project_iam_custom_role.kill_switch[0].name, null))
+}
+
 output "lifetime_extension_entitlements" {
   description = "Entitlements that need constraints/iam.allowServiceAccountCredentialLifetimeExtension (tokens over 1 h)."
   value       = local.extended_lifetime_entitlements

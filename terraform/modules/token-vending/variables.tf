@@ -170,6 +170,25 @@ variable "iam_endpoint" {
   default     = "https://iamcredentials.googleapis.com"
 }
 
+variable "iam_admin_endpoint" {
+  description = "IAM API endpoint for the kill switch's service account disable / enable / get (VENDING_IAM_ADMIN_ENDPOINT)."
+  type        = string
+  default     = "https://iam.googleapis.com"
+}
+
+variable "kill_switch_role" {
+  description = <<-EOT
+    Role bound to the runtime account on each target account for the kill switch
+    (iam.serviceAccounts.disable, .enable, .get and nothing else). null: the module
+    creates it as a custom role of var.project. A project custom role can only be
+    granted on resources of that project: when entitlements name service accounts of
+    other projects, create the same three-permission role at the organization level
+    and give its id here (organizations/ORG/roles/ID).
+  EOT
+  type        = string
+  default     = null
+}
+
 variable "keys_base_url" {
   description = "Base URL of the service accounts' public keys, for bot messages (VENDING_KEYS_BASE_URL)."
   type        = string
