@@ -14,13 +14,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vending.config import SA_EMAIL_RE, normalize_delegate
+from vending.config import SA_EMAIL_RE, normalize_delegate, parse_duration
 from vending.errors import BadRequestError
 
 MAX_BODY_BYTES = 64 * 1024
 # signBlob bodies carry a base64 payload of up to 64 KiB (87,384 characters) plus a V4 canonical request.
 MAX_BLOB_BODY_BYTES = 128 * 1024
-_LIFETIME_RE = re.compile(r"([0-9]{1,6})s")
+MAX_DURATION_S = 7 * 86400  # no credential or window of this service is longer
 _SCOPE_RE = re.compile(r"https://www\.googleapis\.com/auth/[A-Za-z0-9._/-]{1,200}|openid|email|profile")
 _ID_RE = re.compile(r"[a-f0-9]{32}")
 
@@ -76,21 +76,22 @@ def scopes(value: Any) -> tuple[str, ...] | None:
     return tuple(value)
 
 
-def lifetime(value: Any) -> int | None:
-    """``600`` or ``"600s"``: whole seconds, strictly positive."""
+def lifetime(value: Any, field: str = "lifetime") -> int | None:
+    """A duration in the one grammar of the service (``config.parse_duration``): ``600``, ``"600"``,
+    ``"600s"``, ``"10m"``, ``"1h"``; whole seconds, strictly positive."""
     if value is None:
         return None
-    seconds: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
-    elif isinstance(value, str):
-        m = _LIFETIME_RE.fullmatch(value)
-        seconds = int(m.group(1)) if m else None
-    if seconds is None:
-        raise BadRequestError('lifetime must be whole seconds: a number such as 600 or a string such as "600s".',
-                              reason="invalid-lifetime")
+    try:
+        seconds = parse_duration(value) if isinstance(value, (int, str)) else None
+    except ValueError:
+        seconds = None
+    if seconds is None or (isinstance(value, str) and value != value.strip()):
+        raise BadRequestError(f'{field} must be a duration: whole seconds as a number (600) or a string such as '
+                              f'"600", "600s", "10m" or "1h".', reason=f"invalid-{field}")
     if seconds <= 0:
-        raise BadRequestError("lifetime must be larger than zero.", reason="invalid-lifetime")
+        raise BadRequestError(f"{field} must be larger than zero.", reason=f"invalid-{field}")
+    if seconds > MAX_DURATION_S:
+        raise BadRequestError(f"{field} must be at most {MAX_DURATION_S}s.", reason=f"invalid-{field}")
     return seconds
 
 

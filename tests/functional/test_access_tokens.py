@@ -209,9 +209,19 @@ def test_malformed_service_account(harness: ServiceHarness, email: Any) -> None:
     assert_refused(harness, resp, 400, reason)
 
 
-@pytest.mark.parametrize("lifetime", [0, "0s", -1, "-5s", "abc", "600", "10m", 1.5, "1.5s", True, [600], {}])
+@pytest.mark.parametrize("lifetime", [0, "0s", -1, "-5s", "abc", " 600", "600 ", "10 m", "1d", "10M", 1.5, "1.5s",
+                                      True, [600], {}, 10**12, "9999999999s"])
 def test_bad_lifetime(harness: ServiceHarness, lifetime: Any) -> None:
     assert_refused(harness, harness.vend(lifetime=lifetime), 400, "invalid-lifetime")
+
+
+@pytest.mark.parametrize("lifetime", [600, "600", "600s", "10m"])
+def test_one_duration_grammar_and_expires_in_agrees(harness: ServiceHarness, lifetime: Any) -> None:
+    """GIVEN the grammar of the policy file and the client / WHEN a 600 s lifetime is asked in each spelling /
+    THEN each is 600 s, and expires_in says 600 (IAM states expiry in whole seconds)."""
+    resp = harness.vend(lifetime=lifetime)
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["expires_in"] == 600
 
 
 @pytest.mark.parametrize("lifetime", [901, "901s", 3601, 43201])

@@ -9,6 +9,7 @@ maximum is refused rather than clamped, so a caller learns the limit.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,8 +87,8 @@ def response(minted: Minted, grant: Grant, issuance_id: str, now: _dt.datetime) 
         "access_token": minted.credential,
         "token_type": "Bearer",
         "expire_time": clock.rfc3339(minted.expire_time),
-        # IAM states expiry in whole seconds: round, so a 600 s request reads 600, not 599.
-        "expires_in": max(0, round((minted.expire_time - now).total_seconds())),
+        # IAM states expiry in whole seconds (cut, not rounded): a 600 s token reads 600, never 599.
+        "expires_in": max(0, min(grant.terms.lifetime_s, math.ceil((minted.expire_time - now).total_seconds()))),
         "issuance_id": issuance_id,
         "service_account": grant.service_account,
     }
