@@ -82,14 +82,14 @@ def test_kill_switch_role_ids_are_the_ones_the_client_needs() -> None:
 BROKEN = {
     "extra-permission": ('"iam.serviceAccounts.get",', '"iam.serviceAccounts.get",\n    "iam.serviceAccounts.delete",'),
     "project-wide-binding": ('resource "google_service_account_iam_member" "delegation_hop" {',
-                             'resource "google_project_iam_member" "kill_switch_everywhere" {\n'
+                             ('resource "google_project_iam_member" "kill_switch_everywhere" {\n'
                              '  project = var.project\n'
                              '  role    = google_project_iam_custom_role.kill_switch[0].name\n'
                              '  member  = local.runtime_member\n}\n\n'
-                             'resource "google_service_account_iam_member" "delegation_hop" {'),
+                             'resource "google_service_account_iam_member" "delegation_hop" {')),
     "delegates-too": ("kill_switch_targets = toset([for e in local.entitlements : e.service_account])",
-                      "kill_switch_targets = toset(flatten([for e in local.entitlements : "
-                      "concat([e.service_account], e.delegates)]))"),
+                      ("kill_switch_targets = toset(flatten([for e in local.entitlements : "
+                      "concat([e.service_account], e.delegates)]))")),
 }
 
 
