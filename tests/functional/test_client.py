@@ -47,7 +47,8 @@ PROD_SA = "prod-admin@local-project.iam.gserviceaccount.com"
 BOT_SA = "chatops-bot@local-project.iam.gserviceaccount.com"
 REQUESTER = "dave@example.com"
 AUDITOR = "auditor@example.com"
-COMMANDS = ("token", "id-token", "sign-jwt", "sign-blob", "request", "status", "issuances", "publish-approval")
+COMMANDS = ("token", "id-token", "sign-jwt", "sign-blob", "request", "status", "issuances", "publish-approval",
+            "kill-switch")
 # Variables that would make the client find an identity (or a sink) we did not give it.
 CLEAN = ("VENDING_URL", "VENDING_ID_TOKEN_COMMAND", "VENDING_ID_TOKEN", "CI_JOB_JWT_V2", "GCE_METADATA_HOST",
          "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN", "GITHUB_OUTPUT", "GITHUB_ENV",
@@ -692,7 +693,7 @@ def _doc_blocks() -> list[tuple[str, str]]:
 
 
 def test_docs_commands_run(stack: Stack, github: tuple[FakeEndpoint, dict[str, str]]) -> None:
-    blocks = _doc_blocks()
+    blocks = [b for b in _doc_blocks() if b[0] != "kill-switch"]  # the kill switch's: test_kill_switch_docs_run
     assert [w for w, _ in blocks] == ["github-actions", "local", "local", "local", "local"]
     ports = {"8080": stack.url, "8081": stack.iam.url, "8083": stack.pubsub_url}
     _, gh_env = github
@@ -711,3 +712,73 @@ def test_docs_commands_run(stack: Stack, github: tuple[FakeEndpoint, dict[str, s
     assert re.search(r"access_token +active +prod-admin@\S+ +local-dev/dave@example\.com", r.stdout), r.stdout
     assert "refused with exit code 7" in r.stdout and "approval-consumed" in r.stderr
     assert '"type":"break_glass.used"' in r.stdout and '"type":"break_glass.activated"' in r.stdout
+
+
+# -- the kill switch ------------------------------------------------------------------------------------------
+
+def _local_script(body: str, stack: Stack) -> str:
+    ports = {"8080": stack.url, "8081": stack.iam.url, "8083": stack.pubsub_url}
+    return re.sub(r"http://127\.0\.0\.1:(8080|8081|8083)", lambda m: ports[m.group(1)], body)
+
+
+def _unkill(stack: Stack, sa: str) -> None:
+    """Leave the module's stack as the other tests expect it: the switch record gone, the account enabled."""
+    from vending.store.base import Delete
+    from vending.store.indexes import KILL_SWITCHES
+    from vending.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(stack.home / ".vending-local" / "vending.db"))
+    try:
+        if store.get(KILL_SWITCHES, sa) is not None:
+            store.write([Delete(KILL_SWITCHES, sa)])
+    finally:
+        store.close()
+    requests.post(f"{stack.iam.url}/v1/projects/-/serviceAccounts/{sa}:enable", json={}, timeout=5,
+                  headers={"Authorization": f"Bearer {LOCAL_IAM_TOKEN}"})
+
+
+def test_kill_switch_docs_run(stack: Stack) -> None:
+    """The README's worked example, as written, against the embedded default."""
+    blocks = [body for where, body in _doc_blocks() if where == "kill-switch"]
+    assert len(blocks) == 2
+    try:
+        first = stack.bash(_local_script(blocks[0], stack), stack.env())
+        second = stack.bash(_local_script(blocks[0].split("\n")[0] + "\nexport SA=" + DEMO_SA + "\n"
+                                          + "export VENDING_ID_TOKEN_COMMAND=\".venv/bin/python -m vending dev-token "
+                                          "--subject oncall@example.com\"\n" + blocks[1], stack), stack.env())
+    finally:
+        _unkill(stack, DEMO_SA)
+    assert first.returncode == 0, first.stderr
+    out = first.stdout
+    assert re.search(rf"{re.escape(DEMO_SA)}: kill switch ENGAGED by local-dev/oncall@example\.com at .*"
+                     r"[1-9]\d* credential\(s\) revoked; safe to release at \d{4}-.* UTC \(in \d+m\d\ds\); IAM: disabled",
+                     out), out  # the leaked token, and any other test's still live
+    assert "the leaked token as a bearer: HTTP 401" in out
+    assert "vend refused with exit code 4" in out and "target-disabled" in first.stderr
+    assert "release refused with exit code 26" in out and "409 release-not-safe: Not safe to release" in first.stderr
+    assert second.returncode == 0, second.stderr
+    assert re.search(rf"{re.escape(DEMO_SA)}: kill switch RELEASED by .* EARLY: credentials issued before", second.stdout)
+    assert '"old_tokens_valid_again":true' in second.stdout and re.search(r'"valid_again":[1-9]', second.stdout)
+
+
+def test_kill_switch_errors_and_json(stack: Stack) -> None:
+    sa = DEMO_SA
+    try:
+        # a CI caller is no operator: exit 4; a missing justification: usage, exit 2
+        r = stack.run("kill-switch", "engage", sa, *stack.as_(CI), "--justification", "INC-1: x")
+        assert r.returncode == 4 and "403 not-a-kill-switch-operator" in _one_error_line(r)
+        r = stack.run("kill-switch", "engage", sa, *stack.as_("oncall@example.com"))
+        assert r.returncode == 2 and "needs --justification" in _one_error_line(r)
+        # an unmanaged account: exit 6; releasing what is not engaged: exit 7
+        r = stack.run("kill-switch", "status", "other@local-project.iam.gserviceaccount.com", *stack.as_(AUDITOR))
+        assert r.returncode == 6 and "service-account-not-managed" in _one_error_line(r)
+        r = stack.run("kill-switch", "release", sa, *stack.as_(AUDITOR), "--justification", "INC-1: x")
+        assert r.returncode == 7 and "kill-switch-not-engaged" in _one_error_line(r)
+        # status as JSON, before and after an engage with nothing live (safe at once: released without approval)
+        r = stack.run("kill-switch", "status", sa, *stack.as_(AUDITOR), "--format", "json")
+        assert r.returncode == 0 and json.loads(r.stdout)["state"] == "NOT_ENGAGED"
+        assert stack.run("kill-switch", "engage", sa, *stack.as_(AUDITOR), "--justification", "INC-1: x").returncode == 0
+        r = stack.run("kill-switch", "release", sa, *stack.as_(AUDITOR), "--justification", "INC-1: x")
+        assert r.returncode in (0, 26), r.stderr  # 26 if another test left a token of this account live
+    finally:
+        _unkill(stack, sa)
