@@ -21,11 +21,16 @@ run: $(STAMP)
 
 ## The whole suite: unit, functional, contract (SQLite + Firestore emulator),
 ## integration (emulators), security, faults, Terraform offline checks.
+## A missing emulator FAILS the run; VENDING_SKIP_EMULATORS=1 deselects the
+## emulator tests on purpose and the summary lists what was not run.
+## See tests/README.md.
 test: $(STAMP)
 	bash scripts/checkov.sh
 	$(PY) -m pytest -q
 
-## Long variants (fuzzing 2,000 cases, 20 x 50 concurrency repetitions...).
+## Long variants (fuzzing 300 cases per operation with a random seed, printed
+## for replay: VENDING_FUZZ_SEED=<seed> make test-long; 20 x 50 concurrency
+## repetitions...).
 test-long: $(STAMP)
 	$(PY) -m pytest -q -m long
 
