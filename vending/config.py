@@ -32,11 +32,12 @@ CREDENTIAL_KINDS = ("access_token", "id_token", "signed_jwt", "signed_blob")
 CredentialKind = Literal["access_token", "id_token", "signed_jwt", "signed_blob"]
 
 SA_EMAIL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?@[a-z0-9](?:[a-z0-9.-]{0,200}[a-z0-9])?\.gserviceaccount\.com")
-_DURATION_RE = re.compile(r"([0-9]+)(s|m|h)?")
+_DURATION_RE = re.compile(r"([0-9]{1,9})(s|m|h)?")
 
 
 def parse_duration(value: Any) -> int:
-    """Seconds from ``600``, ``"600s"``, ``"10m"`` or ``"1h"`` (config files only)."""
+    """Seconds from ``600``, ``"600"``, ``"600s"``, ``"10m"`` or ``"1h"``: the one duration grammar of the
+    policy file, the HTTP API (``inputs.lifetime``) and the client."""
     if isinstance(value, bool):
         raise ValueError("must be a duration such as 600, '600s', '10m' or '1h'")  # noqa: TRY004 (pydantic)
     if isinstance(value, int):
