@@ -96,8 +96,9 @@ def figures(data: dict[str, Any]) -> list[dict[str, Any]]:
     rt = raw["roundtrips"]
     out.append(_fig("iam_calls_per_vend", "IAM calls per warm vend", rt["iam_calls_per_vend"], "calls", limit=1,
                     check=rt["iam_calls_per_vend"], target="<= 1"))
+    # 2 writes (reserve, confirm) + 2 reads of the target's kill switch (before reserving, after confirming)
     out.append(_fig("store_ops_per_vend", "store operations per warm vend (Firestore RPCs)", rt["store_ops_per_vend"],
-                    "ops", limit=2, check=rt["store_ops_per_vend"], target="<= 2",
+                    "ops", limit=4, check=rt["store_ops_per_vend"], target="<= 4",
                     note=f"{rt['store_ops_by_kind_per_vend']}, {rt['documents_written_per_vend']:g} documents"))
     out.append(_fig("jwks_fetches_per_vend", "JWKS fetches per warm vend", rt["jwks_fetches_per_vend"], "fetches",
                     note=f"first vend: {rt['first_vend']}"))

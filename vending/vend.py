@@ -19,9 +19,10 @@ before the credential is returned. A switch engaged in between is found by the
 second read; the vend then marks its own record ``revoked`` and refuses. An
 engage writes ENGAGING before it asks IAM or reads the ledger, so a credential is
 handed out only if its vend's second read came before that write, and then the
-engage finds the record confirmed and marks it revoked itself. Cost: one
-document read before reserving and one after confirming (about 1 ms each on the
-Firestore emulator; one before reserving only, for a refused vend).
+engage finds the record confirmed and marks it revoked itself. If the second
+read fails the vend fails closed (the record stays ``active``: the credential
+exists, nobody holds it). Cost: one document read before reserving and one after
+confirming (a Firestore get, the cheapest call; one read only for a refused vend).
 """
 
 from __future__ import annotations

@@ -116,7 +116,10 @@ def test_firestore_stopped_mid_run_then_started(fs_harness: ServiceHarness, fire
     ok = sum(1 for _, s, _, _ in outcomes if s == 200)
     assert len(vended(h.standin.minted)) >= ok
     active = sum(1 for r in shadow.docs.get(ISSUANCES, {}).values() if r["state"] == "active")
-    assert active == ok
+    # Every credential handed out is active. A vend whose confirm landed just before the emulator stopped
+    # and whose final kill-switch read did not fails closed (503): its credential exists (the record says
+    # active, until it expires) but nobody holds it; at most one such vend per thread per stop.
+    assert ok <= active <= ok + len(threads), (ok, active)
     suite_figures.add(f"store fault (Firestore emulator stopped for {down_s:.1f}s during 4 vending threads): "
                       f"{len(outcomes)} vends, " + "; ".join(f"{p} {dict(c)}" for p, c in by_phase.items())
                       + f"; slowest {slowest:.1f}s; {shadow.failed_writes} failed writes; {figures}")
