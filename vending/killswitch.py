@@ -46,7 +46,7 @@ from typing import Any
 from vending import clock, inputs, log
 from vending.approvals import Approvals
 from vending.config import Bot, Policy
-from vending.errors import BadRequestError, ConflictError, PermissionDeniedError, VendingError
+from vending.errors import BadRequestError, ConflictError, NotFoundError, PermissionDeniedError, VendingError
 from vending.events import Events, kill_switch_event
 from vending.grant import ApprovalUse
 from vending.iam_admin import IamAdmin
@@ -378,8 +378,13 @@ class KillSwitch:
 
     def _release_failed(self, doc: Doc, service_account: str, actor: str, justification: str, via: str,
                         now: _dt.datetime) -> bool:
-        """ENGAGE_FAILED -> RELEASED, only when IAM says the account is enabled (the disable never landed)."""
-        if self.iam_admin.get(service_account).disabled:
+        """ENGAGE_FAILED -> RELEASED, only when IAM says the account is enabled (the disable never landed),
+        or that it does not exist (nothing to disable)."""
+        try:
+            disabled = self.iam_admin.get(service_account).disabled
+        except NotFoundError:
+            disabled = False
+        if disabled:
             raise ConflictError(f"IAM says {service_account} is disabled (the failed disable may have landed after "
                                 "all): engage again to finish the kill (its live credentials get marked), then "
                                 "release when safe.", reason="kill-switch-busy")

@@ -276,6 +276,23 @@ def test_iam_refusing_the_disable_is_final_until_fixed(any_harness: ServiceHarne
     second = h.post(f"{KS}/{MISSING_SA}:disable", WHY, token=token)
     assert error(first) == (404, "iam-target-not-found") and error(second) == (404, "iam-target-not-found")
     assert status(h, MISSING_SA)["state"] == "ENGAGE_FAILED"
+    # nothing was ever disabled, so it is released at once (no safe_at to wait for)
+    released = release(h, sa=MISSING_SA, subject=AUDITOR)
+    assert (released.status_code, released.get_json()["state"]) == (200, "RELEASED")
+
+
+def test_a_failed_engage_whose_disable_landed_after_all_is_not_released(any_harness: ServiceHarness) -> None:
+    """GIVEN IAM timed out on disable (the record says ENGAGE_FAILED) but the account is disabled after all /
+    WHEN released / THEN 409: engage again first, so its live credentials get marked before any release."""
+    h = any_harness
+    h.standin.set_fault(503, count=20, methods={"disable"})
+    assert engage(h).status_code == 502
+    h.standin.clear_faults()
+    requests.post(h.standin.endpoint(DEMO_SA, "disable"), json={}, timeout=5,
+                  headers={"Authorization": "Bearer local-vending-service-token"})
+    refused = release(h, subject=AUDITOR)
+    assert error(refused) == (409, "kill-switch-busy") and "engage again" in refused.get_json()["error"]["message"]
+    assert status(h)["state"] == "ENGAGE_FAILED"
 
 
 # -- Pub/Sub ---------------------------------------------------------------------------------------------------
