@@ -2,22 +2,29 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+export PYTHON
+# Two stamps: `make run` installs what serving needs (requirements.txt + the package, seconds);
+# `make test`, `make lint` and `make bench` add the dev toolchain (requirements-dev.txt).
+RUN_STAMP := $(VENV)/.installed-run
+STAMP := $(VENV)/.installed-dev
+# Options for `vending serve` (e.g. make run ARGS="--port 9080 --iam-port 9081").
+ARGS ?=
 
 .PHONY: run test test-long bench lint venv clean
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	$(PY) -m pip install --quiet --no-deps -e .
-	touch $(STAMP)
+$(RUN_STAMP): requirements.txt pyproject.toml scripts/venv.sh
+	bash scripts/venv.sh run
+	touch $(RUN_STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml scripts/venv.sh
+	bash scripts/venv.sh dev
+	touch $(RUN_STAMP) $(STAMP)
 
 venv: $(STAMP)
 
 ## The service on the embedded default: SQLite store, local IAM stand-in, dev issuer.
-run: $(STAMP)
-	$(PY) -m vending serve
+run: $(RUN_STAMP)
+	$(PY) -m vending serve $(ARGS)
 
 ## The whole suite: unit, functional, contract (SQLite + Firestore emulator),
 ## integration (emulators), security, faults, Terraform offline checks.
