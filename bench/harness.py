@@ -286,7 +286,8 @@ class Bench:
                    VENDING_IAM_ENDPOINT=self.iam_url, VENDING_IAM_TOKEN=common.IAM_TOKEN,
                    VENDING_KEYS_BASE_URL=self.iam_url)
         self.env_base = env
-        self.env_fs = {**env, "VENDING_STORE": "firestore"}
+        self.env_fs = {**env, "VENDING_STORE": "firestore",   # production settings: the session key is required
+                       "VENDING_SESSION_KEY": "bench-console-session-key-not-a-secret-0123456789"}
         self.env_sqlite = {**env, "VENDING_STORE": f"sqlite:{self.run_dir / 'vending.db'}"}
         self.env_naive = {**env, "NAIVE_AUDIENCE": common.AUDIENCE,
                           "NAIVE_CERTS_URL": f"{self.jwks_url}/.well-known/jwks.json",

@@ -43,13 +43,18 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"/v1/signed-jwts"), "signed_jwt"),
     ("POST", re.compile(r"/v1/signed-blobs"), "signed_blob"),
     ("POST", re.compile(r"/v1/requests"), "create_request"),
+    ("GET", re.compile(r"/v1/requests"), "list_requests"),
     ("GET", re.compile(rf"/v1/requests/{_ID}"), "get_request"),
     ("POST", re.compile(rf"/v1/requests/{_ID}:(?P<action>withdraw|approve|deny|revoke)"), "act_on_request"),
     ("GET", re.compile(r"/v1/issuances"), "list_issuances"),
     ("GET", re.compile(rf"/v1/issuances/{_ID}"), "get_issuance"),
     ("GET", re.compile(rf"/v1/service-accounts/{_EMAIL}"), "get_kill_switch"),
     ("POST", re.compile(rf"/v1/service-accounts/{_EMAIL}:(?P<action>disable|enable)"), "act_on_kill_switch"),
+    ("GET", re.compile(r"/v1/entitlements"), "list_entitlements"),
+    ("GET", re.compile(r"/v1/whoami"), "whoami"),
 ]
+# The web console (``vending.console``): static pages and the session endpoints; not part of the JSON API.
+CONSOLE_PREFIX = "/console"
 
 
 def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -60,6 +65,34 @@ def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     if len(data) > limit:
         raise BadRequestError(f"The body is larger than {limit} bytes.", reason="body-too-large")
     return data
+
+
+def credential(request: Request) -> Any:
+    """How the caller of a console-capable endpoint authenticates: its ``Authorization`` header, or
+    (without one) the console session cookie with the CSRF header (``vending.sessions``). Vends and
+    the kill switch read ``Authorization`` only: a session never mints a credential."""
+    from vending.sessions import COOKIE, CSRF_HEADER, SessionCredential
+
+    authorization = request.headers.get("Authorization")
+    cookie = request.cookies.get(COOKIE)
+    if authorization is not None or not cookie:
+        return authorization
+    return SessionCredential(cookie=cookie, csrf=request.headers.get(CSRF_HEADER),
+                             state_changing=request.method not in ("GET", "HEAD"))
+
+
+def _query_args(request: Request, allowed: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Query parameters, each at most once (and, with ``allowed``, only those)."""
+    args = {}
+    for key in request.args:
+        values = request.args.getlist(key)
+        if len(values) != 1:
+            raise BadRequestError(f"Query parameter {key!r} must appear once.", reason="invalid-argument")
+        args[key] = values[0]
+    if allowed is not None and set(args) - set(allowed):
+        raise BadRequestError(f"Unknown query parameter(s): {', '.join(sorted(set(args) - set(allowed)))}.",
+                              reason="unknown-field")
+    return args
 
 
 def _json(status: int, payload: dict[str, Any], request_id: str, headers: dict[str, str] | None = None) -> Response:
@@ -130,10 +163,16 @@ def _trace(request: Request, project: str) -> str | None:
 def handle(request: Request, get_handlers: Callable[[], Any]) -> Response:
     """Entry point for every HTTP request."""
     request_id = uuid.uuid4().hex
-    path = request.path.rstrip("/") or "/"
+    raw_path = request.path
+    path = raw_path.rstrip("/") or "/"
     token = log.bind(request_id=request_id, http_method=request.method, path=path[:200])
     handlers = None
+    console = path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
     try:
+        if console:
+            handlers = get_handlers()
+            response: Response = handlers.console(request, raw_path, request_id)
+            return response
         name, params = _route(request.method, path)
         handlers = get_handlers()
         trace = _trace(request, handlers.project)
@@ -147,7 +186,12 @@ def handle(request: Request, get_handlers: Callable[[], Any]) -> Response:
     except VendingError as exc:
         if exc.http_status >= 500 and not exc.logged:  # one log line per failure
             log.error("request failed", reason=exc.reason, status=exc.http_status, detail=exc.detail or exc.message)
-        return error_response(exc, request_id)
+        response = error_response(exc, request_id)
+        if console:
+            from vending.console import secure_headers
+
+            secure_headers(response)
+        return response
     except Exception as exc:  # noqa: BLE001 - last resort: never leak a stack trace to the caller
         log.error("unhandled error", error_type=type(exc).__name__,
                   traceback=log.redact(traceback.format_exc(limit=20)))
@@ -162,13 +206,23 @@ class Handlers:
     """Binds routes to the use cases; one instance per process."""
 
     def __init__(self, vend: Any, requests: Any, issuances: Any, events: Any, *, project: str,
-                 service_accounts: Any = None) -> None:
+                 service_accounts: Any = None, request_list: Any = None, profile: Any = None,
+                 console: Any = None) -> None:
         self.vend = vend
         self.requests = requests
         self.issuances = issuances
         self.service_accounts = service_accounts
+        self.request_list = request_list
+        self.profile = profile
+        self.console_app = console
         self.events = events
         self.project = project
+
+    def console(self, request: Request, path: str, request_id: str) -> Response:
+        if self.console_app is None:
+            raise NotFoundError(f"No such endpoint: {path[:200]}.", reason="unknown-path")
+        response: Response = self.console_app.handle(request, path, request_id)
+        return response
 
     def after_request(self) -> None:
         self.events.flush(2.0)
@@ -192,26 +246,30 @@ class Handlers:
         return self._vend("signed_blob", request, MAX_BLOB_BODY_BYTES)
 
     def create_request(self, request: Request, params: dict[str, str]) -> Any:
-        return self.requests.create(request.headers.get("Authorization"), _read_body(request))
+        return self.requests.create(credential(request), _read_body(request))
 
     def get_request(self, request: Request, params: dict[str, str]) -> Any:
-        return self.requests.get(request.headers.get("Authorization"), params["id"])
+        return self.requests.get(credential(request), params["id"])
 
     def act_on_request(self, request: Request, params: dict[str, str]) -> Any:
-        return self.requests.act(request.headers.get("Authorization"), params["id"], params["action"],
-                                 _read_body(request))
+        return self.requests.act(credential(request), params["id"], params["action"], _read_body(request))
+
+    def list_requests(self, request: Request, params: dict[str, str]) -> Any:
+        return self.request_list.list(credential(request), _query_args(request))
 
     def list_issuances(self, request: Request, params: dict[str, str]) -> Any:
-        args = {}
-        for key in request.args:
-            values = request.args.getlist(key)
-            if len(values) != 1:
-                raise BadRequestError(f"Query parameter {key!r} must appear once.", reason="invalid-argument")
-            args[key] = values[0]
-        return self.issuances.list(request.headers.get("Authorization"), args)
+        return self.issuances.list(credential(request), _query_args(request))
 
     def get_issuance(self, request: Request, params: dict[str, str]) -> Any:
-        return self.issuances.get(request.headers.get("Authorization"), params["id"])
+        return self.issuances.get(credential(request), params["id"])
+
+    def list_entitlements(self, request: Request, params: dict[str, str]) -> Any:
+        _query_args(request, allowed=())
+        return self.profile.entitlements(credential(request))
+
+    def whoami(self, request: Request, params: dict[str, str]) -> Any:
+        _query_args(request, allowed=())
+        return self.profile.whoami(credential(request))
 
     def get_kill_switch(self, request: Request, params: dict[str, str]) -> Any:
         return self.service_accounts.status(request.headers.get("Authorization"), params["email"])

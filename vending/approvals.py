@@ -55,6 +55,7 @@ from vending.ledger import new_id
 from vending.store.base import Create, Doc, Filter, Store, StoreConflict, Update
 from vending.store.batch import apply_each, due
 from vending.store.indexes import REQUESTS
+from vending.store.paging import Part, merged_page
 
 AWAITED, ACTIVE, DENIED, REVOKED, WITHDRAWN, EXPIRED, ENDED = (
     "APPROVAL_AWAITED", "ACTIVE", "DENIED", "REVOKED", "WITHDRAWN", "EXPIRED", "ENDED")
@@ -500,6 +501,68 @@ class Approvals:
                         "request.expired", {**doc.data, "id": doc.id, "state": EXPIRED}, actor="system",
                         previous_state=doc.data.get("state")))
         return count
+
+    # -- listing (GET /v1/requests) -----------------------------------------------------------
+    def decided_by(self, principal: Principal) -> list[str]:
+        """The entitlements (and ``KILL_SWITCH_RELEASE``) whose requests this person approves."""
+        who = principal.qualified
+        names = [e.name for e in self.policy.entitlements if e.approval and who in self.approvers_of(e)]
+        if self.release_rules and who in self.policy.expand(self.release_rules.approvers):
+            names.append(KILL_SWITCH_RELEASE)
+        return names
+
+    def listing(self, principal: Principal, *, role: str, state: str | None, entitlement: str | None,
+             page_size: int, page_token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the requests ``principal`` may read in ``role``, newest first.
+
+        requester: their own; approver: those of the entitlements they decide, the ones awaiting
+        a decision first (without a ``state`` filter); auditor: all (auditors only). ``state`` is
+        the effective state (a request past its time lists as EXPIRED before the sweep).
+        """
+        who = principal.qualified
+        scopes: list[tuple[Filter, ...]]
+        if role == "requester":
+            scopes = [(Filter("requester", "==", who),)]
+        elif role == "auditor":
+            if not self.policy.is_auditor(who):
+                raise PermissionDeniedError("Only auditors may list every access request.", reason="not-an-auditor")
+            scopes = [()]
+        else:
+            decided = self.decided_by(principal)
+            if entitlement is not None and entitlement not in decided:
+                raise PermissionDeniedError(f"{who} is not an approver of {entitlement!r}.", reason="not-an-approver")
+            scopes = [(Filter("entitlement", "==", name),) for name in decided if entitlement in (None, name)]
+            entitlement = None
+        if entitlement is not None:
+            scopes = [(*scope, Filter("entitlement", "==", entitlement)) for scope in scopes]
+        now = clock.now()
+
+        def effective_is(wanted: str) -> Any:
+            return lambda r: effective_state(r, now) == wanted
+
+        parts: list[Part] = []
+        for scope in scopes:
+            if state is None and role == "approver":
+                parts.append(Part((*scope, Filter("state", "==", AWAITED)), effective_is(AWAITED), phase=0))
+                parts.append(Part(scope, lambda r: effective_state(r, now) != AWAITED, phase=1))
+            elif state is None:
+                parts.append(Part(scope))
+            elif state == EXPIRED:
+                parts.append(Part((*scope, Filter("state", "==", EXPIRED))))
+                parts += [Part((*scope, Filter("state", "==", s)), effective_is(EXPIRED)) for s in (AWAITED, ACTIVE)]
+            elif state in (AWAITED, ACTIVE):
+                parts.append(Part((*scope, Filter("state", "==", state)), effective_is(state)))
+            else:
+                parts.append(Part((*scope, Filter("state", "==", state))))
+        records, token = merged_page(self.store, REQUESTS, parts, order="created_at", page_size=page_size,
+                                     page_token=page_token)
+        return [view(r, now) for r in records], token
+
+    def active_break_glass(self, now: _dt.datetime) -> list[dict[str, Any]]:
+        """Break-glass requests ACTIVE now (few: bounded by live approvals), soonest end first."""
+        filters = (Filter("state", "==", ACTIVE), Filter("expires_at", ">", now))
+        return [view(d.data, now) for batch in due(self.store, REQUESTS, filters, "expires_at") for d in batch
+                if d.data.get("break_glass")]
 
     # -- Pub/Sub bot messages -------------------------------------------------------------
     def apply_bot_message(self, bot: Bot, claims: dict[str, Any], message_id: str) -> dict[str, Any] | None:

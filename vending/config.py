@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -492,6 +492,10 @@ class Settings:
     # VENDING_IAM_ADMIN_ENDPOINT: the IAM API (service account disable / enable / get, for the kill
     # switch). With a static VENDING_IAM_TOKEN (the local stand-in) it defaults to VENDING_IAM_ENDPOINT.
     iam_admin_endpoint: str = "https://iam.googleapis.com"
+    # VENDING_SESSION_KEY: the secret that signs console sessions (HMAC-SHA256), at least 32 characters.
+    # Required in production (VENDING_STORE=firestore); on the embedded default `make run` keeps a random
+    # one in .vending-local; unset elsewhere, each instance draws its own (sessions then end with it).
+    session_key: str | None = field(default=None, repr=False)
 
     @property
     def store_kind(self) -> str:
@@ -507,8 +511,9 @@ ENV_VARS = (
     "VENDING_IAM_ENDPOINT", "VENDING_IAM_TOKEN", "VENDING_IAM_TIMEOUT", "VENDING_IAM_RETRIES",
     "VENDING_KEYS_BASE_URL", "VENDING_NOTIFICATIONS_TOPIC", "VENDING_ALERTS_TOPIC",
     "VENDING_EVENTS_FILE", "VENDING_RETENTION_DAYS", "VENDING_RESERVATION_TIMEOUT", "VENDING_LOG_LEVEL",
-    "VENDING_IAM_ADMIN_ENDPOINT",
+    "VENDING_IAM_ADMIN_ENDPOINT", "VENDING_SESSION_KEY",
 )
+SESSION_KEY_MIN_CHARS = 32
 IAM_ADMIN_ENDPOINT = "https://iam.googleapis.com"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -575,7 +580,11 @@ def load_settings() -> Settings:
         policy=policy,
         iam_admin_endpoint=_endpoint("VENDING_IAM_ADMIN_ENDPOINT", _env(
             "VENDING_IAM_ADMIN_ENDPOINT", iam_endpoint if _env("VENDING_IAM_TOKEN") else IAM_ADMIN_ENDPOINT) or ""),
+        session_key=_env("VENDING_SESSION_KEY"),
     )
+    if settings.session_key is not None and len(settings.session_key) < SESSION_KEY_MIN_CHARS:
+        raise ConfigError(f"VENDING_SESSION_KEY: must be at least {SESSION_KEY_MIN_CHARS} characters "
+                          "(e.g. the output of `openssl rand -base64 48`)")
     if settings.iam_token and settings.iam_admin_endpoint.startswith(IAM_ADMIN_ENDPOINT):
         raise ConfigError("VENDING_IAM_TOKEN: a static token is only for the local IAM stand-in "
                           "(set VENDING_IAM_ADMIN_ENDPOINT to it too)")
@@ -588,4 +597,8 @@ def load_settings() -> Settings:
                 f"{config_path}: issuers: development issuer(s) {dev} only run with the embedded "
                 "SQLite store, never with VENDING_STORE=firestore"
             )
+        if settings.session_key is None:
+            raise ConfigError("VENDING_SESSION_KEY: required with VENDING_STORE=firestore (production): the "
+                              "secret that signs console sessions, shared by every instance (the Terraform "
+                              "module keeps it in Secret Manager)")
     return settings

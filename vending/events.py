@@ -51,6 +51,20 @@ def request_event(type_: str, record: dict[str, Any], **extra: Any) -> dict[str,
     return make_event(type_, request_id=record["id"], **fields, **extra)
 
 
+REJECTION_FIELDS = ("action", "request_id", "actor", "bot", "message_id", "reason", "message")
+
+
+def rejection_event(**fields: Any) -> dict[str, Any]:
+    """``approval.rejected``: a verified chat-ops message the service refused (not an approver, their own
+    request, an illegal transition...), so the bot can tell the person why. Always every field of
+    ``REJECTION_FIELDS`` (None when unknown); ``actor`` is issuer-qualified; ``message`` is the refusal's
+    public sentence, never its logged detail."""
+    unknown = set(fields) - set(REJECTION_FIELDS)
+    if unknown:
+        raise TypeError(f"not fields of approval.rejected: {sorted(unknown)}")
+    return make_event("approval.rejected", **{k: fields.get(k) for k in REJECTION_FIELDS})
+
+
 KILL_SWITCH_FIELDS = ("service_account", "state", "engagement_id", "engaged_by", "justification", "via",
                       "requested_at", "engaged_at", "safe_at", "revoked", "failure")
 

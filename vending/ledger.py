@@ -120,6 +120,11 @@ class Ledger:
         except StoreConflict:
             raise AuthenticationError("token already used (jti replay)", reason="token-replayed") from None
 
+    def is_used(self, replay_key: str) -> bool:
+        """Whether a key was spent and its record is still live (a console session ended by sign-out)."""
+        doc = self.store.get(REPLAY, replay_key)
+        return doc is not None and doc.data["expires_at"] > clock.now()
+
     def _replay(self, key: str, until: _dt.datetime, now: _dt.datetime) -> Create:
         return Create(REPLAY, key, {"expires_at": until, "used_at": now, "purge_at": until + _dt.timedelta(days=1)})
 

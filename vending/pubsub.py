@@ -19,7 +19,7 @@ from typing import Any
 from vending import log
 from vending.approvals import Approvals
 from vending.errors import BadRequestError, NotFoundError, UnavailableError, VendingError
-from vending.events import Events
+from vending.events import Events, rejection_event
 from vending.identity import BotVerifier
 from vending.killswitch import KillSwitch
 
@@ -41,12 +41,29 @@ def _message(event: Any) -> tuple[str, str]:
         raise BadRequestError("The Pub/Sub message data is not a signed JWT.", reason="invalid-message") from exc
 
 
+def _announce_rejection(events: Events, approvals: Approvals, bot: Any, claims: dict[str, Any], message_id: str,
+                        exc: VendingError) -> None:
+    """``approval.rejected`` on the notifications channel: the bot tells the person what was refused and why."""
+    raw_actor = claims.get("actor")
+    actor = None
+    if isinstance(raw_actor, str) and raw_actor and len(raw_actor) <= 320:
+        actor = approvals.policy.bot_actor(bot, raw_actor)
+    request_id = claims.get("request_id")
+    action = claims.get("action")
+    events.publish("notifications", rejection_event(
+        action=action if isinstance(action, str) else None, actor=actor,
+        request_id=request_id if isinstance(request_id, str) and len(request_id) <= 64 else None,
+        bot=bot.service_account, message_id=message_id, reason=exc.reason, message=exc.message))
+
+
 def handle_approval_event(event: Any, bot_verifier: BotVerifier, approvals: Approvals, events: Events,
                           switch: KillSwitch | None = None) -> None:
     message_id = ""
+    verified: tuple[Any, dict[str, Any]] | None = None   # (bot, claims) once the signature checked out
     try:
         token, message_id = _message(event)
         bot, claims = bot_verifier.verify(token)
+        verified = bot, claims
         action = claims.get("action")
         if action not in bot.actions:
             raise BadRequestError(f"Bot {bot.service_account} may not send {action!r}.", reason="action-not-allowed")
@@ -75,5 +92,7 @@ def handle_approval_event(event: Any, bot_verifier: BotVerifier, approvals: Appr
             raise
         log.warning("approval message rejected", message_id=message_id, reason=exc.reason,
                     detail=exc.detail or exc.message)
+        if verified is not None:  # a forged or unreadable message names nobody we could tell
+            _announce_rejection(events, approvals, *verified, message_id, exc)
     finally:
         events.flush(5.0)

@@ -15,6 +15,7 @@ from vending.errors import BadRequestError, NotFoundError, PermissionDeniedError
 from vending.identity import VerifiedToken, Verifier
 from vending.killswitch import KillSwitch
 from vending.ledger import Ledger
+from vending.sessions import Callers, Credential
 
 
 def valid_id(value: str, what: str) -> str:
@@ -24,14 +25,19 @@ def valid_id(value: str, what: str) -> str:
 
 
 class AccessRequests:
-    """``POST /v1/requests``, ``GET /v1/requests/{id}``, ``POST /v1/requests/{id}:ACTION``."""
+    """``POST /v1/requests``, ``GET /v1/requests/{id}``, ``POST /v1/requests/{id}:ACTION``.
 
-    def __init__(self, verifier: Verifier, ledger_: Ledger, approvals: Approvals) -> None:
+    The caller is a bearer token or a console session (``vending.sessions.Callers``); a session
+    has no replay key, so ``consume`` spends nothing for it (its state-changing calls carry the
+    session's CSRF token instead).
+    """
+
+    def __init__(self, verifier: Callers, ledger_: Ledger, approvals: Approvals) -> None:
         self.verifier = verifier
         self.ledger = ledger_
         self.approvals = approvals
 
-    def create(self, authorization: str | None, raw_body: bytes) -> dict[str, Any]:
+    def create(self, authorization: Credential, raw_body: bytes) -> dict[str, Any]:
         caller = self.verifier.verify_authorization(authorization)
         body = inputs.parse_json(raw_body)  # malformed bodies are refused before the token is consumed
         self.ledger.consume(caller.replay_key, caller.replay_until)
@@ -41,11 +47,11 @@ class AccessRequests:
                    break_glass=result["break_glass"])
         return result
 
-    def get(self, authorization: str | None, request_id: str) -> dict[str, Any]:
+    def get(self, authorization: Credential, request_id: str) -> dict[str, Any]:
         caller = self.verifier.verify_authorization(authorization)
         return self.approvals.get(caller.principal, valid_id(request_id, "request"))
 
-    def act(self, authorization: str | None, request_id: str, action: str, raw_body: bytes) -> dict[str, Any]:
+    def act(self, authorization: Credential, request_id: str, action: str, raw_body: bytes) -> dict[str, Any]:
         caller = self.verifier.verify_authorization(authorization)
         request_id = valid_id(request_id, "request")
         comment = None
@@ -63,12 +69,12 @@ class AccessRequests:
 class Issuances:
     """``GET /v1/issuances`` and ``GET /v1/issuances/{id}``: auditors read all, callers their own."""
 
-    def __init__(self, verifier: Verifier, policy_: Policy, ledger_: Ledger) -> None:
+    def __init__(self, verifier: Callers, policy_: Policy, ledger_: Ledger) -> None:
         self.verifier = verifier
         self.policy = policy_
         self.ledger = ledger_
 
-    def get(self, authorization: str | None, issuance_id: str) -> dict[str, Any]:
+    def get(self, authorization: Credential, issuance_id: str) -> dict[str, Any]:
         caller = self.verifier.verify_authorization(authorization)
         doc = self.ledger.get(valid_id(issuance_id, "issuance"))
         if doc is None:
@@ -78,7 +84,7 @@ class Issuances:
                                         reason="not-a-reader")
         return ledger.view(doc.data, clock.now())
 
-    def list(self, authorization: str | None, args: dict[str, str]) -> dict[str, Any]:
+    def list(self, authorization: Credential, args: dict[str, str]) -> dict[str, Any]:
         caller = self.verifier.verify_authorization(authorization)
         me = caller.principal.qualified
         allowed = {"state", "service_account", "principal", "since", "page_size", "page_token"}

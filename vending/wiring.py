@@ -9,6 +9,7 @@ it uses, never the whole.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,9 @@ class Service:
     issuances: Any
     kill_switch: Any = None
     service_accounts: Any = None
+    request_list: Any = None
+    profile: Any = None
+    console: Any = None
     _bot_verifier: Any = field(default=None, repr=False)
 
     @property
@@ -78,12 +82,15 @@ def build_service(s: Settings, **overrides: Any) -> Service:
 
     from vending import events as events_mod
     from vending.approvals import Approvals
+    from vending.console import Console
+    from vending.directory import Profile, RequestList
     from vending.iam import GoogleCredentialsToken, IamCredentials, StaticToken
     from vending.iam_admin import IamAdmin
     from vending.identity import Verifier
     from vending.killswitch import KillSwitch
     from vending.ledger import Ledger
     from vending.service import AccessRequests, Issuances, ServiceAccounts
+    from vending.sessions import Callers, Sessions
     from vending.store import open_store
     from vending.vend import Vend
 
@@ -107,10 +114,31 @@ def build_service(s: Settings, **overrides: Any) -> Service:
     switch = KillSwitch(s.policy, store, ledger, approvals, iam_admin, events,
                         retention=_dt.timedelta(days=s.retention_days))
     vend = Vend(s.policy, verifier, ledger, approvals, iam, events, switch, iam_deadline_s=s.iam_timeout_s)
+    # The console's endpoints accept a bearer token or a console session; vends and the kill switch a bearer only.
+    sessions = Sessions(s.session_key or secrets.token_urlsafe(48), s.policy, verifier, ledger,
+                        dev_minter=overrides.get("dev_minter") or _dev_minter(s))
+    callers = Callers(verifier, sessions)
+    console = Console(sessions, s.policy, development=sessions.dev_minter is not None)
     return Service(settings=s, store=store, iam=iam, verifier=verifier, events=events, ledger=ledger,
-                   approvals=approvals, vend=vend, requests=AccessRequests(verifier, ledger, approvals),
-                   issuances=Issuances(verifier, s.policy, ledger), kill_switch=switch,
-                   service_accounts=ServiceAccounts(verifier, s.policy, ledger, switch))
+                   approvals=approvals, vend=vend, requests=AccessRequests(callers, ledger, approvals),
+                   issuances=Issuances(callers, s.policy, ledger), kill_switch=switch,
+                   service_accounts=ServiceAccounts(verifier, s.policy, ledger, switch),
+                   request_list=RequestList(callers, approvals), profile=Profile(callers, s.policy, approvals),
+                   console=console)
+
+
+def _dev_minter(s: Settings) -> Any:
+    """The embedded default's sign-in: mint a development token for a subject (never with Firestore)."""
+    dev = next((i for i in s.policy.issuers if i.development), None)
+    if dev is None or s.store_kind != "sqlite":
+        return None
+
+    def mint(subject: str) -> str:
+        from vending.local.issuer import DevIssuer
+        from vending.local.launcher import STATE_DIR
+
+        return DevIssuer(STATE_DIR, dev.issuer).mint(subject, dev.audience, ttl_s=3600)
+    return mint
 
 
 def service() -> Service:
@@ -129,7 +157,8 @@ def handlers() -> Any:
 
             svc = service()
             _handlers = Handlers(svc.vend, svc.requests, svc.issuances, svc.events, project=svc.settings.project,
-                                 service_accounts=svc.service_accounts)
+                                 service_accounts=svc.service_accounts, request_list=svc.request_list,
+                                 profile=svc.profile, console=svc.console)
         return _handlers
 
 

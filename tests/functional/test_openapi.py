@@ -102,7 +102,7 @@ def _doc_operations() -> set[tuple[str, str]]:
 def test_routes_and_document_name_the_same_operations() -> None:
     routes, documented = _route_templates(), _doc_operations()
     assert routes == documented, {"undocumented": routes - documented, "not routed": documented - routes}
-    assert len(routes) == 16
+    assert len(routes) == 19
 
 
 @pytest.mark.parametrize("method,path", sorted(_doc_operations()))
@@ -429,6 +429,69 @@ def _get_request_503(c: Ctx) -> Any:
 
 scenario("request-get-500", GR, 500)(_get_request_500)
 scenario("request-get-503", GR, 503)(_get_request_503)
+
+# GET /v1/requests (issue 15)
+LR = "GET /v1/requests"
+scenario("requests-list-200-requester", LR, 200)(
+    lambda c: (c.new_request(), c.h.get("/v1/requests", subject=REQUESTER))[1])
+scenario("requests-list-200-approver-paged", LR, 200)(
+    lambda c: ([c.new_request() for _ in range(3)], c.active_request(),
+               c.h.get("/v1/requests", subject=APPROVERS[0], query={"role": "approver", "page_size": "2"}))[-1])
+scenario("requests-list-200-auditor-expired", LR, 200)(
+    lambda c: (c.consumed_request(), c.h.get("/v1/requests", subject=AUDITOR,
+                                             query={"role": "auditor", "state": "ENDED"}))[1])
+scenario("requests-list-400-role", LR, 400)(lambda c: c.h.get("/v1/requests", query={"role": "boss"}))
+scenario("requests-list-400-page-token", LR, 400)(lambda c: c.h.get("/v1/requests", query={"page_token": "x"}))
+scenario("requests-list-401", LR, 401)(lambda c: c.h.client.get("/v1/requests"))
+scenario("requests-list-403-not-an-auditor", LR, 403)(
+    lambda c: c.h.get("/v1/requests", subject=REQUESTER, query={"role": "auditor"}))
+
+
+def _list_requests_500(c: Ctx) -> Any:
+    c.boom(c.h.service.approvals, "listing")
+    return c.h.get("/v1/requests", subject=REQUESTER)
+
+
+def _list_requests_503(c: Ctx) -> Any:
+    c.store_down("query")
+    return c.h.get("/v1/requests", subject=REQUESTER)
+
+
+scenario("requests-list-500", LR, 500)(_list_requests_500)
+scenario("requests-list-503", LR, 503)(_list_requests_503)
+
+
+# GET /v1/entitlements and GET /v1/whoami (issue 15)
+def _keys_unreachable(c: Ctx) -> None:
+    from vending.errors import JwksUnavailableError
+
+    def fail(*_a: Any, **_k: Any) -> Any:
+        raise JwksUnavailableError("the issuer's keys could not be fetched")
+    c.mp.setattr(c.h.service.verifier, "verify_authorization", fail)
+
+
+def _directory_scenarios(path: str, op: str, short: str, method: str) -> None:
+    scenario(f"{short}-200", op, 200)(lambda c: c.h.get(path, subject=REQUESTER))
+    scenario(f"{short}-200-ci", op, 200)(lambda c: c.h.get(path))
+    scenario(f"{short}-400", op, 400)(lambda c: c.h.get(path, query={"role": "auditor"}))
+    scenario(f"{short}-401", op, 401)(lambda c: c.h.client.get(path))
+
+    def internal(c: Ctx) -> Any:
+        c.boom(c.h.service.profile, method)
+        return c.h.get(path)
+    scenario(f"{short}-500", op, 500)(internal)
+
+    def unavailable(c: Ctx) -> Any:
+        _keys_unreachable(c)
+        return c.h.get(path)
+    scenario(f"{short}-503", op, 503)(unavailable)
+
+
+_directory_scenarios("/v1/entitlements", "GET /v1/entitlements", "entitlements", "entitlements")
+_directory_scenarios("/v1/whoami", "GET /v1/whoami", "whoami", "whoami")
+scenario("whoami-200-break-glass", "GET /v1/whoami", 200)(
+    lambda c: (c.h.post("/v1/requests", {"entitlement": "prod-break-glass", "justification": "INC-7: db on fire"},
+                        subject="oncall@example.com"), c.h.get("/v1/whoami", subject=APPROVERS[0]))[1])
 
 
 # POST /v1/requests/{id}:ACTION
@@ -784,7 +847,7 @@ def test_unknown_path_is_a_documented_404(harness: ServiceHarness, method: str, 
 
 @pytest.mark.parametrize("method,path,allow", [("GET", "/v1/access-tokens", "POST"), ("PUT", "/healthz", "GET"),
                                                ("DELETE", "/v1/issuances", "GET"),
-                                               ("GET", "/v1/requests", "POST"),
+                                               ("PUT", "/v1/requests", "GET, POST"),
                                                ("PATCH", "/v1/requests/abc", "GET")])
 def test_wrong_method_is_a_documented_405(harness: ServiceHarness, method: str, path: str, allow: str) -> None:
     resp = harness.call(method, path)

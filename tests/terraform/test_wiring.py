@@ -59,7 +59,7 @@ EVENT_TOPICS = {"handle_pubsub": "approvals", "sweep_expired": "sweep"}
 # How the code reads the composite shapes (issues 2-4; vending/ledger.py lists
 # issuances newest first): listings by created_at are DESCENDING, sweeps by
 # due time ASCENDING. A shape in neither set needs ASCENDING.
-DESCENDING_ORDERS = {("issuances", "created_at")}
+DESCENDING_ORDERS = {("issuances", "created_at"), ("requests", "created_at")}
 ASCENDING_SHAPES = {
     ("issuances", ("state",), "expire_time"),  # sweep: active issuances due
     ("issuances", ("state",), "created_at"),  # sweep: stale `issuing` reservations
@@ -347,6 +347,11 @@ def check_environment(tf: Terraform, read: set[str], local_only: set[str] = LOCA
             problems.append(f"{fn.address}: environment_variables is not a map the test can read: {env!r}")
             continue
         env = {k: tf.resolve(fn, v) for k, v in env.items()}
+        # Secrets (VENDING_SESSION_KEY) come from Secret Manager: secret_environment_variables blocks.
+        secret_env = _first(fn.body.get("service_config")).get("secret_environment_variables") or []
+        for block in secret_env if isinstance(secret_env, list) else [secret_env]:
+            if isinstance(block, dict) and isinstance(block.get("key"), str):
+                env[block["key"]] = "${secret:" + str(block.get("secret")) + "}"
         for name in sorted(wanted - env.keys()):
             problems.append(f"{fn.address}: {name} (read by vending/config.py) is not set")
         for name in sorted(k for k in env if k.startswith("VENDING_") and k not in wanted):
@@ -602,6 +607,8 @@ def test_the_source_archive_ships_the_code_but_not_the_tests() -> None:
     assert {"main.py", "requirements.txt"} <= shipped
     package = {f for f in files if f.startswith("vending/") and f.endswith(".py") and "__pycache__" not in f}
     assert package and package <= shipped
+    console = {f for f in files if f.startswith("vending/console/static/")}  # the web console (issue 15)
+    assert {"vending/console/static/index.html", "vending/console/static/console.js"} <= console <= shipped
     assert not [f for f in shipped if f.startswith(("tests/", ".venv", "terraform/", "config/"))]
 
 

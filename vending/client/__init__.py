@@ -1,8 +1,9 @@
 """Client commands of ``vending``, for CI jobs, operators and chat-ops bots.
 
 ``vending.cli`` calls ``register(subparsers)``; this package adds ``token``,
-``id-token``, ``sign-jwt``, ``sign-blob``, ``request``, ``status``,
-``issuances``, ``kill-switch`` and ``publish-approval``. Only the standard library and
+``id-token``, ``sign-jwt``, ``sign-blob``, ``request``, ``status``, ``requests``,
+``approve``, ``deny``, ``withdraw``, ``revoke``, ``whoami``, ``issuances``,
+``kill-switch`` and ``publish-approval``. Only the standard library and
 ``requests`` load at import; google-auth and google-cloud-pubsub load inside
 ``publish-approval``.
 
@@ -155,6 +156,39 @@ def register(subparsers: Any) -> None:
     p.add_argument("--since", metavar="RFC3339")
     p.add_argument("--page-size", type=int, default=100, help=argparse.SUPPRESS)
     p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = add("requests", "list access requests: your own, those awaiting your decision (--pending), or all (auditors)",
+            commands.cmd_requests, ident, description=(
+                "List access requests, newest first.\n"
+                "  --role requester  your own requests (the default)\n"
+                "  --role approver   the requests of the entitlements you approve, those awaiting a decision first\n"
+                "  --role auditor    every request (auditors only)\n"
+                "--pending shows only those awaiting approval (as an approver unless --role says otherwise).\n"
+                "A break-glass request is marked with !; a denial's or revocation's comment follows its line."))
+    p.add_argument("--pending", action="store_true", help="only requests awaiting approval (default role: approver)")
+    p.add_argument("--role", choices=("requester", "approver", "auditor"),
+                   help="whose requests: requester (default), approver or auditor")
+    p.add_argument("--state", choices=("APPROVAL_AWAITED", "ACTIVE", "DENIED", "REVOKED", "WITHDRAWN", "EXPIRED",
+                                       "ENDED"), help="only requests in this (effective) state")
+    p.add_argument("--entitlement", metavar="NAME", help="only requests for this entitlement")
+    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N requests (default %(default)s)")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json")
+
+    for action, help_ in (("approve", "approve an access request (approvers; never your own)"),
+                          ("deny", "deny an access request awaiting approval (approvers); the comment tells why"),
+                          ("withdraw", "withdraw your own access request (awaiting approval or ACTIVE)"),
+                          ("revoke", "revoke an access request awaiting approval or ACTIVE (approvers, auditors)")):
+        p = add(action, help_, commands.cmd_decide, ident, description=(
+            f"{help_[0].upper()}{help_[1:]}. Prints the request's state on stdout, a summary on stderr."))
+        p.set_defaults(action=action)
+        p.add_argument("request_id", metavar="ID", help="the access request id (printed by `vending request`)")
+        p.add_argument("--comment", metavar="TEXT", help="recorded on the request's timeline (shown to the requester)")
+        p.add_argument("--format", choices=("text", "json"), default="text",
+                       help="text (the state, default) or json (the request)")
+
+    p = add("whoami", "show your identity as the service sees it (ISSUER/IDENTITY) and your roles",
+            commands.cmd_whoami, ident)
+    p.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or json")
 
     p = add("kill-switch", "engage, read or release a service account's kill switch (operators, auditors)",
             commands.cmd_kill_switch, ident, description=(

@@ -1,4 +1,5 @@
-"""Commands that call the service: token, id-token, sign-jwt, sign-blob, request, status, issuances, kill-switch."""
+"""Commands that call the service: token, id-token, sign-jwt, sign-blob, request, status, requests, approve,
+deny, withdraw, revoke, whoami, issuances, kill-switch."""
 
 from __future__ import annotations
 
@@ -230,6 +231,72 @@ def cmd_issuances(args: argparse.Namespace) -> int:
     return 0
 
 
+
+# -- access requests: the inbox, decisions, who am I ---------------------------------------
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    table = [header, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _last_comment(req: dict[str, Any]) -> str:
+    said = [t for t in req.get("timeline") or [] if t.get("comment") and t.get("event") in ("deny", "revoke")]
+    return f"{said[-1]['event']} by {said[-1]['actor']}: {said[-1]['comment']}" if said else ""
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    role = args.role or ("approver" if args.pending else "requester")
+    params = {"role": role, "state": "APPROVAL_AWAITED" if args.pending else args.state,
+              "entitlement": args.entitlement, "page_size": str(min(args.limit, 500))}
+    params = {k: v for k, v in params.items() if v}
+    api = Api(args)
+    rows: list[dict[str, Any]] = []
+    while len(rows) < args.limit:
+        page = api.call("GET", "/v1/requests", params=params)
+        rows.extend(page.get("requests") or [])
+        if not page.get("next_page_token"):
+            break
+        params["page_token"] = str(page["next_page_token"])
+    rows = rows[:args.limit]
+    if args.format == "json":
+        print(json.dumps({"requests": rows}, indent=2))
+        return 0
+    _table(("ID", "STATE", "ENTITLEMENT", "REQUESTER", "APPROVALS", "FILED", "JUSTIFICATION"),
+           [(str(r.get("id")), str(r.get("state")) + ("!" if r.get("break_glass") else ""), str(r.get("entitlement")),
+             str(r.get("requester")), f"{len(r.get('approvals') or [])}/{r.get('quorum')}",
+             human_time(r.get("created_at")), " ".join(str(r.get("justification") or "-").split())[:60]
+             + (f"  [{_last_comment(r)}]" if _last_comment(r) else "")) for r in rows])
+    note(f"{len(rows)} request(s) as {role}" + (" (! = break-glass)" if any(r.get("break_glass") for r in rows)
+                                                else ""))
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    """approve, deny, withdraw, revoke: one POST /v1/requests/ID:ACTION with an optional comment."""
+    body = {"comment": args.comment} if args.comment else None
+    req = Api(args).call("POST", f"/v1/requests/{quote(args.request_id, safe='')}:{args.action}", body)
+    print(json.dumps(req, indent=2) if args.format == "json" else req.get("state"))
+    note(_describe(req))
+    return 0
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    me = Api(args).call("GET", "/v1/whoami")
+    if args.format == "json":
+        print(json.dumps(me, indent=2))
+        return 0
+    print(me.get("identity"))
+    roles = (["auditor"] if me.get("auditor") else []) + [f"approver of {', '.join(me['approver_of'])}"] * bool(
+        me.get("approver_of")) + (["kill switch operator"] if me.get("kill_switch_operator") else []) + (
+        ["kill switch approver"] if me.get("kill_switch_approver") else [])
+    print(f"roles: {'; '.join(roles) or 'none'}")
+    if me.get("may_request"):
+        print(f"may request: {', '.join(me['may_request'])}")
+    for bg in me.get("break_glass_active") or []:
+        print(f"BREAK-GLASS ACTIVE: {bg.get('requester')} holds {bg.get('entitlement')} until "
+              f"{human_time(bg.get('window_end'))}")
+    return 0
 
 
 # -- the kill switch -----------------------------------------------------------------------

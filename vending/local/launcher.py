@@ -43,7 +43,29 @@ def local_env(port: int = 8080, iam_port: int = 8081, state_dir: Path = STATE_DI
         "VENDING_IAM_TOKEN": LOCAL_IAM_TOKEN,
         "VENDING_KEYS_BASE_URL": f"http://127.0.0.1:{iam_port}",
         "VENDING_EVENTS_FILE": f"{state_dir}/events.jsonl",
+        "VENDING_SESSION_KEY": session_key(state_dir),   # signs console sessions; kept across restarts
     }
+
+
+def session_key(state_dir: Path = STATE_DIR) -> str:
+    """The embedded default's console session key: random, created once (mode 0600) in ``state_dir``."""
+    import secrets
+
+    path = Path(state_dir) / "session-key"
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".session-key.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+            try:
+                os.link(tmp, path)  # atomic: readers never see a half-written key
+            except FileExistsError:
+                pass  # another process created it first
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
 
 
 def serve_jwks(jwks: dict[str, Any], port: int) -> ThreadingHTTPServer:
@@ -142,7 +164,8 @@ def serve(port: int = 8080, iam_port: int = 8081, issuer_port: int = 8082, pubsu
         print(f"  IAM Credentials stand-in  http://127.0.0.1:{iam_port}  (and the IAM API, for the kill switch)")
         print(f"  development issuer        {dev.issuer}")
         print(f"  chat-ops bot endpoint     http://127.0.0.1:{pubsub_port}  (CloudEvents for handle_pubsub)")
-        print(f"  store                     {env['VENDING_STORE']}\n")
+        print(f"  store                     {env['VENDING_STORE']}")
+        print(f"  web console               http://127.0.0.1:{port}/console/  (development sign-in)\n")
         print("Vend a token (run from this directory):\n")
         print(f"  {vend_command(port)}\n")
         print("Press Ctrl-C to stop.", flush=True)

@@ -45,8 +45,17 @@ INDEXES: tuple[IndexShape, ...] = (
     IndexShape(ISSUANCES, ("state", "principal", "service_account"), "created_at"),
     # kill switch: an account's live (and revoked) credentials still within their expiry
     IndexShape(ISSUANCES, ("state", "service_account"), "expire_time"),
-    # sweep: requests waiting too long / active past their window
+    # sweep: requests waiting too long / active past their window (and the ACTIVE break-glass ones)
     IndexShape(REQUESTS, ("state",), "expires_at"),
+    # GET /v1/requests, newest first: a requester's own, an approver's per entitlement, an auditor's all
+    IndexShape(REQUESTS, (), "created_at"),
+    IndexShape(REQUESTS, ("state",), "created_at"),
+    IndexShape(REQUESTS, ("requester",), "created_at"),
+    IndexShape(REQUESTS, ("entitlement",), "created_at"),
+    IndexShape(REQUESTS, ("requester", "state"), "created_at"),
+    IndexShape(REQUESTS, ("entitlement", "state"), "created_at"),
+    IndexShape(REQUESTS, ("entitlement", "requester"), "created_at"),
+    IndexShape(REQUESTS, ("entitlement", "requester", "state"), "created_at"),
     # sweep: used jti records past expiry
     IndexShape(REPLAY, (), "expires_at"),
 )

@@ -4,9 +4,9 @@
 # with equality fields plus a different order field is a composite index here
 # (tests/terraform checks the two stay in step). Equality fields come first,
 # ascending; then the order field: DESCENDING for the newest-first listings of
-# GET /v1/issuances, ASCENDING for the sweeps (due soonest first). Firestore
-# appends __name__ in the direction of the last field, which matches the code's
-# tie-break on the document id. Single-field shapes use the automatic indexes.
+# GET /v1/issuances and GET /v1/requests, ASCENDING for the sweeps (due soonest
+# first). Firestore appends __name__ in the direction of the last field, which
+# matches the code's tie-break on the document id. Single-field shapes use the automatic indexes.
 
 locals {
   firestore_collections = ["issuances", "requests", "replay", "uses", "kill_switches"]
@@ -60,6 +60,35 @@ locals {
     requests_state_expires_at_asc = {
       collection = "requests"
       fields     = [["state", "ASCENDING"], ["expires_at", "ASCENDING"]]
+    }
+    # GET /v1/requests, newest first: by state, requester, entitlement (an approver's) and their combinations
+    requests_state_created_at_desc = {
+      collection = "requests"
+      fields     = [["state", "ASCENDING"], ["created_at", "DESCENDING"]]
+    }
+    requests_requester_created_at_desc = {
+      collection = "requests"
+      fields     = [["requester", "ASCENDING"], ["created_at", "DESCENDING"]]
+    }
+    requests_entitlement_created_at_desc = {
+      collection = "requests"
+      fields     = [["entitlement", "ASCENDING"], ["created_at", "DESCENDING"]]
+    }
+    requests_requester_state_created_at_desc = {
+      collection = "requests"
+      fields     = [["requester", "ASCENDING"], ["state", "ASCENDING"], ["created_at", "DESCENDING"]]
+    }
+    requests_entitlement_state_created_at_desc = {
+      collection = "requests"
+      fields     = [["entitlement", "ASCENDING"], ["state", "ASCENDING"], ["created_at", "DESCENDING"]]
+    }
+    requests_entitlement_requester_created_at_desc = {
+      collection = "requests"
+      fields     = [["entitlement", "ASCENDING"], ["requester", "ASCENDING"], ["created_at", "DESCENDING"]]
+    }
+    requests_entitlement_requester_state_created_at_desc = {
+      collection = "requests"
+      fields     = [["entitlement", "ASCENDING"], ["requester", "ASCENDING"], ["state", "ASCENDING"], ["created_at", "DESCENDING"]]
     }
   }
 }

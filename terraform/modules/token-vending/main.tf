@@ -31,7 +31,8 @@ locals {
 
   # Exactly the variables vending/config.py reads (tests/terraform checks this
   # against config.py). VENDING_IAM_TOKEN and VENDING_EVENTS_FILE are for the
-  # local stand-ins only and are never set here.
+  # local stand-ins only and are never set here. VENDING_SESSION_KEY comes from
+  # Secret Manager (secret_environment_variables in each function, console.tf).
   environment = {
     VENDING_STORE               = "firestore"
     VENDING_CONFIG              = local.deployed_config_path
@@ -63,6 +64,7 @@ locals {
     "logging.googleapis.com",
     "pubsub.googleapis.com",
     "run.googleapis.com",
+    "secretmanager.googleapis.com",
     "storage.googleapis.com",
   ])
 }
@@ -165,6 +167,13 @@ resource "google_cloudfunctions2_function" "vend_http" {
     all_traffic_on_latest_revision = true
     service_account_email          = google_service_account.runtime.email
     environment_variables          = local.environment
+    # The key that signs web console sessions (vending/sessions.py), from Secret Manager (console.tf).
+    secret_environment_variables {
+      key        = "VENDING_SESSION_KEY"
+      project_id = var.project
+      secret     = google_secret_manager_secret.session_key.secret_id
+      version    = google_secret_manager_secret_version.session_key.version
+    }
     # ALLOW_ALL: CI jobs run outside Google Cloud (GitHub, GitLab) and must
     # reach the endpoint over the internet. That is safe because the service
     # authenticates every caller itself: a pinned-issuer OIDC token with this
@@ -207,6 +216,13 @@ resource "google_cloudfunctions2_function" "handle_pubsub" {
     all_traffic_on_latest_revision = true
     service_account_email          = google_service_account.runtime.email
     environment_variables          = local.environment
+    # The key that signs web console sessions (vending/sessions.py), from Secret Manager (console.tf).
+    secret_environment_variables {
+      key        = "VENDING_SESSION_KEY"
+      project_id = var.project
+      secret     = google_secret_manager_secret.session_key.secret_id
+      version    = google_secret_manager_secret_version.session_key.version
+    }
     # Only Eventarc (Pub/Sub push, inside the project) calls it.
     ingress_settings = "ALLOW_INTERNAL_ONLY"
   }
@@ -249,7 +265,14 @@ resource "google_cloudfunctions2_function" "sweep_expired" {
     all_traffic_on_latest_revision = true
     service_account_email          = google_service_account.runtime.email
     environment_variables          = local.environment
-    ingress_settings               = "ALLOW_INTERNAL_ONLY"
+    # The key that signs web console sessions (vending/sessions.py), from Secret Manager (console.tf).
+    secret_environment_variables {
+      key        = "VENDING_SESSION_KEY"
+      project_id = var.project
+      secret     = google_secret_manager_secret.session_key.secret_id
+      version    = google_secret_manager_secret_version.session_key.version
+    }
+    ingress_settings = "ALLOW_INTERNAL_ONLY"
   }
 
   event_trigger {

@@ -61,6 +61,7 @@ variable "source_include" {
     "vending/**/*.py",
     "vending/**/*.yaml",
     "vending/**/*.json",
+    "vending/console/static/*", # the web console's page, script, style sheet and icon
   ]
 }
 

@@ -11,5 +11,9 @@ terraform {
       source  = "hashicorp/archive"
       version = ">= 2.4"
     }
+    random = {
+      source  = "hashicorp/random"
+      version = ">= 3.5"
+    }
   }
 }
