@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vending.durations import parse_duration as parse_duration  # the one grammar (policy, HTTP, client)
 from vending.errors import ConfigError
 
 # Hard limits of the IAM Credentials API (reference §2.2, §8).
@@ -32,21 +33,6 @@ CREDENTIAL_KINDS = ("access_token", "id_token", "signed_jwt", "signed_blob")
 CredentialKind = Literal["access_token", "id_token", "signed_jwt", "signed_blob"]
 
 SA_EMAIL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?@[a-z0-9](?:[a-z0-9.-]{0,200}[a-z0-9])?\.gserviceaccount\.com")
-_DURATION_RE = re.compile(r"([0-9]{1,9})(s|m|h)?")
-
-
-def parse_duration(value: Any) -> int:
-    """Seconds from ``600``, ``"600"``, ``"600s"``, ``"10m"`` or ``"1h"``: the one duration grammar of the
-    policy file, the HTTP API (``inputs.lifetime``) and the client."""
-    if isinstance(value, bool):
-        raise ValueError("must be a duration such as 600, '600s', '10m' or '1h'")  # noqa: TRY004 (pydantic)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = _DURATION_RE.fullmatch(value.strip())
-        if m:
-            return int(m.group(1)) * {"s": 1, None: 1, "m": 60, "h": 3600}[m.group(2)]
-    raise ValueError("must be a duration such as 600, '600s', '10m' or '1h'")
 
 
 def normalize_delegate(value: str) -> str:
@@ -435,31 +421,33 @@ def qualify(ref: str, issuer_names: tuple[str, ...], where: str) -> str:
                      f"it; write it as ISSUER/IDENTITY (issuers: {', '.join(issuer_names)})")
 
 
-def _format_validation(path: str, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ""
-        for part in err["loc"]:
-            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
-        lines.append(f"{path}: {loc or '(top level)'}: {err['msg']}")
-    return "\n".join(lines)
-
-
 def load_policy(path: str | Path) -> Policy:
+    """Read and validate the policy file; a ConfigError says ``FILE:LINE:COL: entitlement 'NAME', FIELD: ...``
+    (see ``vending.diagnostics``: one line, a second one counting further problems)."""
+    from vending import diagnostics
+
     path = str(path)
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
+            text = fh.read()
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: policy file not found (set VENDING_CONFIG)") from exc
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read policy file: {exc}") from exc
+    try:
+        root = diagnostics.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(diagnostics.yaml_error(path, exc)) from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: (top level): must be a mapping")
+        raise ConfigError(f"{path}:1:1: the policy must be a mapping (issuers:, entitlements:, ...)")
+    duplicate = diagnostics.duplicate_keys(path, root)
+    if duplicate:
+        raise ConfigError(duplicate)
     try:
         return Policy.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(path, exc)) from exc
+        raise ConfigError(diagnostics.describe(path, exc, root, Policy)) from exc
 
 
 def warnings(policy: Policy) -> list[tuple[str, dict[str, str]]]:
