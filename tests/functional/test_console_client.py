@@ -10,8 +10,11 @@ import json
 
 import pytest
 
-from tests.functional.test_client import Stack, stack  # noqa: F401 - the module-scoped stack fixture
+from tests.functional import test_client
+from tests.functional.test_client import Stack
 from vending.cli import build_parser
+
+stack = test_client.stack  # the module-scoped stack fixture (a stack of its own for this module)
 
 NEW_COMMANDS = ("requests", "approve", "deny", "withdraw", "revoke", "whoami")
 REQUESTER, ERIN = "dave@example.com", "erin@example.com"

@@ -316,14 +316,14 @@ async function viewApprovals() {
     const actions = [];
     if (r.state === "APPROVAL_AWAITED" && !own && !auditorView) {
       actions.push(comment,
-        h("button", { type: "button", disabled: decided, onclick: () => act(r.id, "approve", comment.value) }, "Approve"), " ",
+        h("button", { type: "button", disabled: decided, onclick: () => act(r.id, "approve", comment.value) }, "Approve"),
         h("button", { type: "button", class: "danger", onclick: () => act(r.id, "deny", comment.value) }, "Deny"));
     } else if (own) {
       actions.push(h("span", { class: "note" }, "your own request: others decide"));
     }
-    if (["APPROVAL_AWAITED", "ACTIVE"].includes(r.state) && (!own || me.auditor) && (auditorView || r.state === "ACTIVE")) {
+    if (["APPROVAL_AWAITED", "ACTIVE"].includes(r.state) && (!own || me.auditor)) {
       if (!actions.includes(comment)) actions.push(comment);
-      actions.push(" ", h("button", { type: "button", class: "quiet", onclick: () => act(r.id, "revoke", comment.value) }, "Revoke"));
+      actions.push(h("button", { type: "button", class: "quiet", onclick: () => act(r.id, "revoke", comment.value) }, "Revoke"));
     }
     return h("tr", { "data-request": r.id },
       h("td", {}, r.requester, own ? h("span", { class: "note" }, "(you)") : null),
@@ -332,7 +332,7 @@ async function viewApprovals() {
       h("td", { title: when(r.created_at) }, age(r.created_at)),
       h("td", {}, badge(r.state), decided ? h("span", { class: "note" }, "you approved") : null, lastComment(r, ["deny", "revoke"])),
       h("td", {}, `${r.approvals.length} / ${r.quorum}`),
-      h("td", { class: "actions" }, actions));
+      h("td", { class: "actions" }, h("div", { class: "decide" }, actions)));
   });
   parts.push(table(["Requester", "Entitlement", "Justification", "Age", "State", "Approvals", "Decide"], rows,
                    auditorView ? "No access request yet." : "Nothing awaits your decision."));
