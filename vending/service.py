@@ -41,7 +41,11 @@ class AccessRequests:
         caller = self.verifier.verify_authorization(authorization)
         body = inputs.parse_json(raw_body)  # malformed bodies are refused before the token is consumed
         self.ledger.consume(caller.replay_key, caller.replay_until)
-        result = self.approvals.create(caller.principal, body)
+        try:
+            result = self.approvals.create(caller.principal, body)
+        except VendingError:
+            self.ledger.give_back(caller.replay_key)  # a refusal changes nothing, not even the token
+            raise
         log.notice("access request created", audit=True, principal=caller.principal.qualified,
                    access_request_id=result["id"], entitlement=result["entitlement"], state=result["state"],
                    break_glass=result["break_glass"])
@@ -60,7 +64,11 @@ class AccessRequests:
             inputs.check_fields(body, (), ("comment",))
             comment = inputs.text(body.get("comment"), "comment")
         self.ledger.consume(caller.replay_key, caller.replay_until)
-        result = self.approvals.act(caller.principal.qualified, request_id, action, via="http", comment=comment)
+        try:
+            result = self.approvals.act(caller.principal.qualified, request_id, action, via="http", comment=comment)
+        except VendingError:
+            self.ledger.give_back(caller.replay_key)  # a refusal changes nothing, not even the token
+            raise
         log.notice("access request action", audit=True, principal=caller.principal.qualified,
                    access_request_id=request_id, action=action, state=result["state"])
         return result

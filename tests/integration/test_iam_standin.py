@@ -1110,7 +1110,7 @@ def test_latency_is_added_to_every_response(server: IamStandIn, http: requests.S
     # stand-in no longer adds any (its own word, not a wall-clock bound)
     assert slow.status_code == 200
     assert slow_s >= 0.15
-    assert server.faults()["latencyMs"] in (0, None) and fast_s >= 0
+    assert server.faults["latencyMs"] in (0, None) and fast_s >= 0
 
 
 def test_hang_times_out_the_client_then_service_resumes(server: IamStandIn, http: requests.Session) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tests.support.audit import dump_store
 from vending import wiring
 from vending.config import Policy, Settings
 from vending.events import MemoryEvents
@@ -53,6 +55,13 @@ STANDIN_POLICY: dict[str, Any] = {
     "lifetime_extension": [],
 }
 KILL_SWITCH_OPERATOR = "sre-lead@example.com"
+
+
+# Refusals that rightly leave a trace: IAM refused after the reservation (the record says failed),
+# a credential outside its grant (withheld), a vend met by the kill switch (its record revoked), and
+# an action on a request found past its time (its expiry is recorded).
+WRITES_ON_REFUSAL = frozenset({"iam-rejected", "iam-permission-denied", "iam-target-not-found", "iam-rate-limited",
+                               "credential-out-of-bounds", "target-disabled", "illegal-transition"})
 
 
 def policy_dict(issuer: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +136,9 @@ class ServiceHarness:
                                             events=self.events)
         wiring.install(self.service)
         self.client = create_app("vend_http", "main.py").test_client()
+        self.check_refusals = True  # every 4xx is checked to have changed nothing (see ``call``)
+        self._calls_lock = threading.Lock()
+        self._in_flight = self._started = 0
 
     def with_settings(self, **changes: Any) -> None:
         self.settings = replace(self.settings, **changes)
@@ -151,7 +163,32 @@ class ServiceHarness:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         if data is not None:
             hdrs.setdefault("Content-Type", "application/json")
-        return self.client.open(path, method=method, data=data, headers=hdrs, query_string=query)
+        # The check needs the call alone: concurrent calls (the race tests) change the store meanwhile.
+        with self._calls_lock:
+            self._in_flight += 1
+            self._started += 1
+            mine, alone = self._started, self._in_flight == 1
+        try:
+            before = dump_store(self.store) if alone and self.check_refusals else None
+            minted = len(self.standin.minted)
+            resp = self.client.open(path, method=method, data=data, headers=hdrs, query_string=query)
+        finally:
+            with self._calls_lock:
+                self._in_flight -= 1
+                alone = alone and self._started == mine
+        if before is not None and alone and 400 <= resp.status_code < 500:
+            self._check_refusal_changed_nothing(resp, before, minted)
+        return resp
+
+    def _check_refusal_changed_nothing(self, resp: Any, before: Any, minted: int) -> None:
+        """Every refusal leaves the whole store, and what IAM minted, as they were (issue 19)."""
+        error = (resp.get_json(silent=True) or {}).get("error") or {}
+        reason = error.get("reason")
+        assert reason, f"a {resp.status_code} refusal without a reason: {resp.get_data(as_text=True)[:300]}"
+        if reason in WRITES_ON_REFUSAL:
+            return
+        assert dump_store(self.store) == before, f"the refusal {resp.status_code} {reason} changed the store"
+        assert len(self.standin.minted) == minted, f"the refusal {resp.status_code} {reason} minted a credential"
 
     def post(self, path: str, body: Any = None, **kw: Any) -> Any:
         return self.call("POST", path, body, **kw)
