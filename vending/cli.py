@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell tool reports when its reader went away (`| head`)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -40,17 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vending", description="Token vending service for Google Cloud.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("serve", help="run the service on the embedded default (what `make run` does)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--iam-port", type=int, default=8081)
-    p.add_argument("--issuer-port", type=int, default=8082)
-    p.add_argument("--pubsub-port", type=int, default=8083)
+    from vending.client.common import duration_arg
+
+    p = sub.add_parser("serve", help="run the service on the embedded default (what `make run` does)",
+                       description="Run the service on the embedded default, on loopback; Ctrl-C (or closing the "
+                       "terminal) stops everything it started. Every port is checked before anything starts.")
+    p.add_argument("--port", type=int, default=8080, help="the HTTP API (vend_http) (default %(default)s)")
+    p.add_argument("--iam-port", type=int, default=8081,
+                   help="the IAM Credentials (and IAM API) stand-in (default %(default)s)")
+    p.add_argument("--issuer-port", type=int, default=8082,
+                   help="the development issuer's keys; must match its jwks_uri in the policy (default %(default)s)")
+    p.add_argument("--pubsub-port", type=int, default=8083,
+                   help="handle_pubsub, where chat-ops messages are delivered (default %(default)s)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("dev-token", help="print a caller token from the local development issuer")
     p.add_argument("--subject", required=True, help="the token's sub claim")
-    p.add_argument("--audience", help="default: the development issuer's configured audience")
-    p.add_argument("--ttl", type=int, default=600, help="seconds (default 600)")
+    p.add_argument("--audience", help="the token's aud (default: the development issuer's configured audience)")
+    p.add_argument("--ttl", type=duration_arg, default=600, metavar="DURATION",
+                   help="its lifetime: 600, 600s, 10m or 1h (default 600s)")
     p.set_defaults(func=_dev_token)
 
     p = sub.add_parser("sweep", help="run the expiry sweep once against the configured store")
@@ -66,8 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vending.errors import ConfigError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+    except ConfigError as exc:  # a bad setting or policy file: its one or two lines, no traceback
+        print(exc.message, file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader of stdout went away (`vending issuances --format json | head`): stop quietly, as
+        # `cat` does; stdout goes to /dev/null so the interpreter's final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if k not in CLEAN}
         env.update(PYTHONPATH=str(REPO), VENDING_CONFIG=str(self.home / "policy.yaml"),
                    VENDING_STORE=f"sqlite:{self.home}/.vending-local/vending.db",
-                   PATH=f"{self.home / 'bin'}{os.pathsep}{env.get('PATH', '')}")
+                   PATH=f"{self.home / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+                   XDG_RUNTIME_DIR=str(self.home / "run"))  # where --format gcloud writes by default
         env.update(extra)
         return env
 
@@ -115,7 +116,7 @@ class Stack:
 
     def bot(self) -> list[str]:
         return ["--iam-endpoint", self.iam.url, "--iam-token", LOCAL_IAM_TOKEN, "--bot-service-account", BOT_SA,
-                "--audience", self.url]
+                "--bot-audience", self.url]
 
     def minted(self, credential: str) -> bool:
         digest = hashlib.sha256(credential.encode()).hexdigest()
@@ -151,6 +152,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("client")
     state = home / ".vending-local"
     state.mkdir(mode=0o700)
+    (home / "run").mkdir(mode=0o700)
     (home / ".venv").symlink_to(REPO / ".venv")  # the docs run `.venv/bin/python -m vending dev-token`
     (home / "bin").mkdir()
     shim = home / "bin" / "vending"  # what `pip install` puts on PATH
@@ -271,7 +273,7 @@ def _new_request(stack: Stack, justification: str = "TICKET-7: rotate the keys")
 
 
 def _publish(stack: Stack, request_id: str, action: str, actor: str) -> subprocess.CompletedProcess[str]:
-    return stack.run("publish-approval", "--deliver-to", stack.pubsub_url, *stack.bot(), "--request-id", request_id,
+    return stack.run("publish-approval", "--deliver-to", stack.pubsub_url, *stack.bot(), "--access-request", request_id,
                      "--action", action, "--actor", actor)
 
 
@@ -353,8 +355,9 @@ def test_token_github_without_github_output_mints_nothing(stack: Stack,
 
 
 def test_token_gcloud_file_is_0600_and_replaced_atomically(stack: Stack) -> None:
-    default = stack.home / ".vending" / "access-token"
+    default = stack.home / "run" / "vending" / "access-token"
     default.parent.mkdir(exist_ok=True)
+    default.parent.chmod(0o755)
     default.write_text("stale")
     default.chmod(0o644)
     for _ in range(2):
@@ -365,6 +368,20 @@ def test_token_gcloud_file_is_0600_and_replaced_atomically(stack: Stack) -> None
         assert stat.S_IMODE(default.stat().st_mode) == 0o600 and stack.minted(token)
         assert token not in r.stdout + r.stderr and "expires" in r.stderr
     assert not [p for p in default.parent.iterdir() if p.name.endswith(".tmp")]
+    assert stat.S_IMODE(default.parent.stat().st_mode) == 0o700
+
+
+def test_token_gcloud_default_file_is_outside_the_working_tree(stack: Stack, tmp_path: Path) -> None:
+    # GIVEN no $XDG_RUNTIME_DIR: the default is ~/.config/vending/access-token, in a directory made 0700
+    env = {k: v for k, v in stack.env(HOME=str(tmp_path)).items() if k != "XDG_RUNTIME_DIR"}
+    r = stack.run("token", *stack.as_(CI), "--service-account", DEMO_SA, "--format", "gcloud", env=env)
+    assert r.returncode == 0, r.stderr
+    token_file = tmp_path / ".config" / "vending" / "access-token"
+    assert r.stdout == f"export CLOUDSDK_AUTH_ACCESS_TOKEN_FILE={token_file}\n"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and stack.minted(token_file.read_text())
+    assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
+    # AND nothing was written in the working directory
+    assert not (stack.home / ".vending").exists()
 
 
 # -- caller identity discovery ----------------------------------------------------------------
@@ -401,8 +418,17 @@ def test_id_token_file_and_audience_option(stack: Stack, tmp_path: Path) -> None
     assert r.returncode == 3 and _one_error_line(r).startswith("vending: 401 ")  # wrong audience
     path.write_text(stack.mint(CI, stack.url))
     r = stack.run("token", "--url", stack.url, "--id-token-file", str(path), "--service-account", DEMO_SA,
-                  "--audience", stack.url)
+                  "--caller-audience", stack.url)
     assert r.returncode == 0, r.stderr
+    path.write_text(stack.mint(CI, stack.url))
+    r = stack.run("token", "--url", stack.url, "--id-token-file", str(path), "--service-account", DEMO_SA,
+                  "--audience", stack.url)  # the old name of --caller-audience still works
+    assert r.returncode == 0, r.stderr
+
+
+def test_id_token_audience_is_ambiguous_and_refused(stack: Stack) -> None:
+    r = stack.run("id-token", *stack.as_(CI), "--service-account", DEMO_SA, "--audience", "https://x.a.run.app")
+    assert r.returncode == 2 and "--audience is ambiguous here" in r.stderr and "--target-audience" in r.stderr
 
 
 def test_no_identity_anywhere(stack: Stack) -> None:
@@ -452,7 +478,7 @@ def test_not_found_network_and_usage_errors(stack: Stack) -> None:
 def test_id_token_formats(stack: Stack, github: tuple[FakeEndpoint, dict[str, str]]) -> None:
     audience = "https://app-123.a.run.app"
     certs = jwt.PyJWKClient(f"{stack.iam.url}/oauth2/v3/certs")
-    r = stack.run("id-token", *stack.as_(CI), "--service-account", DEMO_SA, "--audience-of-token", audience,
+    r = stack.run("id-token", *stack.as_(CI), "--service-account", DEMO_SA, "--target-audience", audience,
                   "--include-email")
     assert r.returncode == 0, r.stderr
     token = json.loads(r.stdout)["id_token"]
@@ -532,7 +558,7 @@ def test_request_wait_for_two_approvals_then_vend_once(stack: Stack) -> None:
     assert all(re.fullmatch(r"\d+\n", p.stdout) for p in results)
     assert r.returncode == 0 and r.stdout == "ACTIVE\n", r.stderr
     assert "waiting for approval: 0/2 approvals, 00:0" in r.stderr and "waiting for approval: 1/2" in r.stderr
-    r = stack.run("token", *stack.as_(REQUESTER), "--service-account", PROD_SA, "--request-id", request_id)
+    r = stack.run("token", *stack.as_(REQUESTER), "--service-account", PROD_SA, "--access-request", request_id)
     assert r.returncode == 0, r.stderr
     assert stack.minted(json.loads(r.stdout)["access_token"])
     r = stack.run("token", *stack.as_(REQUESTER), "--service-account", PROD_SA, "--request-id", request_id)
@@ -579,7 +605,7 @@ def test_wait_times_out(stack: Stack) -> None:
 def test_publish_approval_errors(stack: Stack) -> None:
     r = stack.run("publish-approval", "--deliver-to", stack.pubsub_url, *stack.bot(), "--action", "approve",
                   "--actor", "alice@example.com")
-    assert r.returncode == 2 and "needs --request-id" in _one_error_line(r)
+    assert r.returncode == 2 and "needs --access-request" in _one_error_line(r)
     args = ["--deliver-to", stack.pubsub_url, "--bot-service-account", BOT_SA, "--audience", stack.url,
             "--iam-endpoint", stack.iam.url, "--request-id", "a" * 32, "--action", "approve", "--actor", "a@b.c"]
     r = stack.run("publish-approval", *args, "--iam-token", "not-a-known-token")
@@ -744,7 +770,7 @@ def test_kill_switch_docs_run(stack: Stack) -> None:
     try:
         first = stack.bash(_local_script(blocks[0], stack), stack.env())
         second = stack.bash(_local_script(blocks[0].split("\n")[0] + "\nexport SA=" + DEMO_SA + "\n"
-                                          + "export VENDING_ID_TOKEN_COMMAND=\".venv/bin/python -m vending dev-token "
+                                          + "export VENDING_ID_TOKEN_COMMAND=\".venv/bin/vending dev-token "
                                           "--subject oncall@example.com\"\n" + blocks[1], stack), stack.env())
     finally:
         _unkill(stack, DEMO_SA)

@@ -52,7 +52,7 @@ def approval_claims(*, bot: str, audience: str, action: str, actor: str, request
         if not service_account or not justification:
             raise ClientError("--action disable needs --service-account and --justification.", EXIT_USAGE)
     elif not request_id:
-        raise ClientError(f"--action {action} needs --request-id.", EXIT_USAGE)
+        raise ClientError(f"--action {action} needs --access-request.", EXIT_USAGE)
     now = int(time.time())
     claims = {"iss": bot, "sub": bot, "aud": audience, "iat": now, "exp": now + int(ttl_s),
               "jti": uuid.uuid4().hex, "action": action, "actor": actor, "request_id": request_id,
@@ -161,17 +161,17 @@ def policy_bot_defaults(path: str | None) -> tuple[str | None, str | None]:
 def cmd_publish_approval(args: argparse.Namespace) -> int:
     if not 1 <= args.ttl <= 600:
         raise ClientError("--ttl must be between 1 and 600 seconds.", EXIT_USAGE)
-    if not args.bot_service_account or not args.audience:
+    if not args.bot_service_account or not args.bot_audience:
         bot, audience = policy_bot_defaults(args.config)
         args.bot_service_account = args.bot_service_account or bot
-        args.audience = args.audience or audience
-        if not args.bot_service_account or not args.audience:
-            raise ClientError("name the bot with --bot-service-account and --audience (no policy file to read "
+        args.bot_audience = args.bot_audience or audience
+        if not args.bot_service_account or not args.bot_audience:
+            raise ClientError("name the bot with --bot-service-account and --bot-audience (no policy file to read "
                               "them from).", EXIT_USAGE)
     message_id = send_approval(
-        bot=args.bot_service_account, audience=args.audience, action=args.action, actor=args.actor,
+        bot=args.bot_service_account, audience=args.bot_audience, action=args.action, actor=args.actor,
         topic=args.topic, project=args.project, deliver_to=args.deliver_to, iam_endpoint=args.iam_endpoint,
-        iam_token=args.iam_token, ttl_s=args.ttl, request_id=args.request_id, comment=args.comment,
+        iam_token=args.iam_token, ttl_s=args.ttl, request_id=args.access_request, comment=args.comment,
         entitlement=args.entitlement, justification=args.justification, duration=args.duration,
         service_account=args.service_account)
     print(message_id)

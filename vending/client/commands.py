@@ -61,7 +61,7 @@ class Api:
 # -- commands ------------------------------------------------------------------------------
 def _vend_body(args: argparse.Namespace, **fields: Any) -> dict[str, Any]:
     body = {"service_account": args.service_account, "delegates": args.delegate or None, "reason": args.reason,
-            "request_id": args.request_id, **fields}
+            "request_id": args.access_request, **fields}
     return {k: v for k, v in body.items() if v is not None}
 
 
@@ -83,8 +83,10 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_id_token(args: argparse.Namespace) -> int:
+    if not args.target_audience:
+        raise ClientError("id-token needs --target-audience: the audience of the ID token to mint.", EXIT_USAGE)
     _check_sink(args)
-    body = _vend_body(args, audience=args.audience_of_token, include_email=args.include_email or None)
+    body = _vend_body(args, audience=args.target_audience, include_email=args.include_email or None)
     emit("id-token", Api(args).call("POST", "/v1/id-tokens", body), args)
     return 0
 
@@ -126,7 +128,7 @@ def cmd_sign_blob(args: argparse.Namespace) -> int:
 
 def _describe(req: dict[str, Any]) -> str:
     approvals = f"{len(req.get('approvals') or [])}/{req.get('quorum')} approvals"
-    text = f"request {req.get('id')} ({req.get('entitlement')}) is {req.get('state')}: {approvals}"
+    text = f"access request {req.get('id')} ({req.get('entitlement')}) is {req.get('state')}: {approvals}"
     if req.get("window_end"):
         text += f", window ends {human_time(req['window_end'])}"
     return text
@@ -147,7 +149,7 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     api = Api(args)
-    path = f"/v1/requests/{quote(args.request_id, safe='')}"
+    path = f"/v1/requests/{quote(args.access_request, safe='')}"
     if not args.wait:
         once = api.call("GET", path)
         print(json.dumps(once, indent=2) if args.format == "json" else once.get("state"))
@@ -187,7 +189,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if elapsed >= args.timeout:
             if tty:
                 sys.stderr.write("\n")
-            note(f"timed out after {args.timeout:g}s; request {args.request_id} is still APPROVAL_AWAITED")
+            note(f"timed out after {args.timeout:g}s; access request {args.access_request} is still APPROVAL_AWAITED")
             return EXIT_WAIT_TIMEOUT
         time.sleep(max(0.05, min(args.interval, args.timeout - elapsed)))
     if tty:
@@ -275,7 +277,7 @@ def cmd_requests(args: argparse.Namespace) -> int:
 def cmd_decide(args: argparse.Namespace) -> int:
     """approve, deny, withdraw, revoke: one POST /v1/requests/ID:ACTION with an optional comment."""
     body = {"comment": args.comment} if args.comment else None
-    req = Api(args).call("POST", f"/v1/requests/{quote(args.request_id, safe='')}:{args.action}", body)
+    req = Api(args).call("POST", f"/v1/requests/{quote(args.access_request, safe='')}:{args.action}", body)
     print(json.dumps(req, indent=2) if args.format == "json" else req.get("state"))
     note(_describe(req))
     return 0
@@ -335,7 +337,7 @@ def cmd_kill_switch(args: argparse.Namespace) -> int:
         elif args.ks_action == "engage":
             ks = api.call("POST", f"{path}:disable", {"justification": args.justification})
         else:
-            body = {"justification": args.justification, "request_id": args.request_id}
+            body = {"justification": args.justification, "request_id": args.access_request}
             ks = api.call("POST", f"{path}:enable", {k: v for k, v in body.items() if v is not None})
     except ClientError as exc:
         if exc.message.startswith("409 release-not-safe"):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import requests
+
+from vending.durations import GRAMMAR, parse_duration
 
 # -- exit codes ---------------------------------------------------------------------
 EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_DENIED, EXIT_BAD_REQUEST = 1, 2, 3, 4, 5
@@ -48,7 +53,8 @@ IAM_ENDPOINT_ENV = "VENDING_IAM_ENDPOINT"
 IAM_TOKEN_ENV = "VENDING_IAM_TOKEN"
 IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
 PUBSUB_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
-DEFAULT_TOKEN_FILE = ".vending/access-token"
+# --format gcloud writes here by default: never inside the working tree (a repository).
+DEFAULT_TOKEN_FILE_HELP = "$XDG_RUNTIME_DIR/vending/access-token, else ~/.config/vending/access-token"
 USER_AGENT = "vending-client/0.1"
 JWT_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
@@ -79,8 +85,8 @@ def http_error(resp: requests.Response) -> ClientError:
     line = f"{resp.status_code} {one_line(reason, 80)}: {one_line(message)}"
     if resp.status_code == 429 and resp.headers.get("Retry-After"):
         line += f" (retry after {one_line(resp.headers['Retry-After'], 10)}s)"
-    if request_id:
-        line += f" [request {one_line(request_id, 40)}]"
+    if request_id:  # the HTTP request's id in the service's log (not an access request)
+        line += f" [log request_id {one_line(request_id, 40)}]"
     code = HTTP_EXIT.get(resp.status_code, EXIT_UNAVAILABLE if resp.status_code >= 500 else EXIT_BAD_REQUEST)
     return ClientError(line, code)
 
@@ -96,9 +102,28 @@ def send(method: str, url: str, **kw: Any) -> requests.Response:
 
 
 def as_seconds(value: str | None) -> str | None:
+    """A duration option (the service's one grammar: 600, 600s, 10m, 1h) as the service's "600s"."""
     if value is None:
         return None
-    m = re.fullmatch(r"([0-9]+)([smh]?)", value.strip())
-    if not m:
-        raise ClientError(f"{value!r} is not a duration such as 600s, 10m or 1h.", EXIT_USAGE)
-    return f"{int(m.group(1)) * {'': 1, 's': 1, 'm': 60, 'h': 3600}[m.group(2)]}s"
+    try:
+        return f"{parse_duration(value)}s"
+    except ValueError:
+        raise ClientError(f"{value!r} is not a duration such as {GRAMMAR}.", EXIT_USAGE) from None
+
+
+def duration_arg(value: str) -> int:
+    """argparse type: seconds from the duration grammar."""
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration such as {GRAMMAR}") from None
+
+
+def default_token_file() -> Path:
+    """Where --format gcloud puts the token: a private directory of the user, never the working tree.
+
+    ``$XDG_RUNTIME_DIR/vending/`` (a tmpfs that only the user can read, emptied at logout) when set,
+    else ``~/.config/vending/``; the directory is created 0700."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) if runtime and Path(runtime).is_dir() else Path.home() / ".config"
+    return base / "vending" / "access-token"

@@ -163,7 +163,7 @@ class Caller:
 
     def __init__(self, args: argparse.Namespace, service_url: str) -> None:
         self._args = args
-        self._audience = args.audience or service_url
+        self._audience = args.caller_audience or service_url
         self._token: str | None = None
 
     def token(self) -> str:

@@ -16,22 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from vending.client.common import (
-    DEFAULT_TOKEN_FILE,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     GITHUB_ENV_ENV,
     GITHUB_OUTPUT_ENV,
     ClientError,
+    default_token_file,
     note,
 )
 
 
 # -- output ------------------------------------------------------------------------------
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, mode 0600 from creation on."""
+def write_private(path: Path, text: str, *, private_dir: bool = False) -> None:
+    """Write ``text`` to ``path`` atomically, mode 0600 from creation on (with ``private_dir``, its directory
+    is made 0700 too)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if private_dir:
+            path.parent.chmod(0o700)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
@@ -108,8 +111,8 @@ def _write_sink(args: argparse.Namespace, field: str, secret: str, env_names: tu
         note(f"{label} is in the step outputs ({', '.join(outputs)}) of {path}"
              + (" and in $GITHUB_ENV" if args.export else ""))
     elif args.format == "gcloud":
-        token_file = Path(args.output or DEFAULT_TOKEN_FILE).absolute()
-        write_private(token_file, secret)
+        token_file = Path(args.output).absolute() if args.output else default_token_file()
+        write_private(token_file, secret, private_dir=not args.output)
         print(f"export CLOUDSDK_AUTH_ACCESS_TOKEN_FILE={shlex.quote(str(token_file))}")
     else:
         if args.format == "env":

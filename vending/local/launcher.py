@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -89,95 +91,249 @@ def serve_jwks(jwks: dict[str, Any], port: int) -> ThreadingHTTPServer:
     return server
 
 
-def _wait_http(url: str, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+PORT_FLAGS = ("--port", "--iam-port", "--issuer-port", "--pubsub-port")
+START_TIMEOUT_S = 90.0
+
+
+class LaunchError(Exception):
+    """A reason not to start (or to stop): one message for the terminal, and the exit code."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``host:port`` now (as gunicorn binds: with SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            requests.get(url, timeout=1)
-            return True
-        except requests.RequestException:
-            time.sleep(0.2)
-    return False
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _suggest(port: int, taken: set[int]) -> int:
+    for candidate in (port + 1000, port + 2000, port + 10000):
+        if candidate <= 65535 and candidate not in taken and port_free(candidate):
+            return candidate
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def busy_port_message(flag: str, port: int, taken: set[int]) -> str:
+    alt = _suggest(port, taken)
+    return (f"vending serve: port {port} ({flag}) is already in use on 127.0.0.1, by another `make run` or "
+            f"another program.\nStop it, or choose another port: make run ARGS=\"{flag} {alt}\" "
+            f"(python -m vending serve {flag} {alt})")
+
+
+def check_ports(ports: dict[str, int]) -> None:
+    """Every port is a valid, distinct and free loopback port, checked before anything starts."""
+    seen: dict[int, str] = {}
+    for flag, port in ports.items():
+        if not 1 <= port <= 65535:
+            raise LaunchError(f"vending serve: {flag} {port} is not a port number (1-65535)")
+        if port in seen:
+            raise LaunchError(f"vending serve: {seen[port]} and {flag} are both {port}; give each its own port")
+        seen[port] = flag
+    for flag, port in ports.items():
+        if not port_free(port):
+            raise LaunchError(busy_port_message(flag, port, set(seen)))
+
+
+def _check_issuer_port(config_path: str, jwks_uri: str, issuer_port: int) -> None:
+    """The development issuer's keys are served where the policy says they are."""
+    parts = urlsplit(jwks_uri)
+    if parts.hostname in ("127.0.0.1", "localhost") and parts.port != issuer_port:
+        raise LaunchError(f"vending serve: {config_path}: the development issuer's jwks_uri {jwks_uri} is not on "
+                          f"--issuer-port {issuer_port}; use the same port in both (and in its issuer)")
+
+
+def cli_command() -> str:
+    """How to call the client from this directory: ``.venv/bin/vending`` after ``make run``."""
+    local = Path(".venv/bin/vending")
+    if local.exists():
+        return str(local)
+    beside = Path(sys.executable).parent / "vending"
+    if beside.exists():
+        return shlex.quote(str(beside))
+    return f"{shlex.quote(sys.executable)} -m vending"
 
 
 def vend_command(port: int = 8080) -> str:
     body = json.dumps({"service_account": DEMO_SA, "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
                        "lifetime": "600s"})
     return (f"curl -s -X POST http://127.0.0.1:{port}/v1/access-tokens "
-            f"-H \"Authorization: Bearer $(.venv/bin/python -m vending dev-token --subject {DEMO_SUBJECT})\" "
+            f"-H \"Authorization: Bearer $({cli_command()} dev-token --subject {DEMO_SUBJECT})\" "
             f"-H 'Content-Type: application/json' -d {shlex.quote(body)}")
 
 
-def serve(port: int = 8080, iam_port: int = 8081, issuer_port: int = 8082, pubsub_port: int = 8083) -> int:
-    from vending.config import load_policy
-    from vending.local.iamcredentials import IamStandIn, StandInPolicy
-    from vending.local.issuer import DevIssuer
+def _answers(url: str) -> bool:
+    try:
+        requests.get(url, timeout=1)
+    except requests.RequestException:
+        return False
+    return True
 
-    if os.environ.get("VENDING_STORE") == "firestore":
-        print("vending serve: the development issuer only runs with the embedded SQLite store", file=sys.stderr)
-        return 2
-    STATE_DIR.mkdir(mode=0o700, exist_ok=True)
-    env = {**os.environ, **local_env(port, iam_port)}
-    policy = load_policy(env["VENDING_CONFIG"])
-    dev = next((i for i in policy.issuers if i.development), None)
-    if dev is None:
-        print(f"vending serve: {env['VENDING_CONFIG']} has no development issuer", file=sys.stderr)
-        return 2
 
-    iam = IamStandIn(StandInPolicy.load("config/local-iam.yaml"), host="127.0.0.1", port=iam_port,
-                     key_dir=STATE_DIR / "iam-keys")
-    iam.start()
-    issuer = DevIssuer(STATE_DIR, dev.issuer)
-    jwks_server = serve_jwks(issuer.jwks(), issuer_port)
-    children: list[subprocess.Popen[bytes]] = []
-    for target, fport, kind in (("vend_http", port, "http"), ("handle_pubsub", pubsub_port, "cloudevent")):
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", target, "--source", "main.py",
-             "--signature-type", kind, "--host", "127.0.0.1", "--port", str(fport)],
-            env=env, start_new_session=True))
+class _Stop(BaseException):
+    """Raised by the signal handler: SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal closed)."""
 
-    def stop(*_: Any) -> None:
-        for child in children:
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Launch:
+    """What ``serve`` started, stopped in reverse order whatever happens."""
+
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.stoppers: list[Any] = []
+
+    def spawn(self, target: str, port: int, kind: str, env: dict[str, str]) -> None:
+        # Own process group (stopped as a whole), and tied to this process: see vending.local.child.
+        self.children.append((target, subprocess.Popen(
+            [sys.executable, "-m", "vending.local.child", str(os.getpid()), "--target", target,
+             "--source", "main.py", "--signature-type", kind, "--host", "127.0.0.1", "--port", str(port)],
+            env=env, start_new_session=True)))
+
+    def exited(self) -> tuple[str, int] | None:
+        for target, child in self.children:
+            code = child.poll()
+            if code is not None:
+                return target, code
+        return None
+
+    def stop(self) -> None:
+        for sig in STOP_SIGNALS:  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
+        for _, child in self.children:
             try:
                 os.killpg(child.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        for child in children:
+        for _, child in self.children:
             try:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-        iam.stop()
-        jwks_server.shutdown()
+                try:
+                    os.killpg(child.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                child.wait(timeout=5)
+        for stopper in reversed(self.stoppers):
+            stopper()
 
-    def interrupt(*_: Any) -> None:
-        raise KeyboardInterrupt
 
-    # Ctrl-C and SIGTERM both stop everything, even when started from a shell that ignores SIGINT.
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+def serve(port: int = 8080, iam_port: int = 8081, issuer_port: int = 8082, pubsub_port: int = 8083) -> int:
+    """Start the embedded default; return the exit code (0 after Ctrl-C, SIGTERM or SIGHUP; 2 when it cannot
+    start: a bad setting or policy, a busy port; 1 when a function process fails)."""
     try:
-        if not _wait_http(f"http://127.0.0.1:{port}/healthz"):
-            print("vending serve: the service did not start", file=sys.stderr)
-            return 1
+        return _serve(port, iam_port, issuer_port, pubsub_port)
+    except LaunchError as exc:
+        print(exc.message, file=sys.stderr, flush=True)
+        return exc.code
+
+
+def _serve(port: int, iam_port: int, issuer_port: int, pubsub_port: int) -> int:
+    from vending.config import load_settings
+    from vending.errors import ConfigError
+
+    if os.environ.get("VENDING_STORE") == "firestore":
+        raise LaunchError("vending serve: the development issuer only runs with the embedded SQLite store")
+    check_ports({"--port": port, "--iam-port": iam_port, "--issuer-port": issuer_port, "--pubsub-port": pubsub_port})
+    STATE_DIR.mkdir(mode=0o700, exist_ok=True)
+    # The function processes get exactly these settings: validate them here, once, before starting any.
+    os.environ.update(local_env(port, iam_port))
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise LaunchError(exc.message) from None
+    config_path = settings.config_path
+    dev = next((i for i in settings.policy.issuers if i.development), None)
+    if dev is None:
+        raise LaunchError(f"vending serve: {config_path} has no development issuer (development: true)")
+    _check_issuer_port(config_path, dev.jwks_uri, issuer_port)
+
+    launch = Launch()
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise _Stop(signum)
+
+    # Ctrl-C, SIGTERM and SIGHUP (the terminal closed) stop everything, even when started from a shell
+    # that ignores SIGINT; set before anything starts, so nothing is left behind at any point.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, interrupt)
+    try:
+        env = dict(os.environ)
+        # The function processes take longest (their imports): start them first.
+        launch.spawn("vend_http", port, "http", env)
+        launch.spawn("handle_pubsub", pubsub_port, "cloudevent", env)
+        _start_local_parts(launch, dev.issuer, iam_port, issuer_port)
+        _wait_until_up(launch, port, pubsub_port)
         print(f"\nToken vending service (embedded default) on http://127.0.0.1:{port}")
         print(f"  IAM Credentials stand-in  http://127.0.0.1:{iam_port}  (and the IAM API, for the kill switch)")
         print(f"  development issuer        {dev.issuer}")
         print(f"  chat-ops bot endpoint     http://127.0.0.1:{pubsub_port}  (CloudEvents for handle_pubsub)")
-        print(f"  store                     {env['VENDING_STORE']}")
+        print(f"  store                     {settings.store}")
         print(f"  web console               http://127.0.0.1:{port}/console/  (development sign-in)\n")
         print("Vend a token (run from this directory):\n")
         print(f"  {vend_command(port)}\n")
         print("Press Ctrl-C to stop.", flush=True)
-        while all(child.poll() is None for child in children):
+        while (gone := launch.exited()) is None:
             time.sleep(0.5)
-        print("vending serve: a function process exited", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nStopping...", flush=True)
+        raise LaunchError(f"vending serve: the {gone[0]} function process exited (code {gone[1]}); "
+                          "stopping everything", 1)
+    except _Stop as stop:
+        if stop.signum == signal.SIGINT:
+            print("\nStopping...", flush=True)
         return 0
     finally:
-        stop()
+        launch.stop()
+
+
+def _start_local_parts(launch: Launch, issuer_url: str, iam_port: int, issuer_port: int) -> None:
+    from vending.local.iamcredentials import IamStandIn, StandInPolicy
+    from vending.local.issuer import DevIssuer
+
+    iam = IamStandIn(StandInPolicy.load("config/local-iam.yaml"), host="127.0.0.1", port=iam_port,
+                     key_dir=STATE_DIR / "iam-keys")
+    try:
+        iam.start()
+    except OSError:
+        raise LaunchError(busy_port_message("--iam-port", iam_port, {iam_port})) from None
+    launch.stoppers.append(iam.stop)
+    issuer = DevIssuer(STATE_DIR, issuer_url)
+    try:
+        jwks_server = serve_jwks(issuer.jwks(), issuer_port)
+    except OSError:
+        raise LaunchError(busy_port_message("--issuer-port", issuer_port, {issuer_port})) from None
+    launch.stoppers.append(lambda: (jwks_server.shutdown(), jwks_server.server_close()))
+
+
+def _wait_until_up(launch: Launch, port: int, pubsub_port: int) -> None:
+    """Until both function processes answer; at once when one of them exits."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    pending = {f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{pubsub_port}/"}
+    while pending:
+        gone = launch.exited()
+        if gone is not None:
+            target, code = gone
+            flag = "--port" if target == "vend_http" else "--pubsub-port"
+            raise LaunchError(f"vending serve: the {target} function process exited (code {code}) before it "
+                              f"answered; its output is above (a port taken since the check? see {flag})", 1)
+        if time.monotonic() > deadline:
+            raise LaunchError(f"vending serve: the function processes did not answer within {START_TIMEOUT_S:g}s", 1)
+        pending = {url for url in pending if not _answers(url)}
+        if pending:
+            time.sleep(0.1)
 
 
 def dev_token(subject: str, audience: str | None = None, ttl_s: int = 600) -> str:
