@@ -152,7 +152,7 @@ def table(data: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for k, r in enumerate(rows):
-        lines.append(" | ".join(c.ljust(w) for c, w in zip(r, widths)))
+        lines.append(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)))
         if k == 0:
             lines.append("-+-".join("-" * w for w in widths))
     notes = [f for f in data["figures"] if f["note"]]

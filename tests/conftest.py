@@ -188,7 +188,7 @@ def store(request: pytest.FixtureRequest) -> Any:
 # freezegun freezes time for vending's clock; the Google client libraries must keep
 # real time or their retry deadlines never pass (a frozen monotonic clock makes
 # api_core retry forever).
-import freezegun
+import freezegun  # noqa: E402 - configured here, next to the reason
 
 freezegun.configure(extend_ignore_list=["google.api_core", "google.cloud", "google.auth", "grpc", "urllib3",
                                         "requests"])

@@ -489,8 +489,8 @@ class Approvals:
             filters = (Filter("state", "==", state), Filter("expires_at", "<=", now))
             for batch in due(self.store, REQUESTS, filters, "expires_at"):
                 def expire(d: Doc) -> Update:
-                    timeline = list(d.data.get("timeline", [])) + [
-                        {"at": now, "event": "expired", "actor": "system", "via": "sweep"}]
+                    timeline = [*d.data.get("timeline", []),
+                                {"at": now, "event": "expired", "actor": "system", "via": "sweep"}]
                     return Update(REQUESTS, d.id, {"state": transition(d.data["state"], "expire"),
                                                    "expires_at": None, "timeline": timeline},
                                   expect_version=d.version)

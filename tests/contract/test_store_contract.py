@@ -334,7 +334,7 @@ def test_query_range_matches_only_the_bound_type(store: Store) -> None:
     Query(KIND, (Filter("x", "==", 1),)),                                               # undeclared kind
 ], ids=["order-only", "eq+order", "range-not-on-order", "eq-without-order", "unknown-kind"])
 def test_undeclared_query_shape_is_a_value_error(store: Store, query: Query) -> None:
-    with pytest.raises(ValueError, match="undeclared|range filters"):
+    with pytest.raises(ValueError, match=r"undeclared|range filters"):
         store.query(query)
 
 

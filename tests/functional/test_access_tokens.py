@@ -297,7 +297,7 @@ def test_iam_permission_denied_becomes_403(harness: ServiceHarness) -> None:
     err = error_of(resp)
     assert (resp.status_code, err["reason"], err["status"]) == (403, "iam-permission-denied", "PERMISSION_DENIED")
     assert "roles/iam.serviceAccountTokenCreator" in err["message"]
-    [doc] = [d for d in _issuances(harness)]
+    [doc] = list(_issuances(harness))
     assert doc["state"] == "failed" and doc["failure"] == "iam-permission-denied"
 
 

@@ -196,7 +196,9 @@ def test_an_auditor_subject_from_another_issuer_reads_nothing(factory: Any, othe
     THEN it sees only its own (nothing) and is refused everyone else's records."""
     h = factory(edit=_two_issuers(other_idp))
     issuance_id = h.vend().get_json()["issuance_id"]
-    impostor = lambda: other_idp.mint(sub="auditor@example.com")
+    def impostor() -> str:
+        return other_idp.mint(sub="auditor@example.com")
+
     assert h.get("/v1/issuances", token=impostor()).get_json() == {"issuances": []}
     assert error(h.get("/v1/issuances", token=impostor(), query={"principal": f"ci/{CI_SUBJECT}"})) == (
         403, "not-an-auditor")
@@ -349,7 +351,9 @@ def test_a_revoke_between_the_check_and_the_reservation_wins(factory: Any) -> No
     commits / THEN the reservation does not commit, the vend is refused approval-revoked, nothing minted."""
     h = factory()
     request_id = _approved(h)
-    revoke = lambda: h.service.approvals.act("ci/alice@example.com", request_id, "revoke", via="http")
+    def revoke() -> object:
+        return h.service.approvals.act("ci/alice@example.com", request_id, "revoke", via="http")
+
     h.rebuild(store=Interleave(h.store, revoke))
     h.check_refusals = False  # the interleaved revoke changes the store during the call, on purpose
     resp = h.post("/v1/access-tokens", {"service_account": PROD_SA, "request_id": request_id},

@@ -69,7 +69,7 @@ def any_harness(request: pytest.FixtureRequest, oidc: TestIssuer, standin: Any,
 # printed at the end, with those the security and fault suites add to ``suite_figures``.
 # VENDING_TEST_LEAK_AUDIT=0 skips the end-of-test search (to measure its cost; test_no_secrets_leak still searches).
 
-from tests.support.audit import CredentialArchive, LeakAudit
+from tests.support.audit import CredentialArchive, LeakAudit  # noqa: E402 - with the audit it serves
 
 HARNESS_FIXTURES = ("harness", "fs_harness", "any_harness", "make_harness", "make_fs_harness")
 

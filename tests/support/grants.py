@@ -5,11 +5,10 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
+from tests.support.app import CI_SUBJECT, CLOUD, DEMO_SA
 from vending import clock
 from vending.grant import Bounds, Grant
 from vending.kinds.access_token import Terms
-
-from tests.support.app import CI_SUBJECT, CLOUD, DEMO_SA
 
 
 def access_grant(*, lifetime_s: int = 600, max_lifetime_s: int = 900, **changes: Any) -> Grant:

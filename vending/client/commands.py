@@ -228,7 +228,7 @@ def cmd_issuances(args: argparse.Namespace) -> int:
                          human_time(_live_until(r))) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     note(f"{len(rows)} issuance(s)" + (" (! = break-glass)" if any(r.get("break_glass") for r in rows) else ""))
     return 0
 

@@ -107,7 +107,7 @@ def _write_sink(args: argparse.Namespace, field: str, secret: str, env_names: tu
         outputs = {field: secret, **{k.removeprefix("VENDING_").lower(): v for k, v in meta.items()}}
         path = _append(GITHUB_OUTPUT_ENV, outputs)
         if args.export:
-            _append(GITHUB_ENV_ENV, {**{name: secret for name in env_names}, **meta})
+            _append(GITHUB_ENV_ENV, {**dict.fromkeys(env_names, secret), **meta})
         note(f"{label} is in the step outputs ({', '.join(outputs)}) of {path}"
              + (" and in $GITHUB_ENV" if args.export else ""))
     elif args.format == "gcloud":

@@ -892,7 +892,7 @@ class IamStandIn:
             raise _not_found(sa_id)
         delegates = [self._resolve_delegate(policy, d) for d in body.get("delegates", [])]
         chain = [caller, *(d.email for d in delegates)]
-        for member, delegate in zip(chain, delegates):
+        for member, delegate in zip(chain, delegates, strict=False):  # chain is one longer
             if not policy.has_permission(member, IMPLICIT_DELEGATION, delegate):
                 raise _permission_denied(permission)
         if not policy.has_permission(chain[-1], permission, target):
