@@ -44,9 +44,11 @@ test-long: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+## ruff (the rule set in pyproject.toml, over the whole tree) and mypy (strict at the module
+## seams: the files and overrides in pyproject.toml). .ci/run runs it before the tests.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check vending main.py tests bench
-	$(VENV)/bin/mypy vending main.py
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .venv-checkov .venv-tools .vending-local .pytest_cache

@@ -190,13 +190,13 @@ def _is_union_tag(loc: Loc) -> bool:
 
 def describe(path: str, exc: ValidationError, root: yaml.Node | None, root_model: type[BaseModel]) -> str:
     """One line for the most telling error (two when there are more): file, line, column, name, problem."""
-    errors = [dict(e) for e in exc.errors()]
-    locs = [tuple(e["loc"]) for e in errors]
+    errors: list[dict[str, Any]] = [dict(e) for e in exc.errors()]
+    locs: list[Loc] = [tuple(e["loc"]) for e in errors]
     # An error on a list or mapping whose item also failed is a knock-on of the item's: keep the item's.
     errors = [e for e, loc in zip(errors, locs, strict=True)
               if not any(len(other) > len(loc) and other[:len(loc)] == loc for other in locs)]
     # A required key missing beside an unknown one is most likely the same key, misspelt.
-    typo_parents = {tuple(e["loc"])[:-1] for e in errors if e["type"] == "extra_forbidden"}
+    typo_parents: set[Loc] = {tuple(e["loc"])[:-1] for e in errors if e["type"] == "extra_forbidden"}
     errors = [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"])[:-1] in typo_parents)]
 
     def rank(err: dict[str, Any]) -> tuple[int, int, int, int]:
@@ -207,7 +207,7 @@ def describe(path: str, exc: ValidationError, root: yaml.Node | None, root_model
 
     errors.sort(key=rank)
     first = errors[0]
-    loc = tuple(first["loc"])
+    loc: Loc = tuple(first["loc"])
     where_loc = loc[:-1] if first["type"] in ("extra_forbidden", "missing") else loc
     mark = _mark(loc, root, key=first["type"] == "extra_forbidden")
     where = _where(where_loc, root)

@@ -104,7 +104,8 @@ def view(service_account: str, record: dict[str, Any] | None, now: _dt.datetime,
         "iam_error": iam_error,
         "timeline": [{k: v for k, v in e.items() if k != "jti"} for e in r.get("timeline") or []],
     }
-    return _plain(out)
+    plain: dict[str, Any] = _plain(out)
+    return plain
 
 
 def _plain(value: Any) -> Any:

@@ -146,7 +146,8 @@ def service() -> Service:
     with _lock:
         if _service is None:
             _service = build_service(settings())
-        return _service
+        built: Service = _service
+        return built
 
 
 def handlers() -> Any:

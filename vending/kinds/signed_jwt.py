@@ -90,7 +90,8 @@ def terms(ent: Entitlement, b: Bounds, ask: Ask, now: _dt.datetime) -> Terms:
 
 
 def reserve_until(grant: Grant, now: _dt.datetime, deadline_s: float) -> _dt.datetime:
-    return grant.terms.expire_time  # exp is in the signed claims: IAM's timing cannot move it
+    expire_time: _dt.datetime = grant.terms.expire_time  # exp is in the signed claims: IAM's timing cannot move it
+    return expire_time
 
 
 def mint(iam: IamCredentials, grant: Grant, reason: str) -> Minted:

@@ -315,7 +315,12 @@ def _start_local_parts(launch: Launch, issuer_url: str, iam_port: int, issuer_po
         jwks_server = serve_jwks(issuer.jwks(), issuer_port)
     except OSError:
         raise LaunchError(busy_port_message("--issuer-port", issuer_port, {issuer_port})) from None
-    launch.stoppers.append(lambda: (jwks_server.shutdown(), jwks_server.server_close()))
+
+    def stop_jwks() -> None:
+        jwks_server.shutdown()
+        jwks_server.server_close()
+
+    launch.stoppers.append(stop_jwks)
 
 
 def _wait_until_up(launch: Launch, port: int, pubsub_port: int) -> None:

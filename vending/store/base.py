@@ -243,7 +243,8 @@ def normalize_data(data: dict[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(data, dict):
         raise TypeError(f"document data must be a dict, got {type(data).__name__}")
-    return _normalize(data, "")
+    normalized: dict[str, Any] = _normalize(data, "")
+    return normalized
 
 
 def _normalize(value: Any, path: str) -> Any:
