@@ -26,6 +26,7 @@ from vending.errors import AuthenticationError, BadRequestError
 from vending.events import MemoryEvents
 from vending.grant import Bounds
 from vending.ledger import Ledger
+from vending.store import batch
 from vending.store.base import Create, Query, StoreConflict
 from vending.store.indexes import ISSUANCES, REPLAY
 from vending.store.sqlite import SqliteStore
@@ -712,3 +713,81 @@ def test_a_reservation_copies_bounds_as_plain_values(ledger: Ledger, store: Sqli
     _reserve(ledger, 1, bounds=Bounds(not_after=_at(900), scopes=("s",), uses_left=2))
 
     assert _data(store, _id(1))["bounds"] == {"not_after": _at(900), "scopes": ["s"], "uses_left": 2}
+
+
+# ---------------------------------------------------------------------------
+# the sweep against a concurrent writer, and past one batch
+
+
+class RacingStore:
+    """A real SQLite store with a concurrent writer: ``race`` runs once, right after the first query answers."""
+
+    def __init__(self, inner: SqliteStore, race: Callable[[], Any]) -> None:
+        self.inner = inner
+        self.race: Callable[[], Any] | None = race
+
+    def get(self, kind: str, doc_id: str) -> Any:
+        return self.inner.get(kind, doc_id)
+
+    def write(self, writes: Any) -> None:
+        self.inner.write(writes)
+
+    def query(self, query: Query) -> Any:
+        docs = self.inner.query(query)
+        race, self.race = self.race, None
+        if race is not None:
+            race()
+        return docs
+
+    def ping(self) -> None:
+        self.inner.ping()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_reservation_finalized_during_the_stale_sweep_is_left_alone(ledger: Ledger, store: SqliteStore,
+                                                                      events: MemoryEvents) -> None:
+    """GIVEN a stale reservation, and a vend that finalizes it after the sweep read it but before it wrote
+    WHEN the sweep declares stale reservations unconfirmed
+    THEN the record stays active (the sweep's write carried the version it read) and is not returned."""
+    issuance_id = _reserve(ledger, 1)
+    racing = Ledger(RacingStore(store, lambda: ledger.mark_issued(issuance_id, "c", expire_time=_at(600))),
+                    events)
+
+    changed = racing.unconfirm_stale(_at(10))
+
+    assert changed == []
+    assert _data(store, issuance_id)["state"] == "active"
+
+
+def test_a_token_purged_by_another_sweep_is_not_counted_twice(ledger: Ledger, store: SqliteStore,
+                                                             events: MemoryEvents) -> None:
+    """GIVEN a used token past its end, and another sweep that purges it after this one read it
+    WHEN this sweep purges
+    THEN it counts nothing: the other sweep took it."""
+    ledger.consume("ci:a", _at(1))
+    racing = Ledger(RacingStore(store, lambda: ledger.purge_replay(_at(10))), events)
+
+    count = racing.purge_replay(_at(10))
+
+    assert count == 0
+    assert store.get(REPLAY, "ci:a") is None
+
+
+def test_sweep_steps_go_past_one_batch(ledger: Ledger, store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GIVEN sweep batches of 2 records and 5 stale reservations and 5 used tokens past their end
+    WHEN the stale sweep, the replay purge and the live listing run
+    THEN every one is handled and counted, across batches."""
+    monkeypatch.setattr(batch, "BATCH", 2)
+    for n in range(5):
+        _reserve(ledger, n + 1, until=900)
+        ledger.consume(f"ci:{n}", _at(1))
+
+    changed = ledger.unconfirm_stale(T0)
+    purged = ledger.purge_replay(_at(10))
+    live = ledger.live(_at(10))
+
+    assert len(changed) == 5
+    assert purged == 5
+    assert len(live) == 5

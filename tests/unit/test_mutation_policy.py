@@ -73,7 +73,7 @@ def _refusal(call: Callable[[], Any]) -> VendingError:
     return caught.value
 
 
-def _decide(pol: Policy, who: Principal, ask: AccessTokenBody | None = None, *, kind: Any = access_token,
+def _decide(pol: Policy, who: Principal, ask: Any = None, *, kind: Any = access_token,
             approval: ApprovalUse | None = None) -> Grant:
     return policy.decide(pol, who, kind, ask or _ask(), NOW, approval)
 
