@@ -633,17 +633,30 @@ def test_listing_by_a_live_state_skips_records_past_their_expiry(ledger: Ledger,
     assert token is None
 
 
-def test_a_cursor_round_trips() -> None:
-    """GIVEN a creation time and an id
+@pytest.mark.parametrize("created", [_at(0), _at(1.5), _at(0.000001), _at(86_400.25), _at(-1)])
+@pytest.mark.parametrize("doc_id", [_id(7), "f" * 32])
+def test_a_cursor_round_trips(created: _dt.datetime, doc_id: str) -> None:
+    """GIVEN a creation time and an id (tokens of every length modulo 4)
     WHEN encoded as a page token and decoded
-    THEN the same time (UTC) and id come back, and the token has no padding."""
-    token = L._encode_cursor(_at(1.5), _id(7))
+    THEN the same time (UTC) and id come back, and the token carries no padding."""
+    token = L._encode_cursor(created, doc_id)
 
     decoded = L._decode_cursor(token)
 
-    assert decoded == (_at(1.5), _id(7))
-    assert decoded[0].tzinfo == _dt.UTC
-    assert "=" not in token
+    assert decoded == (created, doc_id)
+    assert decoded[0].utcoffset() == _dt.timedelta(0)
+    assert not token.endswith("=")
+
+
+def test_cursor_lengths_cover_every_padding() -> None:
+    """GIVEN the creation times the round trip uses
+    WHEN encoded
+    THEN their tokens need no padding and one padding character (the only two lengths a cursor has: whole
+    seconds or microseconds), so the round trip tries both."""
+    lengths = {len(L._encode_cursor(t, _id(7))) % 4 for t in (_at(0), _at(1.5), _at(0.000001), _at(86_400.25),
+                                                              _at(-1))}
+
+    assert lengths == {0, 3}
 
 
 def _token(payload: Any) -> str:
@@ -672,6 +685,7 @@ def test_a_forged_cursor_is_a_bad_request(token: str) -> None:
     exc = _raised(lambda: L._decode_cursor(token), BadRequestError)
 
     assert exc.reason == "invalid-page-token"
+    assert exc.message == "page_token is not a token returned by this service."
 
 
 def test_listing_with_a_forged_cursor_is_a_bad_request(ledger: Ledger) -> None:
