@@ -36,7 +36,8 @@ def chromium() -> Iterator[Any]:
     except ImportError as exc:
         pytest.fail(f"playwright is not installed ({exc}): pip install -r requirements-dev.txt", pytrace=False)
     pw = sync_playwright().start()
-    args = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium's sandbox refuses to run as root
+    # /dev/shm is small in containers (Chromium's tabs crash without this); its sandbox refuses to run as root.
+    args = ["--disable-dev-shm-usage", "--disable-gpu", *(["--no-sandbox"] if os.geteuid() == 0 else [])]
     try:
         browser = pw.chromium.launch(executable_path=executable, args=args)
     except Exception as exc:  # noqa: BLE001 - any launch failure is the same missing prerequisite

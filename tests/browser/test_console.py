@@ -44,9 +44,20 @@ class Person:
         self.page.get_by_label("Subject (development issuer)").fill(subject)
         self.page.get_by_role("button", name="Sign in").click()
         self.page.get_by_text(f"local-dev/{subject}").first.wait_for()
+        self.rendered(0)
+
+    def renders(self) -> int:
+        return int(self.page.locator("#main").get_attribute("data-renders") or 0)
+
+    def rendered(self, before: int) -> None:
+        """Wait until the page finished a render after the ``before``-th (views render asynchronously)."""
+        self.page.wait_for_function("n => Number(document.querySelector('#main').dataset.renders || 0) > n",
+                                    arg=before)
 
     def open(self, link: str) -> Any:
+        before = self.renders()
         self.page.get_by_role("link", name=link, exact=True).click()
+        self.rendered(before)
         self.page.get_by_role("heading", name=link, level=1).wait_for()
         return self.page
 
@@ -104,10 +115,10 @@ def test_request_two_approvals_vend_with_the_client_and_the_credential_counts_do
         page.get_by_role("status").filter(has_text=f"Request {rid[:8]}").wait_for()
     # THEN dave sees it ACTIVE
     dave.open("Requests")
-    dave.page.reload()
     dave.row(rid).get_by_text("ACTIVE", exact=True).wait_for()
     # WHEN he vends with the client
-    vend = stack.run("token", *stack.as_(DAVE), "--service-account", PROD_SA, "--request-id", rid, "--lifetime", "10m")
+    vend = stack.run("token", *stack.as_(DAVE), "--service-account", PROD_SA, "--access-request", rid,
+                     "--lifetime", "10m")
     assert vend.returncode == 0, vend.stderr
     token = json.loads(vend.stdout)["access_token"]
     issuance_id = json.loads(vend.stdout)["issuance_id"]
@@ -167,7 +178,6 @@ def test_a_denial_with_its_comment_shows_to_the_requester(people: Any, screensho
     carol.page.get_by_role("status").filter(has_text="DENIED").wait_for()
     # THEN erin sees DENIED and carol's comment
     erin.open("Requests")
-    erin.page.reload()
     mine = erin.row(rid)
     mine.get_by_text("DENIED", exact=True).wait_for()
     assert "Denied by local-dev/carol@example.com: “No change ticket in the calendar”" in mine.inner_text()
@@ -195,8 +205,6 @@ def test_break_glass_shows_a_banner_on_every_page_until_withdrawn(people: Any, s
     oncall.row(rid).get_by_role("button", name="Withdraw").click()
     page.get_by_role("status").filter(has_text="WITHDRAWN").wait_for()
     frank.open("Requests")
-    frank.page.reload()
-    frank.page.get_by_role("heading", name="Requests", level=1).wait_for()
     assert frank.page.get_by_role("alert").count() == 0
 
 

@@ -5,7 +5,7 @@
 // (never in localStorage or sessionStorage). Text from the service is inserted with textContent only.
 "use strict";
 
-const state = { session: null, me: null, csrf: null, timer: null, view: null };
+const state = { session: null, me: null, csrf: null, timer: null, view: null, seq: 0 };
 const $ = (sel) => document.querySelector(sel);
 
 // -- DOM helpers ------------------------------------------------------------------------------------------
@@ -199,8 +199,17 @@ function banners(me) {
 // -- views ------------------------------------------------------------------------------------------------
 const VIEWS = { requests: viewRequests, approvals: viewApprovals, credentials: viewCredentials };
 
+// Views render asynchronously; only the latest navigation may replace the page (``seq``), and each
+// completed render is counted on <main data-renders> (the browser tests wait on it).
+function show(seq, ...nodes) {
+  if (seq !== state.seq) return false;
+  $("#main").replaceChildren(...nodes);
+  return true;
+}
+
 async function route() {
   if (!state.session) return;
+  const seq = ++state.seq;
   const hash = location.hash.replace(/^#\/?/, "") || "requests";
   const [name, id] = hash.split("/");
   const view = VIEWS[name] ? name : "requests";
@@ -209,9 +218,15 @@ async function route() {
   }
   state.view = view;
   try {
-    state.me = await call("GET", "/v1/whoami");
-    banners(state.me);
-    await VIEWS[view](id);
+    const me = await call("GET", "/v1/whoami");
+    if (seq !== state.seq) return;
+    state.me = me;
+    banners(me);
+    await VIEWS[view](id, seq);
+    if (seq === state.seq) {
+      const main = $("#main");
+      main.dataset.renders = String(Number(main.dataset.renders || 0) + 1);
+    }
   } catch (e) {
     if (!(e instanceof ApiError && e.status === 401)) say(e.message, "error");
   }
@@ -238,12 +253,11 @@ async function act(id, action, comment) {
   await route();
 }
 
-async function viewRequests() {
+async function viewRequests(id, seq) {
   const me = state.me;
   const [mine, ents] = await Promise.all([call("GET", `/v1/requests${query({ role: "requester", page_size: 100 })}`),
                                           call("GET", "/v1/entitlements")]);
   const requestable = ents.entitlements.filter((e) => e.requires_approval);
-  const main = $("#main");
   const parts = [h("h1", {}, "Requests")];
   if (requestable.length) {
     const select = h("select", { id: "entitlement", name: "entitlement" },
@@ -284,19 +298,18 @@ async function viewRequests() {
     h("td", {}, `${r.approvals.length} / ${r.quorum}`),
     h("td", {}, when(r.created_at)),
     h("td", {}, r.state === "ACTIVE" ? countdown(r.window_end, true) : when(r.window_end)),
-    h("td", {}, r.state === "ACTIVE" ? h("code", {}, `vending token --service-account ${r.service_account} --request-id ${r.id}`) : "—"),
+    h("td", {}, r.state === "ACTIVE" ? h("code", {}, `vending token --service-account ${r.service_account} --access-request ${r.id}`) : "—"),
     h("td", { class: "actions" }, ["APPROVAL_AWAITED", "ACTIVE"].includes(r.state)
       ? h("button", { type: "button", class: "secondary", onclick: () => act(r.id, "withdraw") }, "Withdraw") : null)));
   parts.push(h("h2", {}, `My requests (${me.identity})`),
              table(["Request", "Entitlement", "State", "Approvals", "Filed", "Window", "Vend with", ""], rows,
                    "You have filed no request."));
-  main.replaceChildren(...parts);
+  show(seq, ...parts);
 }
 
-async function viewApprovals() {
+async function viewApprovals(id, seq) {
   const me = state.me;
   const auditorView = me.auditor && location.hash.endsWith("/all");
-  const main = $("#main");
   const parts = [h("h1", {}, "Approvals")];
   if (me.auditor) {
     parts.push(h("div", { class: "tabs" },
@@ -305,7 +318,7 @@ async function viewApprovals() {
   }
   if (!auditorView && !me.approver_of.length && !me.kill_switch_approver) {
     parts.push(h("p", { class: "muted" }, "You approve no entitlement."));
-    main.replaceChildren(...parts);
+    show(seq, ...parts);
     return;
   }
   const page = await call("GET", `/v1/requests${query({ role: auditorView ? "auditor" : "approver", page_size: 100 })}`);
@@ -336,16 +349,15 @@ async function viewApprovals() {
   });
   parts.push(table(["Requester", "Entitlement", "Justification", "Age", "State", "Approvals", "Decide"], rows,
                    auditorView ? "No access request yet." : "Nothing awaits your decision."));
-  main.replaceChildren(...parts);
+  show(seq, ...parts);
 }
 
 const ISSUANCE_STATES = ["", "issuing", "active", "failed", "expired", "unconfirmed", "signed", "withheld", "revoked"];
 const LIVE = ["active", "unconfirmed", "withheld", "issuing"];
 
-async function viewCredentials(id) {
-  if (id) return viewCredential(id);
+async function viewCredentials(id, seq) {
+  if (id) return viewCredential(id, seq);
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
-  const main = $("#main");
   const stateSel = h("select", { id: "f-state", name: "state" },
     ISSUANCE_STATES.map((s) => h("option", { value: s, selected: params.get("state") === s }, s || "any state")));
   const sa = h("input", { id: "f-sa", name: "service_account", placeholder: "service account email", value: params.get("service_account") || "" });
@@ -365,13 +377,13 @@ async function viewCredentials(id) {
     h("td", {}, when(r.expire_time)),
     h("td", {}, countdown(r.expire_time, LIVE.includes(r.state))),
     h("td", {}, h("code", { title: r.token_sha256 || "" }, r.token_sha256 ? `${r.token_sha256.slice(0, 12)}…` : "—"))));
-  main.replaceChildren(h("h1", {}, "Credentials"),
+  show(seq, h("h1", {}, "Credentials"),
     h("p", { class: "muted" }, state.me.auditor ? "Every issuance (you are an auditor)." : "Credentials issued to you."),
     form, table(["Issuance", "Kind", "Principal", "Service account", "State", "Issued", "Expires", "Time left", "SHA-256"],
                 rows, "No issuance matches."));
 }
 
-async function viewCredential(id) {
+async function viewCredential(id, seq) {
   const r = await call("GET", `/v1/issuances/${encodeURIComponent(id)}`);
   const fields = ["id", "kind", "state", "principal", "entitlement", "service_account", "delegates", "scopes", "request_id",
                   "break_glass", "reason", "created_at", "issued_at", "expire_time", "token_sha256", "key_id", "audience",
@@ -383,13 +395,18 @@ async function viewCredential(id) {
     dl.append(h("dt", {}, f), h("dd", { class: f === "token_sha256" ? "mono" : "" }, value));
   }
   dl.append(h("dt", {}, "time left"), h("dd", {}, countdown(r.expire_time, LIVE.includes(r.state))));
-  $("#main").replaceChildren(h("h1", {}, `Credential ${id.slice(0, 8)}`),
+  show(seq, h("h1", {}, `Credential ${id.slice(0, 8)}`),
     h("p", {}, h("a", { href: "#/credentials" }, "← all credentials")), h("section", { class: "card" }, dl));
 }
 
 // -- start ------------------------------------------------------------------------------------------------
 async function start() {
   $("#sign-out").addEventListener("click", signOut);
+  for (const a of document.querySelectorAll("#nav a")) {  // the current page's link renders it afresh
+    a.addEventListener("click", (ev) => {
+      if (a.getAttribute("href") === location.hash) { ev.preventDefault(); say(""); route(); }
+    });
+  }
   window.addEventListener("hashchange", () => { say(""); route(); });
   state.timer = setInterval(() => document.querySelectorAll(".countdown").forEach(tick), 1000);
   try {
