@@ -40,6 +40,7 @@ test: $(STAMP)
 ## repetitions...).
 test-long: $(STAMP)
 	$(PY) -m pytest -q -m long
+	bash scripts/mutation.sh
 
 bench: $(STAMP)
 	$(PY) -m bench
