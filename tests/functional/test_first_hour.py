@@ -288,10 +288,12 @@ def test_issuances_json_into_head_ends_without_a_traceback(fresh: Copy, served: 
         assert r.returncode == 0, r.stderr
     auditor = "--id-token-command '.venv/bin/vending dev-token --subject auditor@example.com'"
     # WHEN the listing goes into `head`, and into a reader that closes at once
-    head = fresh.bash(f".venv/bin/vending issuances --format json {auditor} | head -n 2", **env)
-    closed = subprocess.run(
-        ["bash", "-c", f'.venv/bin/vending issuances --format json {auditor} | :; echo "exit ${{PIPESTATUS[0]}}"'],
-        cwd=fresh.root, env={**fresh.env, **env}, capture_output=True, text=True, timeout=60, check=False)
+    def shell(script: str) -> subprocess.CompletedProcess[str]:  # as typed at a prompt: no pipefail
+        return subprocess.run(["bash", "-c", script], cwd=fresh.root, env={**fresh.env, **env},
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    head = shell(f".venv/bin/vending issuances --format json {auditor} | head -n 2")
+    closed = shell(f'.venv/bin/vending issuances --format json {auditor} | :; echo "exit ${{PIPESTATUS[0]}}"')
     # THEN no traceback, no "Exception ignored"; a closed pipe ends the client like SIGPIPE would (141)
     assert head.returncode == 0 and head.stdout.startswith('{\n  "issuances": ['), head.stderr
     for r in (head, closed):
