@@ -26,9 +26,18 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from freezegun import freeze_time
 
-from tests.support.oidc import DROP, FakeServiceAccountKeys, JwksServer, TestIssuer, b64url, rsa_signing_key
+from tests.support.oidc import (
+    DROP,
+    FakeServiceAccountKeys,
+    JwksServer,
+    SigningKey,
+    TestIssuer,
+    b64url,
+    rsa_signing_key,
+)
 from vending.config import Bot
 from vending.errors import AuthenticationError, JwksUnavailableError
 from vending.identity import (
@@ -240,6 +249,19 @@ def test_spaces_and_tabs_around_the_header_are_trimmed(idp: TestIssuer) -> None:
     assert result.principal.identity == "alice"
 
 
+def test_trimming_the_header_never_eats_into_the_token(idp: TestIssuer) -> None:
+    """GIVEN a genuine ES384 token whose signature happens to end with 'X' (96 bytes: any last character)
+    WHEN it comes in an Authorization header
+    THEN it verifies: only spaces and tabs are trimmed, never a character of the token."""
+    key = SigningKey("ec-384", "ES384", ec.generate_private_key(ec.SECP384R1()))
+    idp.publish(key)
+    token = next(t for t in (idp.mint(key=key) for _ in range(5000)) if t.endswith("X"))
+
+    result = _verifier(idp, algorithms=("ES384",)).verify_authorization(f"Bearer {token}")
+
+    assert result.principal.identity == idp.subject
+
+
 def test_a_token_at_the_size_limit_is_verified_through_the_header(idp: TestIssuer) -> None:
     """GIVEN a genuine token of exactly the maximum size
     WHEN it comes in an Authorization header
@@ -378,7 +400,8 @@ def test_a_key_published_for_another_algorithm_is_refused(frozen: Any) -> None:
     ("https://keys.example//", "a+b@p.iam.gserviceaccount.com",
      "https://keys.example/service_accounts/v1/metadata/jwk/a%2Bb@p.iam.gserviceaccount.com"),
     ("http://127.0.0.1:9", "x/../y@p", "http://127.0.0.1:9/service_accounts/v1/metadata/jwk/x%2F..%2Fy@p"),
-], ids=["trailing-slash", "plus-and-double-slash", "path-in-email"])
+    ("http://127.0.0.1:9/keysX/", BOT, f"http://127.0.0.1:9/keysX/service_accounts/v1/metadata/jwk/{BOT}"),
+], ids=["trailing-slash", "plus-and-double-slash", "path-in-email", "base-ending-in-a-letter"])
 def test_the_bot_key_url_keeps_the_at_sign_and_quotes_the_rest(base: str, email: str, expected: str) -> None:
     """GIVEN a keys base URL (with trailing slashes) and a service account email
     WHEN the bot's JWKS URL is built
@@ -392,6 +415,8 @@ BOT_DETAILS: list[tuple[str, Callable[[FakeServiceAccountKeys], str], str, str]]
     ("no-iss", lambda s: s.message(BOT, BOT_AUD, iss=DROP), "missing-claim", "claim 'iss' is required"),
     ("unknown-bot", lambda s: s.message(STRANGER, BOT_AUD), "unknown-bot",
      f"iss {STRANGER!r} is not a configured bot"),
+    ("unknown-bot-long", lambda s: s.message(BOT, BOT_AUD, iss="i" * 300), "unknown-bot",
+     f"iss {'i' * 200!r} is not a configured bot"),
     ("unknown-bot-not-a-string", lambda s: s.message(BOT, BOT_AUD, iss=["x\n"]), "unknown-bot",
      "iss \"['x\\\\\\\\n']\" is not a configured bot"),
     ("alg", lambda s: s.message(BOT, BOT_AUD, alg="RS384"), "disallowed-algorithm",
@@ -472,6 +497,8 @@ def test_a_bot_key_published_for_another_algorithm_is_refused(sa: FakeServiceAcc
     exc = _refusal(lambda: _bots(sa).verify(token))
 
     assert exc.reason == "disallowed-algorithm"
+    assert exc.detail is not None and exc.detail.startswith(f"key {'0' * 40!r} of ")
+    assert "is published for 'RS384', token says 'RS256'" in exc.detail
 
 
 def test_bot_messages_are_verified_with_the_configured_key_cache_timings(sa: FakeServiceAccountKeys,

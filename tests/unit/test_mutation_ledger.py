@@ -22,12 +22,12 @@ from freezegun import freeze_time
 
 from tests.support.grants import access_grant
 from vending import ledger as L
-from vending.errors import AuthenticationError, BadRequestError
+from vending.errors import AuthenticationError, BadRequestError, ConflictError
 from vending.events import MemoryEvents
 from vending.grant import Bounds
 from vending.ledger import Ledger
 from vending.store import batch
-from vending.store.base import Create, Query, StoreConflict
+from vending.store.base import Create, Query, StoreConflict, Update
 from vending.store.indexes import ISSUANCES, REPLAY
 from vending.store.sqlite import SqliteStore
 
@@ -179,6 +179,7 @@ def test_a_second_vend_with_the_same_token_is_a_replay_and_writes_nothing(ledger
     exc = _raised(lambda: _reserve(ledger, 2, replay_key="ci:abc", replay_until=_at(60)), AuthenticationError)
 
     assert exc.reason == "token-replayed"
+    assert exc.detail == "token already used (jti replay)"
     assert store.get(ISSUANCES, _id(2)) is None
 
 
@@ -243,6 +244,7 @@ def test_consume_records_a_token_once(ledger: Ledger, store: SqliteStore) -> Non
     assert replay is not None
     assert replay.data == {"expires_at": _at(60), "used_at": T0, "purge_at": _at(60) + _dt.timedelta(days=1)}
     assert exc.reason == "token-replayed"
+    assert exc.detail == "token already used (jti replay)"
 
 
 def test_consume_without_a_key_writes_nothing(ledger: Ledger, store: SqliteStore) -> None:
@@ -297,11 +299,11 @@ def test_mark_withheld_records_why(ledger: Ledger, store: SqliteStore) -> None:
     THEN the record is withheld, with the digest, expiry and failure."""
     _reserve(ledger, 1)
 
-    digest = ledger.mark_withheld(_id(1), "ya29.x", expire_time=_at(1000), key_id=None, failure="too-long")
+    digest = ledger.mark_withheld(_id(1), "ya29.x", expire_time=_at(1000), key_id="k9", failure="too-long")
 
     data = _data(store, _id(1))
-    assert (data["state"], data["token_sha256"], data["failure"], data["expire_time"]) == (
-        "withheld", digest, "too-long", _at(1000))
+    assert (data["state"], data["token_sha256"], data["failure"], data["expire_time"], data["key_id"]) == (
+        "withheld", digest, "too-long", _at(1000), "k9")
 
 
 def test_mark_unconfirmed_covers_the_reservation_horizon(ledger: Ledger, store: SqliteStore) -> None:
@@ -805,3 +807,218 @@ def test_sweep_steps_go_past_one_batch(ledger: Ledger, store: SqliteStore, monke
     assert len(changed) == 5
     assert purged == 5
     assert len(live) == 5
+
+
+# ---------------------------------------------------------------------------
+# used tokens
+
+
+@pytest.mark.parametrize(("now", "used"), [(59.999999, True), (60, False), (61, False)])
+def test_a_token_counts_as_used_while_its_record_lives(ledger: Ledger, frozen: Any, now: float, used: bool) -> None:
+    """GIVEN a token consumed until T0+60
+    WHEN asked whether it is used just before, at and after T0+60
+    THEN it is used only before its end."""
+    ledger.consume("ci:s", _at(60))
+    frozen.move_to(_at(now))
+
+    result = ledger.is_used("ci:s")
+
+    assert result is used
+
+
+def test_an_unknown_token_is_not_used(ledger: Ledger) -> None:
+    """GIVEN another token consumed
+    WHEN asked about a token never consumed
+    THEN it is not used."""
+    ledger.consume("ci:other", _at(60))
+
+    assert ledger.is_used("ci:never") is False
+
+
+# ---------------------------------------------------------------------------
+# the kill switch
+
+
+BY, WHY = "ci/sre-lead", "INC-9: key leaked"
+
+
+def _record(n: int, *, state: str, created: float = 0, expire: float | None = None, reserved: float = 900,
+            service_account: str = SA) -> Create:
+    return Create(ISSUANCES, _id(n), {
+        "id": _id(n), "kind": "access_token", "state": state, "principal": "ci/alice", "service_account": service_account,
+        "created_at": _at(created), "reserved_until": _at(reserved),
+        "expire_time": None if expire is None else _at(expire)})
+
+
+def _write(store: SqliteStore, records: list[Create]) -> None:
+    for start in range(0, len(records), 400):
+        store.write(records[start:start + 400])
+
+
+def test_revoke_live_marks_what_may_hold_a_valid_credential(ledger: Ledger, store: SqliteStore) -> None:
+    """GIVEN an account's issuing (old and new), active, unconfirmed and withheld records within their expiry, and
+    an expired, a failed, a signed, an active past its expiry and another account's active record
+    WHEN its kill switch revokes at T0+100
+    THEN the first five are revoked (who, why, when; an issuing one keeps its horizon as expiry), the rest untouched,
+    and the answer counts them and gives the latest expiry."""
+    _write(store, [
+        _record(1, state="issuing", created=-10_000, reserved=950), _record(2, state="issuing", reserved=900),
+        _record(3, state="active", expire=600), _record(4, state="unconfirmed", expire=930),
+        _record(5, state="withheld", expire=700),
+        _record(10, state="expired", expire=50), _record(11, state="failed"), _record(12, state="signed"),
+        _record(13, state="active", expire=100), _record(14, state="active", expire=600, service_account=OTHER_SA)])
+
+    result = ledger.revoke_live(SA, by=BY, reason=WHY, now=_at(100))
+
+    revoked = {n: _data(store, _id(n)) for n in (1, 2, 3, 4, 5)}
+    assert {n: (d["state"], d["revoked_by"], d["revoked_reason"], d["revoked_at"], d["expire_time"])
+            for n, d in revoked.items()} == {
+        1: ("revoked", BY, WHY, _at(100), _at(950)), 2: ("revoked", BY, WHY, _at(100), _at(900)),
+        3: ("revoked", BY, WHY, _at(100), _at(600)), 4: ("revoked", BY, WHY, _at(100), _at(930)),
+        5: ("revoked", BY, WHY, _at(100), _at(700))}
+    assert [_data(store, _id(n))["state"] for n in (10, 11, 12, 13, 14)] == [
+        "expired", "failed", "signed", "active", "active"]
+    assert result == L.Revocation(marked=5, within_expiry=5, safe_at=_at(950))
+
+
+def test_revoke_live_again_marks_nothing_and_answers_the_same(ledger: Ledger, store: SqliteStore) -> None:
+    """GIVEN an account whose live records were revoked
+    WHEN the kill switch revokes again, and the outstanding revocations are read
+    THEN nothing more is marked, and both answers give the same count and latest expiry."""
+    _write(store, [_record(1, state="active", expire=600), _record(2, state="issuing", reserved=900)])
+    ledger.revoke_live(SA, by=BY, reason=WHY, now=_at(100))
+
+    again = ledger.revoke_live(SA, by=BY, reason=WHY, now=_at(200))
+    outstanding = ledger.revoked_outstanding(SA, _at(200))
+    later = ledger.revoked_outstanding(SA, _at(600))
+
+    assert again == L.Revocation(marked=0, within_expiry=2, safe_at=_at(900))
+    assert outstanding == L.Revocation(marked=0, within_expiry=2, safe_at=_at(900))
+    assert later == L.Revocation(marked=0, within_expiry=1, safe_at=_at(900))
+
+
+def test_revoke_live_with_nothing_live_answers_nothing(ledger: Ledger) -> None:
+    """GIVEN an account without records
+    WHEN its kill switch revokes
+    THEN nothing is marked and nothing is outstanding."""
+    result = ledger.revoke_live(SA, by=BY, reason=WHY, now=_at(100))
+
+    assert result == L.Revocation(marked=0, within_expiry=0, safe_at=None)
+
+
+def test_revoke_live_goes_past_one_page_of_each_kind(ledger: Ledger, store: SqliteStore) -> None:
+    """GIVEN 201 issuing and 201 active records of one account (a page is 200)
+    WHEN its kill switch revokes
+    THEN all 402 are revoked and counted."""
+    _write(store, [_record(n, state="issuing", created=n / 1000) for n in range(1, 202)]
+           + [_record(n, state="active", expire=600 + n) for n in range(1001, 1202)])
+
+    result = ledger.revoke_live(SA, by=BY, reason=WHY, now=_at(100))
+
+    assert result == L.Revocation(marked=402, within_expiry=402, safe_at=_at(600 + 1201))
+
+
+def test_a_vend_finishing_during_revocation_is_revoked_with_its_real_expiry(ledger: Ledger, store: SqliteStore,
+                                                                           events: MemoryEvents) -> None:
+    """GIVEN an issuing record (horizon T0+900) whose vend finishes (expiry T0+600) after the kill switch read it
+    WHEN the kill switch revokes
+    THEN its stale write loses, the next pass revokes the active record, and the expiry kept is T0+600."""
+    _write(store, [_record(1, state="issuing", reserved=900)])
+    racing = Ledger(RacingStore(store, lambda: ledger.mark_issued(_id(1), "c", expire_time=_at(600))), events)
+
+    result = racing.revoke_live(SA, by=BY, reason=WHY, now=_at(100))
+
+    data = _data(store, _id(1))
+    assert (data["state"], data["expire_time"], data["token_sha256"]) == ("revoked", _at(600), L.sha256("c"))
+    assert result == L.Revocation(marked=1, within_expiry=1, safe_at=_at(600))
+
+
+class EverChangingStore(RacingStore):
+    """A store where a vend keeps changing one live record after every query."""
+
+    def __init__(self, inner: SqliteStore, issuance_id: str) -> None:
+        super().__init__(inner, lambda: None)
+        self.issuance_id = issuance_id
+        self.touches = 0
+
+    def query(self, query: Query) -> Any:
+        docs = self.inner.query(query)
+        self.touches += 1
+        self.inner.write([Update(ISSUANCES, self.issuance_id, {"key_id": f"k{self.touches}"})])
+        return docs
+
+
+def test_revoke_live_gives_up_after_its_passes_when_records_keep_changing(store: SqliteStore,
+                                                                         events: MemoryEvents, frozen: Any) -> None:
+    """GIVEN a live record that changes after every read
+    WHEN the kill switch revokes
+    THEN it stops after its passes with kill-switch-busy, telling the caller to call again."""
+    _write(store, [_record(1, state="active", expire=600)])
+    racing = Ledger(EverChangingStore(store, _id(1)), events)
+
+    exc = _raised(lambda: racing.revoke_live(SA, by=BY, reason=WHY, now=_at(100)), ConflictError)
+
+    assert exc.reason == "kill-switch-busy"
+    assert exc.message == "Credentials of this service account keep changing; call again to finish."
+    assert _data(store, _id(1))["state"] == "active"
+
+
+def test_mark_revoked_records_who_why_and_when(ledger: Ledger, store: SqliteStore, frozen: Any) -> None:
+    """GIVEN an issuing record
+    WHEN the vend path finds the kill switch engaged after IAM answered, 5 s later
+    THEN the record is revoked, saying who, why and when."""
+    _reserve(ledger, 1)
+    frozen.tick(5)
+
+    ledger.mark_revoked(_id(1), by=BY, reason=WHY)
+
+    data = _data(store, _id(1))
+    assert (data["state"], data["revoked_by"], data["revoked_reason"], data["revoked_at"]) == (
+        "revoked", BY, WHY, _at(5))
+
+
+# ---------------------------------------------------------------------------
+# listing by effective state: continuing past records that do not match
+
+
+def _layout(store: SqliteStore, order: str, *, same_instant: bool) -> dict[str, str]:
+    """Records newest first as ``order`` spells them: ``x`` active past its expiry, ``l`` active and live."""
+    ids: dict[str, str] = {}
+    records = []
+    for rank, name in enumerate(order.split()):
+        n = 100 - rank                       # ids descend with the order, so ties list in the same order
+        ids[name] = _id(n)
+        expire = 50 if name.startswith("x") else 3600
+        records.append(_record(n, state="active", created=0 if same_instant else -rank, expire=expire))
+    _write(store, records)
+    return ids
+
+
+def _all_pages(ledger: Ledger, page_size: int) -> list[list[str]]:
+    pages, token = [], None
+    while True:
+        page, token = ledger.list(state="expired", service_account=None, principal=None, since=None,
+                                  page_size=page_size, page_token=token)
+        pages.append([r["id"] for r in page])
+        if token is None or len(pages) > 10:
+            return pages
+
+
+@pytest.mark.parametrize("same_instant", [False, True], ids=["distinct-times", "same-instant"])
+@pytest.mark.parametrize(("order", "page_size", "expected"), [
+    ("x1 l1 x2 l2 x3", 1, [["x1"], ["x2"], ["x3"]]),
+    ("l1 l2 x1 l3 x2 x3", 2, [["x1", "x2"], ["x3"]]),
+    ("l1 x1 l2 l3 x2 l4 x3 x4", 2, [["x1", "x2"], ["x3", "x4"]]),
+], ids=["one-per-page", "two-per-page", "two-per-page-sparse"])
+def test_listing_expired_pages_through_live_records_exactly(ledger: Ledger, store: SqliteStore, frozen: Any,
+                                                            order: str, page_size: int,
+                                                            expected: list[list[str]], same_instant: bool) -> None:
+    """GIVEN active records past their expiry (x) interleaved with live ones (l), at distinct times or one instant
+    WHEN listed by state expired, page by page
+    THEN each page holds the next matches in order, never one twice, and only the last page has no cursor."""
+    ids = _layout(store, order, same_instant=same_instant)
+    frozen.move_to(_at(100))
+
+    pages = _all_pages(ledger, page_size)
+
+    assert pages == [[ids[name] for name in page] for page in expected]
