@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from freezegun import freeze_time
 
 from tests.support.oidc import (
@@ -41,6 +41,7 @@ from tests.support.oidc import (
 from vending.config import Bot
 from vending.errors import AuthenticationError, JwksUnavailableError
 from vending.identity import (
+    MAX_EPOCH_S,
     MAX_TOKEN_CHARS,
     BotVerifier,
     JwksCache,
@@ -389,6 +390,166 @@ def test_a_key_published_for_another_algorithm_is_refused(frozen: Any) -> None:
 
     assert exc.reason == "disallowed-algorithm"
     assert exc.detail is not None and "published for 'RS384'" in exc.detail
+
+
+def _bare(key: SigningKey, kid: str) -> dict[str, Any]:
+    """A published key without its ``alg`` member (common), under ``kid``."""
+    return {**{k: v for k, v in key.public_jwk().items() if k != "alg"}, "kid": kid}
+
+
+@pytest.fixture
+def keys_doc(frozen: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A JWKS endpoint serving the document the test fills in: (url, document)."""
+    doc: dict[str, Any] = {"keys": []}
+    server = JwksServer().start()
+    server.routes["/jwks"] = lambda: doc
+    try:
+        yield server.base_url + "/jwks", doc
+    finally:
+        server.stop()
+
+
+def _key_refusal(url: str, kid: str | None, algorithm: str | None) -> AuthenticationError:
+    return _refusal(lambda: JwksCache(timeout_s=2).key(url, kid, ttl_s=60, cooldown_s=30, algorithm=algorithm))
+
+
+@pytest.mark.parametrize(("kid", "algorithm", "shape"), [
+    ("ec-bare", "RS256", "kty='EC' crv='P-256', unusable for RS256"),
+    ("ec-bare", "ES384", "kty='EC' crv='P-256', unusable for ES384"),
+    ("rsa-bare", "ES256", "kty='RSA' crv=None, unusable for ES256"),
+], ids=["ec-key-for-rs256", "p256-key-for-es384", "rsa-key-for-es256"])
+def test_a_key_without_alg_is_bound_by_its_type_and_curve(idp: TestIssuer, keys_doc: tuple[str, dict[str, Any]],
+                                                          kid: str, algorithm: str, shape: str) -> None:
+    """GIVEN published keys without an alg member: an RSA key and an EC P-256 key
+    WHEN one is asked for an algorithm its type or curve does not fit
+    THEN it is refused as disallowed-algorithm, the detail naming the key, its URL, type and curve."""
+    url, doc = keys_doc
+    doc["keys"] = [_bare(idp.rsa, "rsa-bare"), _bare(idp.ec, "ec-bare")]
+
+    exc = _key_refusal(url, kid, algorithm)
+
+    assert exc.reason == "disallowed-algorithm"
+    assert exc.detail == f"key {kid!r} of {url} is {shape}"
+
+
+def test_a_symmetric_algorithm_is_never_built(idp: TestIssuer, keys_doc: tuple[str, dict[str, Any]]) -> None:
+    """GIVEN a published RSA key without an alg member
+    WHEN it is asked for HS256
+    THEN it is refused as disallowed-algorithm: HS256 is not an asymmetric JWS algorithm."""
+    url, doc = keys_doc
+    doc["keys"] = [_bare(idp.rsa, "rsa-bare")]
+
+    exc = _key_refusal(url, "rsa-bare", "HS256")
+
+    assert exc.reason == "disallowed-algorithm"
+    assert exc.detail == "algorithm 'HS256' is not an asymmetric JWS algorithm"
+
+
+def test_without_a_token_algorithm_the_keys_own_decides(idp: TestIssuer,
+                                                       keys_doc: tuple[str, dict[str, Any]]) -> None:
+    """GIVEN a published RSA key without alg, one published for PS256, and an EC P-521 key published for ES512
+    WHEN each is asked for without a token algorithm
+    THEN the first is built for RS256, the second for PS256, the third refused: ES512 is not allowed."""
+    url, doc = keys_doc
+    p521 = SigningKey("p521", "ES512", ec.generate_private_key(ec.SECP521R1()))
+    doc["keys"] = [_bare(idp.rsa, "rsa-bare"), {**idp.rsa.public_jwk(), "kid": "pss", "alg": "PS256"},
+                   p521.public_jwk()]
+    cache = JwksCache(timeout_s=2)
+
+    bare = cache.key(url, "rsa-bare", ttl_s=60, cooldown_s=30)
+    pss = cache.key(url, "pss", ttl_s=60, cooldown_s=30)
+    exc = _key_refusal(url, "p521", None)
+
+    assert (bare.algorithm_name, pss.algorithm_name) == ("RS256", "PS256")
+    assert exc.reason == "disallowed-algorithm"
+    assert exc.detail == f"key 'p521' of {url} resolves to 'ES512', not an allowed algorithm"
+
+
+def test_a_published_key_that_cannot_be_loaded_is_refused(keys_doc: tuple[str, dict[str, Any]]) -> None:
+    """GIVEN a published RSA key without its modulus
+    WHEN it is asked for RS256
+    THEN it is refused as invalid-key, naming the key and URL."""
+    url, doc = keys_doc
+    doc["keys"] = [{"kty": "RSA", "kid": "broken", "e": "AQAB"}]
+
+    exc = _key_refusal(url, "broken", "RS256")
+
+    assert exc.reason == "invalid-key"
+    assert exc.detail is not None and exc.detail.startswith(f"key 'broken' of {url} cannot be loaded: ")
+
+
+def test_a_weak_rsa_key_never_verifies(idp: TestIssuer) -> None:
+    """GIVEN the issuer publishing a 1024-bit RSA key, and a token signed with it
+    WHEN verified
+    THEN it is refused as invalid-key: keys below 2048 bits are not trusted."""
+    weak = SigningKey("weak", "RS256", rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    idp.publish(weak)
+
+    exc = _refusal(lambda: _verifier(idp).verify(idp.mint(key=weak)))
+
+    assert exc.reason == "invalid-key"
+    assert exc.detail is not None and exc.detail.startswith("key 'weak' is unusable: ")
+
+
+def test_each_key_of_one_issuer_verifies_its_own_tokens_from_a_warm_cache(idp: TestIssuer) -> None:
+    """GIVEN an issuer publishing two RS256 keys
+    WHEN tokens signed with each are verified in turn, twice, by one verifier
+    THEN every one verifies with its own key (the built-key cache is keyed by kid), after one fetch."""
+    second = rsa_signing_key("rsa-2", 5)
+    idp.publish(second)
+    verifier = _verifier(idp)
+
+    subjects = [verifier.verify(idp.mint(key=k, sub=f"s{n}")).principal.identity
+                for n, k in enumerate((idp.rsa, second, idp.rsa, second))]
+
+    assert subjects == ["s0", "s1", "s2", "s3"]
+    assert idp.fetches == 1
+
+
+def test_a_warm_cache_names_the_key_and_url_in_its_refusals(idp: TestIssuer) -> None:
+    """GIVEN a warm cache for an issuer with two keys (RSA published for RS256, EC for ES256)
+    WHEN a token names the RSA key but says ES256, and another token has no kid
+    THEN the refusals' details name the key and the JWKS URL."""
+    verifier = _verifier(idp)
+    verifier.verify(idp.mint())
+
+    mismatch = _refusal(lambda: verifier.verify(idp.mint(key="ec", kid="rsa-1")))
+    no_kid = _refusal(lambda: verifier.verify(idp.mint(kid=None)))
+
+    assert mismatch.detail == f"key 'rsa-1' of {idp.jwks_uri} is published for 'RS256', token says 'ES256'"
+    assert no_kid.detail == f"token has no kid and the JWKS of {idp.jwks_uri} holds 2 keys"
+
+
+def test_an_unknown_kid_within_the_cooldown_says_so(idp: TestIssuer, frozen: Any) -> None:
+    """GIVEN a cache warmed 30 s ago (the cooldown)
+    WHEN two tokens with an unknown kid arrive, the second within the cooldown of the first's refetch
+    THEN the first refusal says the kid is not in the JWKS, the second that the refetch is cooling down."""
+    verifier = _verifier(idp)
+    verifier.verify(idp.mint())
+    frozen.tick(30)
+    first = _refusal(lambda: verifier.verify(idp.mint(kid="nope")))
+
+    second = _refusal(lambda: verifier.verify(idp.mint(kid="nope")))
+
+    assert first.detail == f"kid 'nope' is not in the JWKS of {idp.jwks_uri}"
+    assert second.detail == f"kid 'nope' is not in the JWKS of {idp.jwks_uri} (refetch cooling down)"
+
+
+@pytest.mark.parametrize(("claim", "value", "reason"), [
+    ("nbf", 0, None), ("nbf", MAX_EPOCH_S, "token-not-yet-valid"), ("nbf", MAX_EPOCH_S + 1, "invalid-claim"),
+    ("nbf", -1, "invalid-claim"), ("nbf", 0.0, None), ("nbf", float("inf"), "malformed-token"),
+], ids=["zero", "year-9999", "past-year-9999", "negative", "zero-float", "infinite"])
+def test_time_claims_are_bounded_by_the_epoch_and_year_9999(idp: TestIssuer, claim: str, value: float,
+                                                            reason: str | None) -> None:
+    """GIVEN a token whose nbf is 0, the last second of 9999, one past it, negative, or not finite
+    WHEN verified
+    THEN 0 and the last second of 9999 are numbers the checks accept (and then judge), the others are refused."""
+    token = idp.mint(**{claim: value})
+
+    if reason is None:
+        assert _verifier(idp).verify(token).principal.identity == idp.subject
+    else:
+        assert _refusal(lambda: _verifier(idp).verify(token)).reason == reason
 
 
 # ---------------------------------------------------------------------------
