@@ -45,10 +45,12 @@ test-long: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
-## ruff (the rule set in pyproject.toml, over the whole tree) and mypy (strict at the module
-## seams: the files and overrides in pyproject.toml). .ci/run runs it before the tests.
+## ruff (the rule set in pyproject.toml, over the whole tree), ruff's formatter in check mode, and
+## mypy (strict at the module seams: the files and overrides in pyproject.toml).
+## .ci/run runs it before the tests; `$(VENV)/bin/ruff format .` fixes what the format check finds.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 clean:

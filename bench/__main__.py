@@ -15,8 +15,12 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny counts: a seconds-long smoke run")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
-                        help="output directory (default: bench/results)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results",
+        help="output directory (default: bench/results)",
+    )
     args = parser.parse_args(argv)
 
     from bench import harness, report
@@ -29,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print()
     print(report.table(data))
-    print(f"\nwrote {args.out / 'results.json'} and {args.out / 'latency.png'} "
-          f"({time.monotonic() - t0:.0f} s in all)")
+    print(f"\nwrote {args.out / 'results.json'} and {args.out / 'latency.png'} ({time.monotonic() - t0:.0f} s in all)")
     return 0
 
 

@@ -74,8 +74,15 @@ class Child:
     def start(self) -> Child:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         finally:
             log.close()
         _children.add(self)
@@ -120,8 +127,16 @@ def stop_children() -> None:
 def run_json(argv: Sequence[str], env: dict[str, str], out: Path, log_path: Path, timeout_s: float = 900) -> Any:
     """Run a bench sub-process that writes its result as JSON to ``out``; return the parsed result."""
     with open(log_path, "ab") as log:
-        proc = subprocess.run(list(argv), env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=timeout_s, check=False)
+        proc = subprocess.run(
+            list(argv),
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+            check=False,
+        )
     if proc.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"{' '.join(argv[:4])} ... exited with {proc.returncode}:\n{tail}")
@@ -129,6 +144,7 @@ def run_json(argv: Sequence[str], env: dict[str, str], out: Path, log_path: Path
 
 
 # -- statistics --------------------------------------------------------------------------
+
 
 def percentile(values: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile, ``q`` in [0, 100]."""
@@ -148,12 +164,19 @@ def median(values: Sequence[float]) -> float:
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:
-    return {"n": len(values), "p50": percentile(values, 50), "p90": percentile(values, 90),
-            "p99": percentile(values, 99), "mean": sum(values) / len(values) if values else math.nan,
-            "min": min(values) if values else math.nan, "max": max(values) if values else math.nan}
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "mean": sum(values) / len(values) if values else math.nan,
+        "min": min(values) if values else math.nan,
+        "max": max(values) if values else math.nan,
+    }
 
 
 # -- caller tokens ---------------------------------------------------------------------------
+
 
 def issuer(state_dir: Path) -> Any:
     """The bench CI issuer: one RSA-2048 key kept in ``state_dir`` (shared by JWKS server and minters)."""

@@ -30,11 +30,27 @@ def _record(issuance_id: str, now: dt.datetime) -> dict[str, Any]:
     """An issuance record of the same shape and size as ``vending.ledger`` writes."""
     until = now + dt.timedelta(seconds=900)
     return {
-        "id": issuance_id, "kind": "access_token", "state": "issuing", "principal": SUBJECT,
-        "issuer": "bench-ci", "subject": SUBJECT, "entitlement": "bench-deploy",
-        "service_account": SERVICE_ACCOUNT, "delegates": [], "scopes": [SCOPE], "lifetime_s": LIFETIME_S,
-        "reason": None, "request_id": None, "break_glass": False, "created_at": now, "reserved_until": until,
-        "expire_time": None, "issued_at": None, "token_sha256": None, "key_id": None, "failure": None,
+        "id": issuance_id,
+        "kind": "access_token",
+        "state": "issuing",
+        "principal": SUBJECT,
+        "issuer": "bench-ci",
+        "subject": SUBJECT,
+        "entitlement": "bench-deploy",
+        "service_account": SERVICE_ACCOUNT,
+        "delegates": [],
+        "scopes": [SCOPE],
+        "lifetime_s": LIFETIME_S,
+        "reason": None,
+        "request_id": None,
+        "break_glass": False,
+        "created_at": now,
+        "reserved_until": until,
+        "expire_time": None,
+        "issued_at": None,
+        "token_sha256": None,
+        "key_id": None,
+        "failure": None,
         "purge_at": until + dt.timedelta(days=90),
     }
 
@@ -67,17 +83,32 @@ def main(argv: list[str] | None = None) -> int:
             batch.create(replay.document(uuid.uuid4().hex), {"expires_at": now, "used_at": now, "purge_at": now})
             batch.create(issuances.document(issuance_id), _record(issuance_id, now))
             batch.commit()
-        resp = session.post(url, data=payload, headers={
-            "Authorization": f"Bearer {IAM_TOKEN}", "Content-Type": "application/json",
-            "X-Goog-Request-Reason": f"token-vending issuance {issuance_id}"}, timeout=30)
+        resp = session.post(
+            url,
+            data=payload,
+            headers={
+                "Authorization": f"Bearer {IAM_TOKEN}",
+                "Content-Type": "application/json",
+                "X-Goog-Request-Reason": f"token-vending issuance {issuance_id}",
+            },
+            timeout=30,
+        )
         if resp.status_code != 200:
             raise RuntimeError(f"IAM answered {resp.status_code}: {resp.text[:300]}")
         data = resp.json()
         if db is not None:
             batch = db.batch()
-            batch.update(issuances.document(issuance_id), {
-                "state": "active", "token_sha256": hashlib.sha256(data["accessToken"].encode()).hexdigest(),
-                "issued_at": now, "expire_time": now, "key_id": None, "purge_at": now})
+            batch.update(
+                issuances.document(issuance_id),
+                {
+                    "state": "active",
+                    "token_sha256": hashlib.sha256(data["accessToken"].encode()).hexdigest(),
+                    "issued_at": now,
+                    "expire_time": now,
+                    "key_id": None,
+                    "purge_at": now,
+                },
+            )
             batch.commit()
 
     for _ in range(args.warmup):

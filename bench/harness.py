@@ -35,12 +35,12 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Plan:
-    latency_n: int          # measured vends per latency series (split in two interleaved blocks)
-    warmup: int             # unmeasured requests before each block
+    latency_n: int  # measured vends per latency series (split in two interleaved blocks)
+    warmup: int  # unmeasured requests before each block
     naive_n: int
-    rss_half: int           # vends per half of the RSS run (target: 5,000 + 5,000)
+    rss_half: int  # vends per half of the RSS run (target: 5,000 + 5,000)
     trivial_n: int
-    concurrency: int        # client threads for throughput (= the server's 8 threads)
+    concurrency: int  # client threads for throughput (= the server's 8 threads)
     cold_reps: int
     roundtrip_n: int
     sweep_sizes: tuple[int, int]
@@ -49,10 +49,34 @@ class Plan:
     verify_n: int
 
 
-FULL = Plan(latency_n=2000, warmup=50, naive_n=500, rss_half=5000, trivial_n=5000, concurrency=8, cold_reps=10,
-            roundtrip_n=200, sweep_sizes=(1000, 10000), sweep_due=100, sweep_reps=5, verify_n=2000)
-QUICK = Plan(latency_n=40, warmup=5, naive_n=10, rss_half=100, trivial_n=200, concurrency=8, cold_reps=1,
-             roundtrip_n=10, sweep_sizes=(150, 300), sweep_due=50, sweep_reps=1, verify_n=200)
+FULL = Plan(
+    latency_n=2000,
+    warmup=50,
+    naive_n=500,
+    rss_half=5000,
+    trivial_n=5000,
+    concurrency=8,
+    cold_reps=10,
+    roundtrip_n=200,
+    sweep_sizes=(1000, 10000),
+    sweep_due=100,
+    sweep_reps=5,
+    verify_n=2000,
+)
+QUICK = Plan(
+    latency_n=40,
+    warmup=5,
+    naive_n=10,
+    rss_half=100,
+    trivial_n=200,
+    concurrency=8,
+    cold_reps=1,
+    roundtrip_n=10,
+    sweep_sizes=(150, 300),
+    sweep_due=50,
+    sweep_reps=1,
+    verify_n=200,
+)
 
 COLD_MAIN = """\
 import time
@@ -221,8 +245,23 @@ class Bench:
         requests.post(self.iam_url + "/_standin/reset", timeout=10).raise_for_status()
         port = free_port()
         env = {k: v for k, v in env.items() if k not in ("WORKERS", "THREADS")}
-        child = self._child(name, [PY, "-m", "functions_framework", "--target", target, "--source", source,
-                                   "--host", "127.0.0.1", "--port", str(port)], env)
+        child = self._child(
+            name,
+            [
+                PY,
+                "-m",
+                "functions_framework",
+                "--target",
+                target,
+                "--source",
+                source,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             wait_http(url + health, proc=child.proc)
@@ -235,24 +274,52 @@ class Bench:
         if child in self.children:
             self.children.remove(child)
 
-    def loadgen(self, name: str, url: str, n: int, *, concurrency: int = 1, tokens: bool = True,
-                expect_token: bool = True) -> dict[str, Any]:
-        argv = [PY, "-m", "bench.loadgen", "--url", url, "--n", str(n), "--warmup", str(self.plan.warmup),
-                "--concurrency", str(concurrency)]
+    def loadgen(
+        self, name: str, url: str, n: int, *, concurrency: int = 1, tokens: bool = True, expect_token: bool = True
+    ) -> dict[str, Any]:
+        argv = [
+            PY,
+            "-m",
+            "bench.loadgen",
+            "--url",
+            url,
+            "--n",
+            str(n),
+            "--warmup",
+            str(self.plan.warmup),
+            "--concurrency",
+            str(concurrency),
+        ]
         if tokens:
             argv += ["--state", str(self.state)]
         if expect_token:
             argv.append("--expect-token")
         result: dict[str, Any] = self.run_json(name, argv, self.env_base)
         if result["errors"] or result["warmup_errors"]:
-            raise RuntimeError(f"{name}: {result['errors']} failed requests (+{result['warmup_errors']} in the "
-                               f"warm-up): {result['error_samples'] or result['warmup_error_samples']}")
+            raise RuntimeError(
+                f"{name}: {result['errors']} failed requests (+{result['warmup_errors']} in the "
+                f"warm-up): {result['error_samples'] or result['warmup_error_samples']}"
+            )
         return result
 
     def floor(self, name: str, mode: str, n: int) -> dict[str, Any]:
-        result: dict[str, Any] = self.run_json(name, [PY, "-m", "bench.floor", "--mode", mode, "--iam", self.iam_url,
-                                                      "--n", str(n), "--warmup", str(self.plan.warmup)],
-                                               self.env_base)
+        result: dict[str, Any] = self.run_json(
+            name,
+            [
+                PY,
+                "-m",
+                "bench.floor",
+                "--mode",
+                mode,
+                "--iam",
+                self.iam_url,
+                "--n",
+                str(n),
+                "--warmup",
+                str(self.plan.warmup),
+            ],
+            self.env_base,
+        )
         return result
 
     # -- setup ----------------------------------------------------------------------------------
@@ -264,17 +331,20 @@ class Bench:
         self.say("starting the Firestore emulator")
         self.emulator = emulators.firestore_emulator(common.PROJECT, log_dir=self.logs)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VENDING_", "NAIVE_"))}
-        env.update(FIRESTORE_EMULATOR_HOST=self.emulator.host, GOOGLE_CLOUD_PROJECT=common.PROJECT,
-                   PYTHONPATH=str(ROOT))
+        env.update(
+            FIRESTORE_EMULATOR_HOST=self.emulator.host, GOOGLE_CLOUD_PROJECT=common.PROJECT, PYTHONPATH=str(ROOT)
+        )
 
         iam_port = free_port()
-        iam = self._child("iam-standin", [PY, "-m", "vending.local.iamcredentials", "--policy",
-                                          "config/local-iam.yaml", "--port", str(iam_port)], env)
+        iam = self._child(
+            "iam-standin",
+            [PY, "-m", "vending.local.iamcredentials", "--policy", "config/local-iam.yaml", "--port", str(iam_port)],
+            env,
+        )
         self.iam_url = f"http://127.0.0.1:{iam_port}"
         common.issuer(self.state)  # create the key before the JWKS server and the minters read it
         jwks_port = free_port()
-        jwks = self._child("jwks", [PY, "-m", "bench.jwks", "--state", str(self.state), "--port", str(jwks_port)],
-                           env)
+        jwks = self._child("jwks", [PY, "-m", "bench.jwks", "--state", str(self.state), "--port", str(jwks_port)], env)
         self.jwks_url = f"http://127.0.0.1:{jwks_port}"
         wait_http(self.iam_url + "/_standin/health", proc=iam.proc)
         wait_http(self.jwks_url + "/_fetches", proc=jwks.proc)
@@ -282,17 +352,28 @@ class Bench:
         policy = (ROOT / "bench" / "policy.yaml").read_text().replace("JWKS_PORT", str(jwks_port))
         policy_path = self.run_dir / "policy.yaml"
         policy_path.write_text(policy)
-        env.update(VENDING_CONFIG=str(policy_path), VENDING_PROJECT=common.PROJECT,
-                   VENDING_IAM_ENDPOINT=self.iam_url, VENDING_IAM_TOKEN=common.IAM_TOKEN,
-                   VENDING_KEYS_BASE_URL=self.iam_url)
+        env.update(
+            VENDING_CONFIG=str(policy_path),
+            VENDING_PROJECT=common.PROJECT,
+            VENDING_IAM_ENDPOINT=self.iam_url,
+            VENDING_IAM_TOKEN=common.IAM_TOKEN,
+            VENDING_KEYS_BASE_URL=self.iam_url,
+        )
         self.env_base = env
-        self.env_fs = {**env, "VENDING_STORE": "firestore",   # production settings: the session key is required
-                       "VENDING_SESSION_KEY": "bench-console-session-key-not-a-secret-0123456789"}
+        self.env_fs = {
+            **env,
+            "VENDING_STORE": "firestore",  # production settings: the session key is required
+            "VENDING_SESSION_KEY": "bench-console-session-key-not-a-secret-0123456789",
+        }
         self.env_sqlite = {**env, "VENDING_STORE": f"sqlite:{self.run_dir / 'vending.db'}"}
-        self.env_naive = {**env, "NAIVE_AUDIENCE": common.AUDIENCE,
-                          "NAIVE_CERTS_URL": f"{self.jwks_url}/.well-known/jwks.json",
-                          "NAIVE_IAM_ENDPOINT": self.iam_url, "NAIVE_IAM_TOKEN": common.IAM_TOKEN,
-                          "NAIVE_PROJECT": common.PROJECT}
+        self.env_naive = {
+            **env,
+            "NAIVE_AUDIENCE": common.AUDIENCE,
+            "NAIVE_CERTS_URL": f"{self.jwks_url}/.well-known/jwks.json",
+            "NAIVE_IAM_ENDPOINT": self.iam_url,
+            "NAIVE_IAM_TOKEN": common.IAM_TOKEN,
+            "NAIVE_PROJECT": common.PROJECT,
+        }
 
     def teardown(self) -> None:
         for child in reversed(self.children):
@@ -310,14 +391,32 @@ class Bench:
 
     def fig_verify(self) -> None:
         self.say("caller token verification (cached keys) vs bare cryptography RS256 verify")
-        self.raw["verify"] = self.run_json("verify", [PY, "-m", "bench.inproc", "verify", "--state", str(self.state),
-                                                      "--n", str(self.plan.verify_n)], self.env_fs)
+        self.raw["verify"] = self.run_json(
+            "verify",
+            [PY, "-m", "bench.inproc", "verify", "--state", str(self.state), "--n", str(self.plan.verify_n)],
+            self.env_fs,
+        )
 
     def fig_roundtrips(self) -> None:
         self.say("remote round trips per warm vend (counting store around FirestoreStore, stand-in counters)")
-        self.raw["roundtrips"] = self.run_json("roundtrips", [
-            PY, "-m", "bench.inproc", "roundtrips", "--n", str(self.plan.roundtrip_n), "--iam", self.iam_url,
-            "--jwks", self.jwks_url, "--state", str(self.state)], self.env_fs)
+        self.raw["roundtrips"] = self.run_json(
+            "roundtrips",
+            [
+                PY,
+                "-m",
+                "bench.inproc",
+                "roundtrips",
+                "--n",
+                str(self.plan.roundtrip_n),
+                "--iam",
+                self.iam_url,
+                "--jwks",
+                self.jwks_url,
+                "--state",
+                str(self.state),
+            ],
+            self.env_fs,
+        )
 
     def fig_cold_start(self) -> None:
         reps = self.plan.cold_reps
@@ -326,8 +425,15 @@ class Bench:
         body = common.vend_body().decode()
 
         def once(script: str, *extra: str) -> float:
-            proc = subprocess.run([PY, "-c", script, *extra], env=self.env_fs, cwd=ROOT, capture_output=True,
-                                  text=True, timeout=120, check=False)
+            proc = subprocess.run(
+                [PY, "-c", script, *extra],
+                env=self.env_fs,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
             if proc.returncode != 0 or not lines:
                 raise RuntimeError(f"cold start child failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -341,9 +447,14 @@ class Bench:
             floor.append(once(COLD_FLOOR))
             imports.append(once(COLD_IMPORT))
             ours.append(once(COLD_MAIN, tokens[i + 1], body))
-        self.raw["cold_start"] = {"ours_s": ours, "floor_s": floor, "import_s": imports,
-                                  "ours_median_s": median(ours), "floor_median_s": median(floor),
-                                  "import_median_s": median(imports)}
+        self.raw["cold_start"] = {
+            "ours_s": ours,
+            "floor_s": floor,
+            "import_s": imports,
+            "ours_median_s": median(ours),
+            "floor_median_s": median(floor),
+            "import_median_s": median(imports),
+        }
 
     def fig_latency_firestore(self) -> None:
         n = self.plan.latency_n
@@ -354,8 +465,7 @@ class Bench:
             blocks = self.blocks
             for block in range(blocks):  # interleaved blocks (floor, ours, floor, ours...): drift hits both alike
                 floor += self.floor(f"floor-firestore-{block}", "firestore", n // blocks)["latencies_ms"]
-                ours += self.loadgen(f"latency-firestore-{block}", url + common.VEND_PATH,
-                                     n // blocks)["latencies_ms"]
+                ours += self.loadgen(f"latency-firestore-{block}", url + common.VEND_PATH, n // blocks)["latencies_ms"]
         finally:
             self.stop_child(server)
         self.raw["latency_firestore"] = {"ours_ms": ours, "floor_ms": floor}
@@ -378,8 +488,13 @@ class Bench:
         finally:
             self.stop_child(server)
         self.raw["latency_sqlite"] = {"ours_ms": ours, "floor_ms": floor}
-        self.raw["throughput_sqlite"] = {"vends": tp["n"], "wall_s": tp["wall_s"], "rps": tp["throughput_rps"],
-                                         "cpu_s": cpu_s, "latency_ms": summary(tp["latencies_ms"])}
+        self.raw["throughput_sqlite"] = {
+            "vends": tp["n"],
+            "wall_s": tp["wall_s"],
+            "rps": tp["throughput_rps"],
+            "cpu_s": cpu_s,
+            "latency_ms": summary(tp["latencies_ms"]),
+        }
 
     def fig_naive(self) -> None:
         n = self.plan.naive_n
@@ -394,8 +509,13 @@ class Bench:
             status = _proc_status(worker)
         finally:
             self.stop_child(server)
-        self.raw["naive"] = {"ms": result["latencies_ms"], "rss_before": rss_before, "rss_after": status["VmRSS"],
-                             "peak_rss": status["VmHWM"], "vends": n + self.plan.warmup}
+        self.raw["naive"] = {
+            "ms": result["latencies_ms"],
+            "rss_before": rss_before,
+            "rss_after": status["VmRSS"],
+            "peak_rss": status["VmHWM"],
+            "vends": n + self.plan.warmup,
+        }
 
     def fig_throughput_rss(self) -> None:
         half, c = self.plan.rss_half, self.plan.concurrency
@@ -423,36 +543,70 @@ class Bench:
         vends = first["n"] + second["n"]
         wall = first["wall_s"] + second["wall_s"]
         self.raw["rss"] = {
-            "worker_pid": worker, "idle_rss": idle, "rss_after_first_half": after_first, "rss_after_all": status["VmRSS"],
-            "peak_rss_vmhwm": status["VmHWM"], "peak_rss_sampled": sampler.peak, "arbiter_rss": arbiter,
-            "vends_per_half": half, "samples": sampler.samples[:: max(1, len(sampler.samples) // 400)],
+            "worker_pid": worker,
+            "idle_rss": idle,
+            "rss_after_first_half": after_first,
+            "rss_after_all": status["VmRSS"],
+            "peak_rss_vmhwm": status["VmHWM"],
+            "peak_rss_sampled": sampler.peak,
+            "arbiter_rss": arbiter,
+            "vends_per_half": half,
+            "samples": sampler.samples[:: max(1, len(sampler.samples) // 400)],
         }
         cpu_s["requests"] = vends + 2 * self.plan.warmup
         cpu_s["loadgen_per_request"] = (first["cpu_s"] + second["cpu_s"]) / vends
-        self.raw["throughput"] = {"vends": vends, "wall_s": wall, "rps": vends / wall, "cpu_s": cpu_s,
-                                  "latency_ms": summary(first["latencies_ms"] + second["latencies_ms"])}
+        self.raw["throughput"] = {
+            "vends": vends,
+            "wall_s": wall,
+            "rps": vends / wall,
+            "cpu_s": cpu_s,
+            "latency_ms": summary(first["latencies_ms"] + second["latencies_ms"]),
+        }
         self.say("throughput and sequential latency of a trivial handler on the same server")
         server, url = self.serve("server-trivial", "trivial", "bench/trivial.py", self.env_base)
         try:
             cpu = CpuMeter(self, server.pid)
-            result = self.loadgen("throughput-trivial", url + common.VEND_PATH, self.plan.trivial_n, concurrency=c,
-                                  tokens=False, expect_token=False)
+            result = self.loadgen(
+                "throughput-trivial",
+                url + common.VEND_PATH,
+                self.plan.trivial_n,
+                concurrency=c,
+                tokens=False,
+                expect_token=False,
+            )
             cpu_s = cpu.stop()
             cpu_s["requests"] = result["n"] + self.plan.warmup
             cpu_s["loadgen_per_request"] = result["cpu_s"] / result["n"]
-            hop = self.loadgen("latency-trivial", url + common.VEND_PATH, self.plan.latency_n // 2, tokens=False,
-                               expect_token=False)
+            hop = self.loadgen(
+                "latency-trivial", url + common.VEND_PATH, self.plan.latency_n // 2, tokens=False, expect_token=False
+            )
         finally:
             self.stop_child(server)
-        self.raw["throughput"].update(trivial_rps=result["throughput_rps"], trivial_vends=result["n"],
-                                      trivial_cpu_s=cpu_s, trivial_latency_ms=summary(result["latencies_ms"]))
+        self.raw["throughput"].update(
+            trivial_rps=result["throughput_rps"],
+            trivial_vends=result["n"],
+            trivial_cpu_s=cpu_s,
+            trivial_latency_ms=summary(result["latencies_ms"]),
+        )
         self.raw["http_hop"] = {"ms": hop["latencies_ms"]}
 
     def fig_sweep(self) -> None:
         small, large = self.plan.sweep_sizes
         self.say(f"sweep: {large:,}-record vs {small:,}-record ledger, {self.plan.sweep_due} due each")
-        argv = [PY, "-m", "bench.inproc", "sweep", "--sizes", f"{small},{large}", "--due", str(self.plan.sweep_due),
-                "--reps", str(self.plan.sweep_reps), "--tmp", str(self.run_dir)]
+        argv = [
+            PY,
+            "-m",
+            "bench.inproc",
+            "sweep",
+            "--sizes",
+            f"{small},{large}",
+            "--due",
+            str(self.plan.sweep_due),
+            "--reps",
+            str(self.plan.sweep_reps),
+            "--tmp",
+            str(self.run_dir),
+        ]
         self.raw["sweep"] = self.run_json("sweep", [*argv, "--backend", "firestore"], self.env_fs)
         self.say("the same sweep on the embedded SQLite store (indexed queries)")
         self.raw["sweep_sqlite"] = self.run_json("sweep-sqlite", [*argv, "--backend", "sqlite"], self.env_fs)
@@ -475,8 +629,13 @@ class Bench:
             "mode": "quick" if self.quick else "full",
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "duration_s": duration,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                        "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "loadavg_before": load_before,
+                "loadavg_after": os.getloadavg(),
+            },
             "plan": asdict(self.plan),
             "raw": self.raw,
         }

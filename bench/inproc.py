@@ -27,6 +27,7 @@ from bench.common import VEND_PATH, median, mint_tokens, summary, vend_body
 
 # -- round trips per vend -----------------------------------------------------------------
 
+
 class CountingStore:
     """Wraps the real store; counts every call that reaches the backend (one RPC each on Firestore)."""
 
@@ -70,8 +71,9 @@ def roundtrips(args: argparse.Namespace) -> dict[str, Any]:
     body = vend_body()
 
     def vend(token: str) -> None:
-        resp = client.post(VEND_PATH, data=body, headers={"Authorization": f"Bearer {token}",
-                                                          "Content-Type": "application/json"})
+        resp = client.post(
+            VEND_PATH, data=body, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        )
         if resp.status_code != 200:
             raise RuntimeError(f"vend answered {resp.status_code}: {resp.get_data(as_text=True)[:300]}")
 
@@ -83,8 +85,11 @@ def roundtrips(args: argparse.Namespace) -> dict[str, Any]:
 
     jwks_before_cold, iam_before_cold = jwks_fetches(), iam_calls()
     vend(tokens[0])  # cold: fetches the JWKS once
-    cold = {"jwks_fetches": jwks_fetches() - jwks_before_cold, "iam_calls": iam_calls() - iam_before_cold,
-            "store_ops": sum(store.ops.values())}
+    cold = {
+        "jwks_fetches": jwks_fetches() - jwks_before_cold,
+        "iam_calls": iam_calls() - iam_before_cold,
+        "store_ops": sum(store.ops.values()),
+    }
     store.ops.clear()
     store.documents_written = 0
     jwks0, iam0 = jwks_fetches(), iam_calls()
@@ -103,6 +108,7 @@ def roundtrips(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- sweep ----------------------------------------------------------------------------------
+
 
 def sweep_bench(args: argparse.Namespace) -> dict[str, Any]:
     from vending import clock, ledger, wiring
@@ -127,14 +133,30 @@ def sweep_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     def record(i: int, state: str, expire: dt.datetime) -> dict[str, Any]:
         created = expire - dt.timedelta(seconds=600)
-        return {"id": f"{i:032x}", "kind": "access_token", "state": state, "principal": "repo:bench/app",
-                "issuer": "bench-ci", "subject": "repo:bench/app", "entitlement": "bench-deploy",
-                "service_account": "demo-deployer@local-project.iam.gserviceaccount.com", "delegates": [],
-                "scopes": ["https://www.googleapis.com/auth/cloud-platform"], "lifetime_s": 600,
-                "reason": None, "request_id": None, "break_glass": False, "created_at": created,
-                "reserved_until": created + dt.timedelta(seconds=900), "expire_time": expire,
-                "issued_at": created, "token_sha256": "0" * 64, "key_id": None, "failure": None,
-                "purge_at": expire + dt.timedelta(days=90)}
+        return {
+            "id": f"{i:032x}",
+            "kind": "access_token",
+            "state": state,
+            "principal": "repo:bench/app",
+            "issuer": "bench-ci",
+            "subject": "repo:bench/app",
+            "entitlement": "bench-deploy",
+            "service_account": "demo-deployer@local-project.iam.gserviceaccount.com",
+            "delegates": [],
+            "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
+            "lifetime_s": 600,
+            "reason": None,
+            "request_id": None,
+            "break_glass": False,
+            "created_at": created,
+            "reserved_until": created + dt.timedelta(seconds=900),
+            "expire_time": expire,
+            "issued_at": created,
+            "token_sha256": "0" * 64,
+            "key_id": None,
+            "failure": None,
+            "purge_at": expire + dt.timedelta(days=90),
+        }
 
     ledgers: dict[int, tuple[Any, Any, list[str]]] = {}
     for size in sizes:
@@ -149,11 +171,12 @@ def sweep_bench(args: argparse.Namespace) -> dict[str, Any]:
             docs.append(Create(ISSUANCES, f"{i:032x}", record(i, state, expire)))
         due_ids = [f"{history + j:032x}" for j in range(args.due)]
         for j, doc_id in enumerate(due_ids):
-            docs.append(Create(ISSUANCES, doc_id, record(history + j, ledger.ACTIVE,
-                                                         now - dt.timedelta(seconds=5 + j))))
+            docs.append(
+                Create(ISSUANCES, doc_id, record(history + j, ledger.ACTIVE, now - dt.timedelta(seconds=5 + j)))
+            )
         t0 = time.perf_counter()
         for k in range(0, len(docs), 500):
-            store.write(docs[k:k + 500])
+            store.write(docs[k : k + 500])
         out["sizes"][str(size)] = {"records": size, "populate_s": time.perf_counter() - t0, "times_s": []}
         ledgers[size] = (store, service, due_ids)
 
@@ -174,8 +197,12 @@ def sweep_bench(args: argparse.Namespace) -> dict[str, Any]:
                 out["sizes"][str(size)]["times_s"].append(elapsed)
     # What one query that matches nothing costs on each ledger: constant on an indexed backend,
     # proportional to the collection on one that scans (the emulator).
-    empty = Query(ISSUANCES, (Filter("state", "==", ledger.UNCONFIRMED), Filter("expire_time", "<=", now)),
-                  order_by="expire_time", limit=200)
+    empty = Query(
+        ISSUANCES,
+        (Filter("state", "==", ledger.UNCONFIRMED), Filter("expire_time", "<=", now)),
+        order_by="expire_time",
+        limit=200,
+    )
     for size in sizes:
         store = ledgers[size][0]
         times = []
@@ -191,6 +218,7 @@ def sweep_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- caller token verification ----------------------------------------------------------------
+
 
 def verify_bench(args: argparse.Namespace) -> dict[str, Any]:
     from cryptography.hazmat.primitives import hashes
@@ -229,8 +257,13 @@ def verify_bench(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(3):  # interleaved blocks
         ours += timed(verifier.verify)
         floor += timed(bare)
-    return {"ours_us": median(ours), "floor_us": median(floor), "ours": summary(ours), "floor": summary(floor),
-            "calls": args.n * 3}
+    return {
+        "ours_us": median(ours),
+        "floor_us": median(floor),
+        "ours": summary(ours),
+        "floor": summary(floor),
+        "calls": args.n * 3,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

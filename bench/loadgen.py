@@ -103,10 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     cpu_s = time.process_time() - cpu0
     results.sort()
     out: dict[str, Any] = {
-        "n": len(results), "concurrency": args.concurrency, "wall_s": wall, "cpu_s": cpu_s,
+        "n": len(results),
+        "concurrency": args.concurrency,
+        "wall_s": wall,
+        "cpu_s": cpu_s,
         "throughput_rps": len(results) / wall if wall > 0 else 0.0,
         "latencies_ms": [round(ms, 4) for _, ms, _ in results],
-        "errors": len(errors), "error_samples": errors[:5], "warmup_errors": len(warm_errors),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "warmup_errors": len(warm_errors),
         "warmup_error_samples": warm_errors[:5],
     }
     args.out.write_text(json.dumps(out))

@@ -35,8 +35,9 @@ def vend_naive(request: Any) -> Any:
     if not auth.startswith("Bearer "):
         return {"error": "unauthenticated"}, 401
     try:
-        claims = id_token.verify_token(auth[7:], google.auth.transport.requests.Request(), audience=AUDIENCE,
-                                       certs_url=CERTS_URL)
+        claims = id_token.verify_token(
+            auth[7:], google.auth.transport.requests.Request(), audience=AUDIENCE, certs_url=CERTS_URL
+        )
     except Exception as exc:  # noqa: BLE001 - the samples catch everything here
         return {"error": f"unauthenticated: {exc}"}, 401
     body = request.get_json(silent=True) or {}
@@ -45,12 +46,24 @@ def vend_naive(request: Any) -> Any:
     # Locally the runtime's own credentials are the stand-in's static bearer (ADC on Cloud Functions).
     source = google.oauth2.credentials.Credentials(token=IAM_TOKEN)
     creds = impersonated_credentials.Credentials(
-        source_credentials=source, target_principal=target, target_scopes=body.get("scopes", []),
+        source_credentials=source,
+        target_principal=target,
+        target_scopes=body.get("scopes", []),
         lifetime=lifetime,
-        iam_endpoint_override=f"{IAM_ENDPOINT}/v1/projects/-/serviceAccounts/{target}:generateAccessToken")
+        iam_endpoint_override=f"{IAM_ENDPOINT}/v1/projects/-/serviceAccounts/{target}:generateAccessToken",
+    )
     creds.refresh(google.auth.transport.requests.Request())
     db = firestore.Client(project=PROJECT)
-    db.collection("naive_issuances").add({"sub": claims["sub"], "service_account": target,
-                                          "expire_time": creds.expiry, "created_at": dt.datetime.now(dt.UTC)})
-    return {"access_token": creds.token, "token_type": "Bearer",
-            "expire_time": creds.expiry.replace(tzinfo=dt.UTC).isoformat()}
+    db.collection("naive_issuances").add(
+        {
+            "sub": claims["sub"],
+            "service_account": target,
+            "expire_time": creds.expiry,
+            "created_at": dt.datetime.now(dt.UTC),
+        }
+    )
+    return {
+        "access_token": creds.token,
+        "token_type": "Bearer",
+        "expire_time": creds.expiry.replace(tzinfo=dt.UTC).isoformat(),
+    }

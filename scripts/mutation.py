@@ -91,7 +91,7 @@ class Score:
 def run_mutmut(max_children: int, keep: bool) -> int:
     if not keep and (ROOT / "mutants").exists():
         shutil.rmtree(ROOT / "mutants")
-    env = dict(os.environ, VENDING_SKIP_EMULATORS="1")   # SQLite only; the selection deselects emulator tests too
+    env = dict(os.environ, VENDING_SKIP_EMULATORS="1")  # SQLite only; the selection deselects emulator tests too
     mutmut = Path(sys.executable).with_name("mutmut")
     cmd = [str(mutmut), "run", "--max-children", str(max_children)]
     print("$", " ".join(cmd), flush=True)
@@ -159,7 +159,7 @@ def _line_of(m: Mutant, diff: list[str], def_line: int) -> int:
     if not found or not def_line:
         return 0
     index = int(found.group(1)) - 1
-    for ln in diff[diff.index(hunk) + 1:]:
+    for ln in diff[diff.index(hunk) + 1 :]:
         if ln.startswith(("-", "+")):
             break
         index += 1
@@ -212,19 +212,24 @@ def scores(mutants: list[Mutant]) -> dict[str, Score]:
 
 
 def table(by: dict[str, Score]) -> list[str]:
-    rows = ["| module | mutants | killed | timeout | survived | no tests | other | score |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [
+        "| module | mutants | killed | timeout | survived | no tests | other | score |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for key in (*MODULES, "overall"):
         s = by.get(key, Score())
         other = s.total - sum(s.counts[k] for k in ("killed", "timeout", "survived", "no tests", "skipped"))
         name = f"`{key}`" if key != "overall" else "**overall**"
-        rows.append(f"| {name} | {s.tested} | {s.counts['killed']} | {s.counts['timeout']} | {s.counts['survived']} | "
-                    f"{s.counts['no tests']} | {other} | {s.percent:.1f}% |")
+        rows.append(
+            f"| {name} | {s.tested} | {s.counts['killed']} | {s.counts['timeout']} | {s.counts['survived']} | "
+            f"{s.counts['no tests']} | {other} | {s.percent:.1f}% |"
+        )
     return rows
 
 
-def write_report(mutants: list[Mutant], by: dict[str, Score], history: str, elapsed_s: float | None,
-                 threshold: float) -> None:
+def write_report(
+    mutants: list[Mutant], by: dict[str, Score], history: str, elapsed_s: float | None, threshold: float
+) -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
     left = [m for m in mutants if m.status not in KILLED]
     lines = [
@@ -237,7 +242,7 @@ def write_report(mutants: list[Mutant], by: dict[str, Score], history: str, elap
         + (f", {elapsed_s / 60:.1f} min wall time on {os.cpu_count()} cores" if elapsed_s else ""),
         f"- threshold: {threshold:.0f}% overall (the run fails below it)",
         "- score: (killed + timeout) / mutants; a mutant no selected test reaches counts as not killed",
-        "- tests (SQLite only, `-m \"not emulator and not long\"`): "
+        '- tests (SQLite only, `-m "not emulator and not long"`): '
         + ", ".join(f"`{t}`" for t in config["pytest_add_cli_args_test_selection"]),
         "- `vending.identity` mutants are judged by the identity unit tests only (`scripts/mutation_scope.py`)",
         "",
@@ -267,6 +272,7 @@ def _one_line_change(m: Mutant) -> str:
     def clip(text: str) -> str:
         text = " ".join(text.split())
         return text if len(text) <= 110 else text[:107] + "..."
+
     minus = clip(" / ".join(m.minus))
     plus = clip(" / ".join(m.plus))
     return f"`{minus}` → `{plus}`".replace("``", "` `")
@@ -311,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     unexplained = sum(1 for m in left if not m.why)
     write_report(mutants, by, history, elapsed, args.threshold)
     overall = by["overall"].percent
-    print(f"\nmutation score {overall:.1f}% (threshold {args.threshold:.0f}%); {unexplained} survivors unexplained; "
-          f"report: {REPORT.relative_to(ROOT)}" + (f"; {elapsed / 60:.1f} min" if elapsed else ""))
+    print(
+        f"\nmutation score {overall:.1f}% (threshold {args.threshold:.0f}%); {unexplained} survivors unexplained; "
+        f"report: {REPORT.relative_to(ROOT)}" + (f"; {elapsed / 60:.1f} min" if elapsed else "")
+    )
     return 0 if overall >= args.threshold else 1
 
 

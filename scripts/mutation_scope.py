@@ -47,7 +47,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     if files is None:
         return
     kept = [a for a in args if _file_of(a) is None or _file_of(a) in files]
-    if any(_file_of(a) for a in kept):   # never leave no test at all: pytest would run its testpaths
+    if any(_file_of(a) for a in kept):  # never leave no test at all: pytest would run its testpaths
         args[:] = kept
 
 

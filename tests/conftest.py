@@ -47,6 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # -- the emulator gate: fail, never skip; deselect only when asked, and say so -------------------------
 
+
 def skip_emulators_requested() -> bool:
     return os.environ.get(SKIP_EMULATORS_VAR, "") == "1"
 
@@ -56,8 +57,8 @@ def _needs_emulator(item: pytest.Item) -> bool:
     return item.get_closest_marker("emulator") is not None or any(n in names for n in EMULATOR_FIXTURES)
 
 
-_NOT_RUN: Counter[str] = Counter()       # module -> emulator tests deselected by the opt-out
-_GATE_FAILURES: dict[str, str] = {}      # emulator name -> why it could not start
+_NOT_RUN: Counter[str] = Counter()  # module -> emulator tests deselected by the opt-out
+_GATE_FAILURES: dict[str, str] = {}  # emulator name -> why it could not start
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -81,7 +82,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("emulator tests NOT run", sep="-", yellow=True)
         terminalreporter.write_line(
             f"{SKIP_EMULATORS_VAR}=1: {total} emulator tests deselected, NOT run, in {len(_NOT_RUN)} modules:",
-            yellow=True)
+            yellow=True,
+        )
         for module, count in sorted(_NOT_RUN.items()):
             terminalreporter.write_line(f"  {module}: {count}")
     elif skip_emulators_requested():
@@ -92,14 +94,17 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 def _gate_message(name: str, exc: BaseException) -> str:
-    return (f"the {name} emulator is needed by the tests that errored here and could not start: {exc}\n"
-            f"Install gcloud (with its emulator components) and Java 17+, or point "
-            f"{'FIRESTORE' if name == 'firestore' else 'PUBSUB'}_EMULATOR_HOST at a running emulator. "
-            f"To run the suite without the emulator tests, opt out explicitly: {SKIP_EMULATORS_VAR}=1 "
-            f"(they are then deselected and listed at the end of the run).")
+    return (
+        f"the {name} emulator is needed by the tests that errored here and could not start: {exc}\n"
+        f"Install gcloud (with its emulator components) and Java 17+, or point "
+        f"{'FIRESTORE' if name == 'firestore' else 'PUBSUB'}_EMULATOR_HOST at a running emulator. "
+        f"To run the suite without the emulator tests, opt out explicitly: {SKIP_EMULATORS_VAR}=1 "
+        f"(they are then deselected and listed at the end of the run)."
+    )
 
 
 # -- output capture for the leak audit ---------------------------------------------------------------
+
 
 def _tee_streams() -> Any:
     import contextlib
@@ -129,6 +134,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
 
 # -- emulators (session scope: each takes several seconds to start) ---------------
 
+
 def _start(factory: Any, env_var: str) -> Iterator[emulators.Emulator]:
     name = "firestore" if "FIRESTORE" in env_var else "pubsub"
     failure: str | None = None
@@ -156,6 +162,7 @@ def pubsub_emulator() -> Iterator[emulators.Emulator]:
 
 
 # -- stores -------------------------------------------------------------------------
+
 
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> Iterator[Any]:
@@ -190,5 +197,6 @@ def store(request: pytest.FixtureRequest) -> Any:
 # api_core retry forever).
 import freezegun  # noqa: E402 - configured here, next to the reason
 
-freezegun.configure(extend_ignore_list=["google.api_core", "google.cloud", "google.auth", "grpc", "urllib3",
-                                        "requests"])
+freezegun.configure(
+    extend_ignore_list=["google.api_core", "google.cloud", "google.auth", "grpc", "urllib3", "requests"]
+)

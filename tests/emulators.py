@@ -75,7 +75,7 @@ def _group_members(pgid: int) -> list[tuple[int, int, str]]:
         except OSError:
             continue
         # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses.
-        fields = stat[stat.rfind(")") + 2:].split()
+        fields = stat[stat.rfind(")") + 2 :].split()
         state, ppid, pgrp = fields[0], int(fields[1]), int(fields[2])
         if pgrp == pgid and state not in ("Z", "X"):
             members.append((int(entry), ppid, state))
@@ -86,12 +86,12 @@ def _group_members(pgid: int) -> list[tuple[int, int, str]]:
 class Emulator:
     """One emulator: a command bound to a fixed host:port, restartable."""
 
-    name: str                      # "firestore" or "pubsub"
-    host: str                      # "127.0.0.1:PORT"
+    name: str  # "firestore" or "pubsub"
+    host: str  # "127.0.0.1:PORT"
     project: str
     command: list[str] = field(default_factory=list)
     log_path: Path | None = None
-    owned: bool = True             # False when reused from the environment: never stopped here
+    owned: bool = True  # False when reused from the environment: never stopped here
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -115,7 +115,10 @@ class Emulator:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
             self.proc = subprocess.Popen(
-                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         finally:
@@ -190,8 +193,7 @@ def _gcloud() -> str:
     return path
 
 
-def firestore_emulator(project: str = "vending-test", port: int | None = None,
-                       log_dir: Path | None = None) -> Emulator:
+def firestore_emulator(project: str = "vending-test", port: int | None = None, log_dir: Path | None = None) -> Emulator:
     """The Firestore emulator from $FIRESTORE_EMULATOR_HOST, or a new one (started)."""
     existing = os.environ.get("FIRESTORE_EMULATOR_HOST")
     if existing:
@@ -203,8 +205,7 @@ def firestore_emulator(project: str = "vending-test", port: int | None = None,
     return Emulator("firestore", host, project, cmd, log_path).start()
 
 
-def pubsub_emulator(project: str = "vending-test", port: int | None = None,
-                    log_dir: Path | None = None) -> Emulator:
+def pubsub_emulator(project: str = "vending-test", port: int | None = None, log_dir: Path | None = None) -> Emulator:
     """The Pub/Sub emulator from $PUBSUB_EMULATOR_HOST, or a new one (started)."""
     existing = os.environ.get("PUBSUB_EMULATOR_HOST")
     if existing:
@@ -212,8 +213,7 @@ def pubsub_emulator(project: str = "vending-test", port: int | None = None,
     port = port or free_port()
     host = f"127.0.0.1:{port}"
     log_path = (log_dir or _log_dir()) / f"pubsub-{port}.log"
-    cmd = [_gcloud(), "beta", "emulators", "pubsub", "start", f"--host-port={host}",
-           f"--project={project}", "--quiet"]
+    cmd = [_gcloud(), "beta", "emulators", "pubsub", "start", f"--host-port={host}", f"--project={project}", "--quiet"]
     return Emulator("pubsub", host, project, cmd, log_path).start()
 
 

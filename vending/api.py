@@ -77,8 +77,9 @@ def credential(request: Request) -> Any:
     cookie = request.cookies.get(COOKIE)
     if authorization is not None or not cookie:
         return authorization
-    return SessionCredential(cookie=cookie, csrf=request.headers.get(CSRF_HEADER),
-                             state_changing=request.method not in ("GET", "HEAD"))
+    return SessionCredential(
+        cookie=cookie, csrf=request.headers.get(CSRF_HEADER), state_changing=request.method not in ("GET", "HEAD")
+    )
 
 
 def _query_args(request: Request, allowed: tuple[str, ...] | None = None) -> dict[str, str]:
@@ -90,8 +91,9 @@ def _query_args(request: Request, allowed: tuple[str, ...] | None = None) -> dic
             raise BadRequestError(f"Query parameter {key!r} must appear once.", reason="invalid-argument")
         args[key] = values[0]
     if allowed is not None and set(args) - set(allowed):
-        raise BadRequestError(f"Unknown query parameter(s): {', '.join(sorted(set(args) - set(allowed)))}.",
-                              reason="unknown-field")
+        raise BadRequestError(
+            f"Unknown query parameter(s): {', '.join(sorted(set(args) - set(allowed)))}.", reason="unknown-field"
+        )
     return args
 
 
@@ -114,8 +116,15 @@ def error_response(exc: VendingError, request_id: str) -> Response:
         headers["WWW-Authenticate"] = 'Bearer realm="token-vending"'
     if isinstance(exc, MethodNotAllowedError) and exc.detail:
         headers["Allow"] = exc.detail
-    payload = {"error": {"code": exc.http_status, "status": exc.status, "reason": exc.reason,
-                         "message": exc.message, "request_id": request_id}}
+    payload = {
+        "error": {
+            "code": exc.http_status,
+            "status": exc.status,
+            "reason": exc.reason,
+            "message": exc.message,
+            "request_id": request_id,
+        }
+    }
     return _json(exc.http_status, payload, request_id, headers)
 
 
@@ -148,7 +157,9 @@ def _route(method: str, path: str) -> tuple[str, dict[str, str]]:
                 return name, m.groupdict()
             allowed.append(route_method)
     if allowed:
-        raise MethodNotAllowedError(f"Method {method} is not allowed on {path}.", detail=", ".join(sorted(set(allowed))))
+        raise MethodNotAllowedError(
+            f"Method {method} is not allowed on {path}.", detail=", ".join(sorted(set(allowed)))
+        )
     raise NotFoundError(f"No such endpoint: {path}.", reason="unknown-path")
 
 
@@ -193,8 +204,9 @@ def handle(request: Request, get_handlers: Callable[[], Any]) -> Response:
             secure_headers(response)
         return response
     except Exception as exc:  # noqa: BLE001 - last resort: never leak a stack trace to the caller
-        log.error("unhandled error", error_type=type(exc).__name__,
-                  traceback=log.redact(traceback.format_exc(limit=20)))
+        log.error(
+            "unhandled error", error_type=type(exc).__name__, traceback=log.redact(traceback.format_exc(limit=20))
+        )
         return error_response(InternalError("An internal error occurred; it has been logged."), request_id)
     finally:
         if handlers is not None:
@@ -205,9 +217,19 @@ def handle(request: Request, get_handlers: Callable[[], Any]) -> Response:
 class Handlers:
     """Binds routes to the use cases; one instance per process."""
 
-    def __init__(self, vend: Any, requests: Any, issuances: Any, events: Any, *, project: str,
-                 service_accounts: Any = None, request_list: Any = None, profile: Any = None,
-                 console: Any = None) -> None:
+    def __init__(
+        self,
+        vend: Any,
+        requests: Any,
+        issuances: Any,
+        events: Any,
+        *,
+        project: str,
+        service_accounts: Any = None,
+        request_list: Any = None,
+        profile: Any = None,
+        console: Any = None,
+    ) -> None:
         self.vend = vend
         self.requests = requests
         self.issuances = issuances
@@ -275,5 +297,6 @@ class Handlers:
         return self.service_accounts.status(request.headers.get("Authorization"), params["email"])
 
     def act_on_kill_switch(self, request: Request, params: dict[str, str]) -> Any:
-        return self.service_accounts.act(request.headers.get("Authorization"), params["email"], params["action"],
-                                         _read_body(request))
+        return self.service_accounts.act(
+            request.headers.get("Authorization"), params["email"], params["action"], _read_body(request)
+        )

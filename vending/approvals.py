@@ -58,7 +58,14 @@ from vending.store.indexes import REQUESTS
 from vending.store.paging import Part, merged_page
 
 AWAITED, ACTIVE, DENIED, REVOKED, WITHDRAWN, EXPIRED, ENDED = (
-    "APPROVAL_AWAITED", "ACTIVE", "DENIED", "REVOKED", "WITHDRAWN", "EXPIRED", "ENDED")
+    "APPROVAL_AWAITED",
+    "ACTIVE",
+    "DENIED",
+    "REVOKED",
+    "WITHDRAWN",
+    "EXPIRED",
+    "ENDED",
+)
 STATES = (AWAITED, ACTIVE, DENIED, REVOKED, WITHDRAWN, EXPIRED, ENDED)
 TERMINAL = frozenset({DENIED, REVOKED, WITHDRAWN, EXPIRED, ENDED})
 
@@ -76,8 +83,14 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 }
 # The ``entitlement`` of a request to release a kill switch early: no entitlement name can take this form.
 KILL_SWITCH_RELEASE = "kill-switch:release"
-EVENT_NAMES = {ACTIVE: "request.activated", DENIED: "request.denied", WITHDRAWN: "request.withdrawn",
-               REVOKED: "request.revoked", EXPIRED: "request.expired", ENDED: "request.ended"}
+EVENT_NAMES = {
+    ACTIVE: "request.activated",
+    DENIED: "request.denied",
+    WITHDRAWN: "request.withdrawn",
+    REVOKED: "request.revoked",
+    EXPIRED: "request.expired",
+    ENDED: "request.ended",
+}
 MAX_RETRIES = 8
 
 
@@ -113,9 +126,26 @@ def view(req: dict[str, Any], now: _dt.datetime) -> dict[str, Any]:
             return {k: fmt(x) for k, x in v.items()}
         return v
 
-    keys = ("id", "state", "entitlement", "service_account", "scopes", "requester", "duration_s",
-            "justification", "break_glass", "quorum", "max_uses", "uses", "approvals", "created_at",
-            "pending_until", "window_start", "window_end", "timeline")
+    keys = (
+        "id",
+        "state",
+        "entitlement",
+        "service_account",
+        "scopes",
+        "requester",
+        "duration_s",
+        "justification",
+        "break_glass",
+        "quorum",
+        "max_uses",
+        "uses",
+        "approvals",
+        "created_at",
+        "pending_until",
+        "window_start",
+        "window_end",
+        "timeline",
+    )
     out = {k: fmt(req.get(k)) for k in keys}
     out["state"] = effective_state(req, now)
     return out
@@ -130,9 +160,17 @@ class Approvals:
         self.events = events
         self.retention = retention
         ks = policy.kill_switch
-        self.release_rules = ApprovalRules(
-            approvers=ks.approvers, quorum=ks.quorum, max_window=ks.release_window, max_uses=1,
-            pending_timeout=ks.pending_timeout) if ks and ks.approvers else None
+        self.release_rules = (
+            ApprovalRules(
+                approvers=ks.approvers,
+                quorum=ks.quorum,
+                max_window=ks.release_window,
+                max_uses=1,
+                pending_timeout=ks.pending_timeout,
+            )
+            if ks and ks.approvers
+            else None
+        )
 
     # -- reading ---------------------------------------------------------------
     def load(self, request_id: str) -> Doc:
@@ -158,15 +196,17 @@ class Approvals:
         if doc.data.get("entitlement") == KILL_SWITCH_RELEASE:
             readers |= self.policy.kill_switch_operator_set
         if not policy.can_read(self.policy, principal, doc.data["requester"], readers):
-            raise PermissionDeniedError("Only the requester, its approvers and auditors may read this request.",
-                                        reason="not-a-reader")
+            raise PermissionDeniedError(
+                "Only the requester, its approvers and auditors may read this request.", reason="not-a-reader"
+            )
         return view(doc.data, clock.now())
 
     # -- creating ----------------------------------------------------------------
     def create(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
         """File a request from a decoded ``POST /v1/requests`` body."""
-        inputs.check_fields(body, (), ("entitlement", "service_account", "duration", "justification", "scopes",
-                                       "kill_switch"))
+        inputs.check_fields(
+            body, (), ("entitlement", "service_account", "duration", "justification", "scopes", "kill_switch")
+        )
         if body.get("kill_switch") is not None:
             return self._create_release(principal, body)
         ent = self._entitlement_for(principal, body)
@@ -177,8 +217,17 @@ class Approvals:
         justification = inputs.text(body.get("justification"), "justification", required=False)
         request_id = new_id()
         assert ent.approval is not None
-        record = self._new_record(request_id, ent.name, ent.service_account, ent.approval, principal.qualified,
-                                  scopes or ent.scopes, duration, justification, via="http")
+        record = self._new_record(
+            request_id,
+            ent.name,
+            ent.service_account,
+            ent.approval,
+            principal.qualified,
+            scopes or ent.scopes,
+            duration,
+            justification,
+            via="http",
+        )
         self.store.write([Create(REQUESTS, request_id, record)])
         self._announce_created(record)
         return view(record, clock.now())
@@ -186,23 +235,37 @@ class Approvals:
     def _create_release(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
         """``{"kill_switch": EMAIL, "justification"}``: ask the kill switch approvers to release EMAIL early."""
         if any(body.get(f) is not None for f in ("entitlement", "service_account", "scopes")):
-            raise BadRequestError("kill_switch excludes entitlement, service_account and scopes.",
-                                  reason="invalid-kill-switch")
+            raise BadRequestError(
+                "kill_switch excludes entitlement, service_account and scopes.", reason="invalid-kill-switch"
+            )
         email = inputs.service_account(body.get("kill_switch"))
         if not self.policy.is_kill_switch_operator(principal.qualified):
-            raise PermissionDeniedError("Only kill switch operators and auditors may ask for a release.",
-                                        reason="not-a-kill-switch-operator")
+            raise PermissionDeniedError(
+                "Only kill switch operators and auditors may ask for a release.", reason="not-a-kill-switch-operator"
+            )
         if email not in self.policy.target_service_accounts:
-            raise PermissionDeniedError(f"{email} is not a service account this service vends for.",
-                                        reason="service-account-not-managed")
+            raise PermissionDeniedError(
+                f"{email} is not a service account this service vends for.", reason="service-account-not-managed"
+            )
         if self.release_rules is None:
-            raise BadRequestError("The policy names no kill switch approvers: a kill switch is released only "
-                                  "once it is safe.", reason="approval-not-configured")
+            raise BadRequestError(
+                "The policy names no kill switch approvers: a kill switch is released only once it is safe.",
+                reason="approval-not-configured",
+            )
         duration = inputs.lifetime(body.get("duration"))
         justification = inputs.text(body.get("justification"), "justification", required=True)
         request_id = new_id()
-        record = self._new_record(request_id, KILL_SWITCH_RELEASE, email, self.release_rules, principal.qualified,
-                                  (), duration, justification, via="http")
+        record = self._new_record(
+            request_id,
+            KILL_SWITCH_RELEASE,
+            email,
+            self.release_rules,
+            principal.qualified,
+            (),
+            duration,
+            justification,
+            via="http",
+        )
         self.store.write([Create(REQUESTS, request_id, record)])
         self._announce_created(record)
         return view(record, clock.now())
@@ -214,38 +277,65 @@ class Approvals:
                 raise BadRequestError("entitlement must be an entitlement name.", reason="invalid-entitlement")
             ent = self.policy.entitlement(name)
             if ent is None or not policy.is_principal_of(ent, principal):
-                raise PermissionDeniedError(f"This caller may not request entitlement {name!r}.",
-                                            reason="entitlement-not-allowed")
+                raise PermissionDeniedError(
+                    f"This caller may not request entitlement {name!r}.", reason="entitlement-not-allowed"
+                )
         else:
             sa = inputs.service_account(body.get("service_account"))
             found = [e for e in policy.entitlements_for(self.policy, principal, sa) if e.requires_approval]
             if not found:
-                raise PermissionDeniedError(f"No entitlement with approval lets this caller request {sa}.",
-                                            reason="entitlement-not-allowed")
+                raise PermissionDeniedError(
+                    f"No entitlement with approval lets this caller request {sa}.", reason="entitlement-not-allowed"
+                )
             ent = found[0]
         if not ent.requires_approval:
-            raise BadRequestError(f"Entitlement {ent.name!r} needs no approval; vend directly.",
-                                  reason="approval-not-required")
+            raise BadRequestError(
+                f"Entitlement {ent.name!r} needs no approval; vend directly.", reason="approval-not-required"
+            )
         return ent
 
-    def _new_record(self, request_id: str, name: str, service_account: str, rules: ApprovalRules, requester: str,
-                    scopes: tuple[str, ...], duration: int | None, justification: str | None, *, via: str,
-                    requested_by: str | None = None) -> dict[str, Any]:
+    def _new_record(
+        self,
+        request_id: str,
+        name: str,
+        service_account: str,
+        rules: ApprovalRules,
+        requester: str,
+        scopes: tuple[str, ...],
+        duration: int | None,
+        justification: str | None,
+        *,
+        via: str,
+        requested_by: str | None = None,
+    ) -> dict[str, Any]:
         if duration is not None and duration > rules.max_window:
-            raise BadRequestError(f"duration {duration}s is above the maximum window of {rules.max_window}s.",
-                                  reason="duration-too-long")
+            raise BadRequestError(
+                f"duration {duration}s is above the maximum window of {rules.max_window}s.", reason="duration-too-long"
+            )
         if rules.justification_pattern is not None and not matches(rules.justification_pattern, justification):
-            raise BadRequestError(f"justification must match {rules.justification_pattern.pattern!r}.",
-                                  reason="invalid-justification")
+            raise BadRequestError(
+                f"justification must match {rules.justification_pattern.pattern!r}.", reason="invalid-justification"
+            )
         now = clock.now()
         window = duration or rules.max_window
         record: dict[str, Any] = {
-            "id": request_id, "state": AWAITED, "entitlement": name, "service_account": service_account,
-            "scopes": list(scopes), "requester": requester, "duration_s": window,
-            "justification": justification, "break_glass": rules.break_glass, "quorum": rules.quorum,
-            "max_uses": rules.max_uses, "uses": 0, "approvals": [], "created_at": now,
+            "id": request_id,
+            "state": AWAITED,
+            "entitlement": name,
+            "service_account": service_account,
+            "scopes": list(scopes),
+            "requester": requester,
+            "duration_s": window,
+            "justification": justification,
+            "break_glass": rules.break_glass,
+            "quorum": rules.quorum,
+            "max_uses": rules.max_uses,
+            "uses": 0,
+            "approvals": [],
+            "created_at": now,
             "pending_until": now + _dt.timedelta(seconds=rules.pending_timeout),
-            "window_start": None, "window_end": None,
+            "window_start": None,
+            "window_end": None,
             "expires_at": now + _dt.timedelta(seconds=rules.pending_timeout),
             "timeline": [{"at": now, "event": "created", "actor": requested_by or requester, "via": via}],
             "purge_at": now + _dt.timedelta(seconds=rules.pending_timeout) + self.retention,
@@ -258,8 +348,7 @@ class Approvals:
     def _activate(self, record: dict[str, Any], now: _dt.datetime, *, actor: str, via: str) -> None:
         record["state"] = transition(record["state"], "activate")
         end = now + _dt.timedelta(seconds=int(record["duration_s"]))
-        record.update(window_start=now, window_end=end, expires_at=end,
-                      purge_at=end + self.retention)
+        record.update(window_start=now, window_end=end, expires_at=end, purge_at=end + self.retention)
         record["timeline"].append({"at": now, "event": "activated", "actor": actor, "via": via})
 
     def _announce_created(self, record: dict[str, Any]) -> None:
@@ -270,20 +359,29 @@ class Approvals:
         if record["break_glass"]:
             alert = self._event("break_glass.activated", record, actor=record["requester"])
             events.publish("alerts", alert)
-            log.alert("break-glass access activated", request_id=record["id"], entitlement=record["entitlement"],
-                      requester=record["requester"], justification=record["justification"])
+            log.alert(
+                "break-glass access activated",
+                request_id=record["id"],
+                entitlement=record["entitlement"],
+                requester=record["requester"],
+                justification=record["justification"],
+            )
 
     def _event(self, type_: str, record: dict[str, Any], **extra: Any) -> dict[str, Any]:
         return request_event(type_, record, **extra)
 
     # -- deciding ------------------------------------------------------------------
-    def act(self, principal_identity: str, request_id: str, action: str, *, via: str,
-            comment: str | None = None) -> dict[str, Any]:
+    def act(
+        self, principal_identity: str, request_id: str, action: str, *, via: str, comment: str | None = None
+    ) -> dict[str, Any]:
         """Apply approve / deny / withdraw / revoke by ``principal_identity`` (qualified); idempotent per actor."""
         for _ in range(MAX_RETRIES):
             doc = self.load(request_id)
-            record = {**doc.data, "timeline": list(doc.data.get("timeline", [])),
-                      "approvals": list(doc.data.get("approvals", []))}
+            record = {
+                **doc.data,
+                "timeline": list(doc.data.get("timeline", [])),
+                "approvals": list(doc.data.get("approvals", [])),
+            }
             now = clock.now()
             rules = self.rules_of(record)
             if rules is None:
@@ -314,20 +412,22 @@ class Approvals:
                 raise PermissionDeniedError("Only the requester may withdraw a request.", reason="not-requester")
         elif action in ("approve", "deny"):
             if who == record["requester"]:
-                raise PermissionDeniedError("Nobody approves or denies their own request.",
-                                            reason="self-approval")
+                raise PermissionDeniedError("Nobody approves or denies their own request.", reason="self-approval")
             if who not in approvers:
-                raise PermissionDeniedError(f"{who} is not an approver of {record['entitlement']!r}.",
-                                            reason="not-an-approver")
+                raise PermissionDeniedError(
+                    f"{who} is not an approver of {record['entitlement']!r}.", reason="not-an-approver"
+                )
         elif action == "revoke":
             if who not in approvers and not self.policy.is_auditor(who):
-                raise PermissionDeniedError("Only approvers and auditors may revoke a request.",
-                                            reason="not-an-approver")
+                raise PermissionDeniedError(
+                    "Only approvers and auditors may revoke a request.", reason="not-an-approver"
+                )
         else:
             raise BadRequestError(f"Unknown action {action!r}.", reason="invalid-action")
 
-    def _apply(self, record: dict[str, Any], who: str, action: str, via: str, comment: str | None,
-               now: _dt.datetime) -> bool:
+    def _apply(
+        self, record: dict[str, Any], who: str, action: str, via: str, comment: str | None, now: _dt.datetime
+    ) -> bool:
         """Mutate ``record``; False when the action changes nothing (a duplicate)."""
         state = record["state"]
         entry = {"at": now, "event": action, "actor": who, "via": via}
@@ -362,11 +462,14 @@ class Approvals:
     def _announce(self, record: dict[str, Any], before: str, **extra: Any) -> None:
         events = self.events
         if extra.get("action") == "approve":
-            events.publish("notifications", self._event("request.approval_received", record,
-                                                         approver=extra.get("actor"), via=extra.get("via")))
+            events.publish(
+                "notifications",
+                self._event("request.approval_received", record, approver=extra.get("actor"), via=extra.get("via")),
+            )
         if record["state"] != before and record["state"] in EVENT_NAMES:
-            events.publish("notifications", self._event(EVENT_NAMES[record["state"]], record,
-                                                        actor=extra.get("actor", "system")))
+            events.publish(
+                "notifications", self._event(EVENT_NAMES[record["state"]], record, actor=extra.get("actor", "system"))
+            )
 
     # -- consuming -------------------------------------------------------------------
     def check_use(self, principal: Principal, request_id: str, now: _dt.datetime) -> ApprovalUse:
@@ -374,8 +477,7 @@ class Approvals:
         doc = self.load(request_id)
         req = doc.data
         if req["requester"] != principal.qualified:
-            raise PermissionDeniedError("This access request belongs to another requester.",
-                                        reason="not-requester")
+            raise PermissionDeniedError("This access request belongs to another requester.", reason="not-requester")
         if req.get("entitlement") == KILL_SWITCH_RELEASE:
             raise PermissionDeniedError("A kill switch release request vends nothing.", reason="not-a-vend-request")
         ent = self.policy.entitlement(req["entitlement"])
@@ -386,28 +488,48 @@ class Approvals:
         # The approvers approved the scopes of the request, not every scope of the entitlement.
         scopes = tuple(s for s in req.get("scopes") or ent.scopes if s in ent.scopes)
         # window end minus one second so no credential outlives the window
-        return ApprovalUse(request_id=request_id, entitlement=ent.name, requester=req["requester"],
-                           not_after=window_end - _dt.timedelta(seconds=1), scopes=scopes, uses=uses,
-                           max_uses=max_uses, break_glass=bool(req.get("break_glass")), version=doc.version)
+        return ApprovalUse(
+            request_id=request_id,
+            entitlement=ent.name,
+            requester=req["requester"],
+            not_after=window_end - _dt.timedelta(seconds=1),
+            scopes=scopes,
+            uses=uses,
+            max_uses=max_uses,
+            break_glass=bool(req.get("break_glass")),
+            version=doc.version,
+        )
 
-    def check_release(self, principal: Principal, request_id: str, service_account: str,
-                      not_before: _dt.datetime, now: _dt.datetime) -> ApprovalUse:
+    def check_release(
+        self, principal: Principal, request_id: str, service_account: str, not_before: _dt.datetime, now: _dt.datetime
+    ) -> ApprovalUse:
         """An ACTIVE request of this caller to release ``service_account``'s kill switch, filed at or
         after ``not_before`` (the engagement it releases), with its use left, as read now."""
         doc = self.load(request_id)
         req = doc.data
         if req.get("entitlement") != KILL_SWITCH_RELEASE or req.get("service_account") != service_account:
-            raise PermissionDeniedError(f"Request {request_id} is not a request to release {service_account}.",
-                                        reason="not-a-release-request")
+            raise PermissionDeniedError(
+                f"Request {request_id} is not a request to release {service_account}.", reason="not-a-release-request"
+            )
         if req["requester"] != principal.qualified:
             raise PermissionDeniedError("This release request belongs to another requester.", reason="not-requester")
         if req["created_at"] < not_before:
-            raise PermissionDeniedError("This release request was filed before the kill switch was engaged; "
-                                        "file a new one.", reason="release-request-stale")
+            raise PermissionDeniedError(
+                "This release request was filed before the kill switch was engaged; file a new one.",
+                reason="release-request-stale",
+            )
         uses, max_uses = self._require_active(req, now)
-        return ApprovalUse(request_id=request_id, entitlement=KILL_SWITCH_RELEASE, requester=req["requester"],
-                           not_after=req["window_end"], scopes=(), uses=uses, max_uses=max_uses,
-                           break_glass=False, version=doc.version)
+        return ApprovalUse(
+            request_id=request_id,
+            entitlement=KILL_SWITCH_RELEASE,
+            requester=req["requester"],
+            not_after=req["window_end"],
+            scopes=(),
+            uses=uses,
+            max_uses=max_uses,
+            break_glass=False,
+            version=doc.version,
+        )
 
     @staticmethod
     def _require_active(req: dict[str, Any], now: _dt.datetime) -> tuple[int, int]:
@@ -417,22 +539,27 @@ class Approvals:
         if state == ACTIVE and uses >= max_uses:
             state = ENDED
         if state != ACTIVE:
-            reason = {AWAITED: "approval-pending", ENDED: "approval-consumed", EXPIRED: "approval-expired",
-                      DENIED: "approval-denied", REVOKED: "approval-revoked",
-                      WITHDRAWN: "approval-withdrawn"}.get(state, "approval-not-active")
+            reason = {
+                AWAITED: "approval-pending",
+                ENDED: "approval-consumed",
+                EXPIRED: "approval-expired",
+                DENIED: "approval-denied",
+                REVOKED: "approval-revoked",
+                WITHDRAWN: "approval-withdrawn",
+            }.get(state, "approval-not-active")
             if state == ENDED:
                 raise ConflictError("Every use of this approval has been consumed.", reason=reason)
             raise PermissionDeniedError(f"The access request is {state}, not ACTIVE.", reason=reason)
         if int((req["window_end"] - now).total_seconds()) - 1 < 1:
-            raise PermissionDeniedError("The approval window ends now; ask for a new request.",
-                                        reason="approval-expired")
+            raise PermissionDeniedError(
+                "The approval window ends now; ask for a new request.", reason="approval-expired"
+            )
         return uses, max_uses
 
     @staticmethod
     def use_write(use: ApprovalUse, now: _dt.datetime) -> Update:
         """Spend one use: commits only if the request is unchanged since ``check_use`` read it."""
-        return Update(REQUESTS, use.request_id, {"uses": use.uses + 1, "last_used_at": now},
-                      expect_version=use.version)
+        return Update(REQUESTS, use.request_id, {"uses": use.uses + 1, "last_used_at": now}, expect_version=use.version)
 
     def is_own_use(self, use: ApprovalUse) -> bool:
         """After a commit whose answer was lost: did our ``use_write`` land?"""
@@ -445,6 +572,7 @@ class Approvals:
 
     def release_use(self, request_id: str) -> None:
         """IAM refused (nothing minted): give the use back."""
+
         def give_back(record: dict[str, Any], now: _dt.datetime) -> bool:
             if int(record.get("uses", 0)) <= 0 or record["state"] != ACTIVE:
                 return False
@@ -488,18 +616,31 @@ class Approvals:
         for state in (AWAITED, ACTIVE):
             filters = (Filter("state", "==", state), Filter("expires_at", "<=", now))
             for batch in due(self.store, REQUESTS, filters, "expires_at"):
+
                 def expire(d: Doc) -> Update:
-                    timeline = [*d.data.get("timeline", []),
-                                {"at": now, "event": "expired", "actor": "system", "via": "sweep"}]
-                    return Update(REQUESTS, d.id, {"state": transition(d.data["state"], "expire"),
-                                                   "expires_at": None, "timeline": timeline},
-                                  expect_version=d.version)
+                    timeline = [
+                        *d.data.get("timeline", []),
+                        {"at": now, "event": "expired", "actor": "system", "via": "sweep"},
+                    ]
+                    return Update(
+                        REQUESTS,
+                        d.id,
+                        {"state": transition(d.data["state"], "expire"), "expires_at": None, "timeline": timeline},
+                        expect_version=d.version,
+                    )
+
                 won = apply_each(self.store, batch, expire)
                 count += len(won)
                 for doc in won:
-                    self.events.publish("notifications", request_event(
-                        "request.expired", {**doc.data, "id": doc.id, "state": EXPIRED}, actor="system",
-                        previous_state=doc.data.get("state")))
+                    self.events.publish(
+                        "notifications",
+                        request_event(
+                            "request.expired",
+                            {**doc.data, "id": doc.id, "state": EXPIRED},
+                            actor="system",
+                            previous_state=doc.data.get("state"),
+                        ),
+                    )
         return count
 
     # -- listing (GET /v1/requests) -----------------------------------------------------------
@@ -511,8 +652,16 @@ class Approvals:
             names.append(KILL_SWITCH_RELEASE)
         return names
 
-    def listing(self, principal: Principal, *, role: str, state: str | None, entitlement: str | None,
-             page_size: int, page_token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    def listing(
+        self,
+        principal: Principal,
+        *,
+        role: str,
+        state: str | None,
+        entitlement: str | None,
+        page_size: int,
+        page_token: str | None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of the requests ``principal`` may read in ``role``, newest first.
 
         requester: their own; approver: those of the entitlements they decide, the ones awaiting
@@ -554,15 +703,20 @@ class Approvals:
                 parts.append(Part((*scope, Filter("state", "==", state)), effective_is(state)))
             else:
                 parts.append(Part((*scope, Filter("state", "==", state))))
-        records, token = merged_page(self.store, REQUESTS, parts, order="created_at", page_size=page_size,
-                                     page_token=page_token)
+        records, token = merged_page(
+            self.store, REQUESTS, parts, order="created_at", page_size=page_size, page_token=page_token
+        )
         return [view(r, now) for r in records], token
 
     def active_break_glass(self, now: _dt.datetime) -> list[dict[str, Any]]:
         """Break-glass requests ACTIVE now (few: bounded by live approvals), soonest end first."""
         filters = (Filter("state", "==", ACTIVE), Filter("expires_at", ">", now))
-        return [view(d.data, now) for batch in due(self.store, REQUESTS, filters, "expires_at") for d in batch
-                if d.data.get("break_glass")]
+        return [
+            view(d.data, now)
+            for batch in due(self.store, REQUESTS, filters, "expires_at")
+            for d in batch
+            if d.data.get("break_glass")
+        ]
 
     # -- Pub/Sub bot messages -------------------------------------------------------------
     def apply_bot_message(self, bot: Bot, claims: dict[str, Any], message_id: str) -> dict[str, Any] | None:
@@ -589,23 +743,31 @@ class Approvals:
         requester = claims.get("requester")
         ent = self.policy.entitlement(name) if isinstance(name, str) else None
         if ent is None or ent.approval is None:
-            raise BadRequestError(f"Unknown entitlement {name!r} (or it needs no approval).",
-                                  reason="invalid-message")
-        if requester is not None and (not isinstance(requester, str)
-                                      or self.policy.bot_actor(bot, requester) != actor):
-            raise PermissionDeniedError("A bot may only file a request for the acting human.",
-                                        reason="not-requester")
+            raise BadRequestError(f"Unknown entitlement {name!r} (or it needs no approval).", reason="invalid-message")
+        if requester is not None and (not isinstance(requester, str) or self.policy.bot_actor(bot, requester) != actor):
+            raise PermissionDeniedError("A bot may only file a request for the acting human.", reason="not-requester")
         issuer, _, identity = actor.partition("/")
         asserted = Principal(issuer=issuer, identity=identity, claims={"sub": identity, "email": identity})
         if not any(_bot_rule_matches(rule, asserted) for rule in ent.principals):
-            raise PermissionDeniedError(f"{actor} is not a principal of entitlement {ent.name!r}.",
-                                        reason="entitlement-not-allowed")
+            raise PermissionDeniedError(
+                f"{actor} is not a principal of entitlement {ent.name!r}.", reason="entitlement-not-allowed"
+            )
         duration = inputs.lifetime(claims.get("duration"))
         justification = inputs.text(claims.get("justification"), "justification")
         # Deterministic id from the message's jti: a redelivered request creates nothing new.
         request_id = bot_request_id(str(claims["jti"]))
-        record = self._new_record(request_id, ent.name, ent.service_account, ent.approval, actor, ent.scopes,
-                                  duration, justification, via=via, requested_by=actor)
+        record = self._new_record(
+            request_id,
+            ent.name,
+            ent.service_account,
+            ent.approval,
+            actor,
+            ent.scopes,
+            duration,
+            justification,
+            via=via,
+            requested_by=actor,
+        )
         try:
             self.store.write([Create(REQUESTS, request_id, record)])
         except StoreConflict:

@@ -45,23 +45,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     from vending.client.common import duration_arg
 
-    p = sub.add_parser("serve", help="run the service on the embedded default (what `make run` does)",
-                       description="Run the service on the embedded default, on loopback; Ctrl-C (or closing the "
-                       "terminal) stops everything it started. Every port is checked before anything starts.")
+    p = sub.add_parser(
+        "serve",
+        help="run the service on the embedded default (what `make run` does)",
+        description="Run the service on the embedded default, on loopback; Ctrl-C (or closing the "
+        "terminal) stops everything it started. Every port is checked before anything starts.",
+    )
     p.add_argument("--port", type=int, default=8080, help="the HTTP API (vend_http) (default %(default)s)")
-    p.add_argument("--iam-port", type=int, default=8081,
-                   help="the IAM Credentials (and IAM API) stand-in (default %(default)s)")
-    p.add_argument("--issuer-port", type=int, default=8082,
-                   help="the development issuer's keys; must match its jwks_uri in the policy (default %(default)s)")
-    p.add_argument("--pubsub-port", type=int, default=8083,
-                   help="handle_pubsub, where chat-ops messages are delivered (default %(default)s)")
+    p.add_argument(
+        "--iam-port", type=int, default=8081, help="the IAM Credentials (and IAM API) stand-in (default %(default)s)"
+    )
+    p.add_argument(
+        "--issuer-port",
+        type=int,
+        default=8082,
+        help="the development issuer's keys; must match its jwks_uri in the policy (default %(default)s)",
+    )
+    p.add_argument(
+        "--pubsub-port",
+        type=int,
+        default=8083,
+        help="handle_pubsub, where chat-ops messages are delivered (default %(default)s)",
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("dev-token", help="print a caller token from the local development issuer")
     p.add_argument("--subject", required=True, help="the token's sub claim")
     p.add_argument("--audience", help="the token's aud (default: the development issuer's configured audience)")
-    p.add_argument("--ttl", type=duration_arg, default=600, metavar="DURATION",
-                   help="its lifetime: 600, 600s, 10m or 1h (default 600s)")
+    p.add_argument(
+        "--ttl",
+        type=duration_arg,
+        default=600,
+        metavar="DURATION",
+        help="its lifetime: 600, 600s, 10m or 1h (default 600s)",
+    )
     p.set_defaults(func=_dev_token)
 
     p = sub.add_parser("sweep", help="run the expiry sweep once against the configured store")

@@ -22,17 +22,19 @@ from vending.durations import parse_duration as parse_duration  # the one gramma
 from vending.errors import ConfigError
 
 # Hard limits of the IAM Credentials API (reference §2.2, §8).
-DEFAULT_MAX_LIFETIME_S = 3600       # without the org-policy extension
-EXTENDED_MAX_LIFETIME_S = 43200     # with constraints/iam.allowServiceAccountCredentialLifetimeExtension
-SIGNED_JWT_MAX_TTL_S = 43200        # signJwt: exp at most 12 h away
+DEFAULT_MAX_LIFETIME_S = 3600  # without the org-policy extension
+EXTENDED_MAX_LIFETIME_S = 43200  # with constraints/iam.allowServiceAccountCredentialLifetimeExtension
+SIGNED_JWT_MAX_TTL_S = 43200  # signJwt: exp at most 12 h away
 SIGNED_JWT_GOOGLE_API_MAX_TTL_S = 3600  # self-signed JWTs for Google APIs: 1 h
-BREAK_GLASS_MAX_WINDOW_S = 3600     # break-glass windows stay short
+BREAK_GLASS_MAX_WINDOW_S = 3600  # break-glass windows stay short
 
 ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"})
 CREDENTIAL_KINDS = ("access_token", "id_token", "signed_jwt", "signed_blob")
 CredentialKind = Literal["access_token", "id_token", "signed_jwt", "signed_blob"]
 
-SA_EMAIL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?@[a-z0-9](?:[a-z0-9.-]{0,200}[a-z0-9])?\.gserviceaccount\.com")
+SA_EMAIL_RE = re.compile(
+    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?@[a-z0-9](?:[a-z0-9.-]{0,200}[a-z0-9])?\.gserviceaccount\.com"
+)
 
 
 def normalize_delegate(value: str) -> str:
@@ -40,7 +42,7 @@ def normalize_delegate(value: str) -> str:
     email = value
     prefix = "projects/-/serviceAccounts/"
     if value.startswith(prefix):
-        email = value[len(prefix):]
+        email = value[len(prefix) :]
     if not SA_EMAIL_RE.fullmatch(email):
         raise ValueError(f"{value!r} is not a service account email or projects/-/serviceAccounts/EMAIL")
     return prefix + email
@@ -85,7 +87,7 @@ Matcher = str | Pattern
 
 def _has_control(value: str) -> bool:
     """C0 and C1 control characters (NEL among them), DEL, and the Unicode line / paragraph separators."""
-    return any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029" for c in value)
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in value)
 
 
 def matches(matcher: Matcher, value: Any) -> bool:
@@ -119,7 +121,9 @@ class Issuer(_Model):
     def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         bad = [a for a in value if a not in ALLOWED_ALGORITHMS]
         if bad or not value:
-            raise ValueError(f"only asymmetric algorithms {sorted(ALLOWED_ALGORITHMS)} are allowed, got {bad or 'none'}")
+            raise ValueError(
+                f"only asymmetric algorithms {sorted(ALLOWED_ALGORITHMS)} are allowed, got {bad or 'none'}"
+            )
         return value
 
 
@@ -144,15 +148,17 @@ class SignedJwtRules(_Model):
     def _not_reserved(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         reserved = sorted({"iss", "sub", "iat", "aud", "exp"} & set(value))
         if reserved:
-            raise ValueError(f"{reserved} cannot be listed: the service sets iss, sub and iat; "
-                             "aud and exp are governed by audiences and max_ttl")
+            raise ValueError(
+                f"{reserved} cannot be listed: the service sets iss, sub and iat; "
+                "aud and exp are governed by audiences and max_ttl"
+            )
         if any(not c for c in value):
             raise ValueError("claim names must not be empty")
         return value
 
 
 HttpMethod = Literal["GET", "HEAD", "PUT", "POST", "DELETE"]
-GCS_URL_MAX_TTL_S = 604800          # Cloud Storage's own limit for a V4 signed URL: 7 days
+GCS_URL_MAX_TTL_S = 604800  # Cloud Storage's own limit for a V4 signed URL: 7 days
 
 
 class BucketRule(_Model):
@@ -195,9 +201,11 @@ class SignedBlobRules(_Model):
             if self.buckets:
                 raise ValueError("buckets restricts Cloud Storage V4 string-to-sign payloads; set gcs_v4_only: true")
             if not self.acknowledge_raw_signing:
-                raise ValueError("raw blob signing is the service account's whole signing power (a signature "
-                                 "over any bytes: JWTs, signed URLs...); set gcs_v4_only: true with buckets, "
-                                 "or acknowledge it with acknowledge_raw_signing: true")
+                raise ValueError(
+                    "raw blob signing is the service account's whole signing power (a signature "
+                    "over any bytes: JWTs, signed URLs...); set gcs_v4_only: true with buckets, "
+                    "or acknowledge it with acknowledge_raw_signing: true"
+                )
         return self
 
 
@@ -252,7 +260,11 @@ class Entitlement(_Model):
     def _limits(self) -> Entitlement:
         cap = EXTENDED_MAX_LIFETIME_S if self.lifetime_extension else DEFAULT_MAX_LIFETIME_S
         if self.max_lifetime > cap:
-            hint = "" if self.lifetime_extension else " (declare lifetime_extension: true if the organization policy allows up to 43200s)"
+            hint = (
+                ""
+                if self.lifetime_extension
+                else " (declare lifetime_extension: true if the organization policy allows up to 43200s)"
+            )
             raise ValueError(f"max_lifetime {self.max_lifetime}s is above {cap}s{hint}")
         if "access_token" in self.credentials and not self.scopes:
             raise ValueError("scopes must list at least one OAuth scope for access tokens")
@@ -278,7 +290,11 @@ class Bot(_Model):
 
     service_account: str
     actions: tuple[Literal["request", "approve", "deny", "revoke", "disable"], ...] = (
-        "request", "approve", "deny", "revoke")
+        "request",
+        "approve",
+        "deny",
+        "revoke",
+    )
     actor_issuer: str | None = None
 
 
@@ -295,7 +311,7 @@ class KillSwitchRules(_Model):
     approvers: tuple[str, ...] = ()
     quorum: int = Field(default=1, ge=1, le=10)
     release_window: int = Field(default=3600, gt=0, le=EXTENDED_MAX_LIFETIME_S)  # an approved release stays usable
-    pending_timeout: int = Field(default=86400, gt=0, le=604800)    # a release request awaits approval
+    pending_timeout: int = Field(default=86400, gt=0, le=604800)  # a release request awaits approval
 
 
 class Policy(_Model):
@@ -332,8 +348,10 @@ class Policy(_Model):
             if bot.actor_issuer is not None and bot.actor_issuer not in names:
                 raise ValueError(f"bot {bot.service_account!r} names unknown actor_issuer {bot.actor_issuer!r}")
             if bot.actor_issuer is None and len(names) > 1:
-                raise ValueError(f"bot {bot.service_account!r}: set actor_issuer, the issuer whose identities "
-                                 f"it asserts (one of {names})")
+                raise ValueError(
+                    f"bot {bot.service_account!r}: set actor_issuer, the issuer whose identities "
+                    f"it asserts (one of {names})"
+                )
         # Every identity named in the policy is qualified by its issuer (ISSUER/IDENTITY).
         for where, members in self._identity_refs():
             for member in members:
@@ -347,12 +365,20 @@ class Policy(_Model):
         out.append(("auditors", tuple(r for r in self.auditors if not r.startswith("group:"))))
         for e in self.entitlements:
             if e.approval:
-                out.append((f"entitlements.{e.name}.approval.approvers",
-                            tuple(r for r in e.approval.approvers if not r.startswith("group:"))))
+                out.append(
+                    (
+                        f"entitlements.{e.name}.approval.approvers",
+                        tuple(r for r in e.approval.approvers if not r.startswith("group:")),
+                    )
+                )
         if self.kill_switch:
             for name in ("operators", "approvers"):
-                out.append((f"kill_switch.{name}",
-                            tuple(r for r in getattr(self.kill_switch, name) if not r.startswith("group:"))))
+                out.append(
+                    (
+                        f"kill_switch.{name}",
+                        tuple(r for r in getattr(self.kill_switch, name) if not r.startswith("group:")),
+                    )
+                )
         return out
 
     def issuer(self, name: str) -> Issuer | None:
@@ -417,8 +443,10 @@ def qualify(ref: str, issuer_names: tuple[str, ...], where: str) -> str:
         return ref
     if len(issuer_names) == 1:
         return f"{issuer_names[0]}/{ref}"
-    raise ValueError(f"{where}: {ref!r} does not name its issuer and {len(issuer_names)} issuers could produce "
-                     f"it; write it as ISSUER/IDENTITY (issuers: {', '.join(issuer_names)})")
+    raise ValueError(
+        f"{where}: {ref!r} does not name its issuer and {len(issuer_names)} issuers could produce "
+        f"it; write it as ISSUER/IDENTITY (issuers: {', '.join(issuer_names)})"
+    )
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -452,30 +480,35 @@ def load_policy(path: str | Path) -> Policy:
 
 def warnings(policy: Policy) -> list[tuple[str, dict[str, str]]]:
     """What the service logs at cold start about a valid but risky policy."""
-    return [("raw blob signing acknowledged: this entitlement grants the service account's whole signing power",
-             {"entitlement": e.name, "service_account": e.service_account})
-            for e in policy.entitlements if e.signed_blob is not None and e.signed_blob.acknowledge_raw_signing]
+    return [
+        (
+            "raw blob signing acknowledged: this entitlement grants the service account's whole signing power",
+            {"entitlement": e.name, "service_account": e.service_account},
+        )
+        for e in policy.entitlements
+        if e.signed_blob is not None and e.signed_blob.acknowledge_raw_signing
+    ]
 
 
 @dataclass(frozen=True)
 class Settings:
     """Process settings; every field maps to one ``VENDING_*`` variable."""
 
-    config_path: str                 # VENDING_CONFIG
-    store: str                       # VENDING_STORE: "firestore" or "sqlite:PATH"
-    project: str                     # VENDING_PROJECT (falls back to GOOGLE_CLOUD_PROJECT)
-    firestore_database: str          # VENDING_FIRESTORE_DATABASE
-    iam_endpoint: str                # VENDING_IAM_ENDPOINT
-    iam_token: str | None            # VENDING_IAM_TOKEN: static bearer, local stand-in only
-    iam_timeout_s: float             # VENDING_IAM_TIMEOUT, seconds per attempt
-    iam_retries: int                 # VENDING_IAM_RETRIES, extra attempts on 500/503
-    keys_base_url: str               # VENDING_KEYS_BASE_URL, service account public keys
+    config_path: str  # VENDING_CONFIG
+    store: str  # VENDING_STORE: "firestore" or "sqlite:PATH"
+    project: str  # VENDING_PROJECT (falls back to GOOGLE_CLOUD_PROJECT)
+    firestore_database: str  # VENDING_FIRESTORE_DATABASE
+    iam_endpoint: str  # VENDING_IAM_ENDPOINT
+    iam_token: str | None  # VENDING_IAM_TOKEN: static bearer, local stand-in only
+    iam_timeout_s: float  # VENDING_IAM_TIMEOUT, seconds per attempt
+    iam_retries: int  # VENDING_IAM_RETRIES, extra attempts on 500/503
+    keys_base_url: str  # VENDING_KEYS_BASE_URL, service account public keys
     notifications_topic: str | None  # VENDING_NOTIFICATIONS_TOPIC
-    alerts_topic: str | None         # VENDING_ALERTS_TOPIC
-    events_file: str | None          # VENDING_EVENTS_FILE, local JSONL sink for events
-    retention_days: int              # VENDING_RETENTION_DAYS, purge_at = expiry + this
-    reservation_timeout_s: int       # VENDING_RESERVATION_TIMEOUT, issuing -> unconfirmed
-    log_level: str                   # VENDING_LOG_LEVEL
+    alerts_topic: str | None  # VENDING_ALERTS_TOPIC
+    events_file: str | None  # VENDING_EVENTS_FILE, local JSONL sink for events
+    retention_days: int  # VENDING_RETENTION_DAYS, purge_at = expiry + this
+    reservation_timeout_s: int  # VENDING_RESERVATION_TIMEOUT, issuing -> unconfirmed
+    log_level: str  # VENDING_LOG_LEVEL
     policy: Policy
     # VENDING_IAM_ADMIN_ENDPOINT: the IAM API (service account disable / enable / get, for the kill
     # switch). With a static VENDING_IAM_TOKEN (the local stand-in) it defaults to VENDING_IAM_ENDPOINT.
@@ -495,11 +528,23 @@ class Settings:
 
 
 ENV_VARS = (
-    "VENDING_CONFIG", "VENDING_STORE", "VENDING_PROJECT", "VENDING_FIRESTORE_DATABASE",
-    "VENDING_IAM_ENDPOINT", "VENDING_IAM_TOKEN", "VENDING_IAM_TIMEOUT", "VENDING_IAM_RETRIES",
-    "VENDING_KEYS_BASE_URL", "VENDING_NOTIFICATIONS_TOPIC", "VENDING_ALERTS_TOPIC",
-    "VENDING_EVENTS_FILE", "VENDING_RETENTION_DAYS", "VENDING_RESERVATION_TIMEOUT", "VENDING_LOG_LEVEL",
-    "VENDING_IAM_ADMIN_ENDPOINT", "VENDING_SESSION_KEY",
+    "VENDING_CONFIG",
+    "VENDING_STORE",
+    "VENDING_PROJECT",
+    "VENDING_FIRESTORE_DATABASE",
+    "VENDING_IAM_ENDPOINT",
+    "VENDING_IAM_TOKEN",
+    "VENDING_IAM_TIMEOUT",
+    "VENDING_IAM_RETRIES",
+    "VENDING_KEYS_BASE_URL",
+    "VENDING_NOTIFICATIONS_TOPIC",
+    "VENDING_ALERTS_TOPIC",
+    "VENDING_EVENTS_FILE",
+    "VENDING_RETENTION_DAYS",
+    "VENDING_RESERVATION_TIMEOUT",
+    "VENDING_LOG_LEVEL",
+    "VENDING_IAM_ADMIN_ENDPOINT",
+    "VENDING_SESSION_KEY",
 )
 SESSION_KEY_MIN_CHARS = 32
 IAM_ADMIN_ENDPOINT = "https://iam.googleapis.com"
@@ -566,16 +611,22 @@ def load_settings() -> Settings:
         reservation_timeout_s=_number("VENDING_RESERVATION_TIMEOUT", "300", int, 30, 3600),
         log_level=(_env("VENDING_LOG_LEVEL", "INFO") or "INFO").upper(),
         policy=policy,
-        iam_admin_endpoint=_endpoint("VENDING_IAM_ADMIN_ENDPOINT", _env(
-            "VENDING_IAM_ADMIN_ENDPOINT", iam_endpoint if _env("VENDING_IAM_TOKEN") else IAM_ADMIN_ENDPOINT) or ""),
+        iam_admin_endpoint=_endpoint(
+            "VENDING_IAM_ADMIN_ENDPOINT",
+            _env("VENDING_IAM_ADMIN_ENDPOINT", iam_endpoint if _env("VENDING_IAM_TOKEN") else IAM_ADMIN_ENDPOINT) or "",
+        ),
         session_key=_env("VENDING_SESSION_KEY"),
     )
     if settings.session_key is not None and len(settings.session_key) < SESSION_KEY_MIN_CHARS:
-        raise ConfigError(f"VENDING_SESSION_KEY: must be at least {SESSION_KEY_MIN_CHARS} characters "
-                          "(e.g. the output of `openssl rand -base64 48`)")
+        raise ConfigError(
+            f"VENDING_SESSION_KEY: must be at least {SESSION_KEY_MIN_CHARS} characters "
+            "(e.g. the output of `openssl rand -base64 48`)"
+        )
     if settings.iam_token and settings.iam_admin_endpoint.startswith(IAM_ADMIN_ENDPOINT):
-        raise ConfigError("VENDING_IAM_TOKEN: a static token is only for the local IAM stand-in "
-                          "(set VENDING_IAM_ADMIN_ENDPOINT to it too)")
+        raise ConfigError(
+            "VENDING_IAM_TOKEN: a static token is only for the local IAM stand-in "
+            "(set VENDING_IAM_ADMIN_ENDPOINT to it too)"
+        )
     if settings.iam_token and iam_endpoint.startswith("https://iamcredentials.googleapis.com"):
         raise ConfigError("VENDING_IAM_TOKEN: a static token is only for the local IAM stand-in")
     if settings.store_kind == "firestore":
@@ -586,7 +637,9 @@ def load_settings() -> Settings:
                 "SQLite store, never with VENDING_STORE=firestore"
             )
         if settings.session_key is None:
-            raise ConfigError("VENDING_SESSION_KEY: required with VENDING_STORE=firestore (production): the "
-                              "secret that signs console sessions, shared by every instance (the Terraform "
-                              "module keeps it in Secret Manager)")
+            raise ConfigError(
+                "VENDING_SESSION_KEY: required with VENDING_STORE=firestore (production): the "
+                "secret that signs console sessions, shared by every instance (the Terraform "
+                "module keeps it in Secret Manager)"
+            )
     return settings

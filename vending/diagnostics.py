@@ -52,8 +52,10 @@ def duplicate_keys(path: str, node: yaml.Node | None) -> str | None:
             if isinstance(key, yaml.ScalarNode):
                 if key.value in seen:
                     first = seen[key.value].start_mark.line + 1
-                    return (f"{path}:{key.start_mark.line + 1}:{key.start_mark.column + 1}: "
-                            f"key {key.value!r} is given twice (first on line {first})")
+                    return (
+                        f"{path}:{key.start_mark.line + 1}:{key.start_mark.column + 1}: "
+                        f"key {key.value!r} is given twice (first on line {first})"
+                    )
                 seen[key.value] = key
             found = duplicate_keys(path, value)
             if found:
@@ -114,8 +116,9 @@ def _model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
 
 def _is_tag(part: int | str) -> bool:
     """A pydantic union tag (``str``, ``Pattern``, ``function-after[...]``), not a key of the file."""
-    return isinstance(part, str) and (part in ("str", "int", "bool", "float", "none") or part[:1].isupper()
-                                      or "[" in part)
+    return isinstance(part, str) and (
+        part in ("str", "int", "bool", "float", "none") or part[:1].isupper() or "[" in part
+    )
 
 
 def _where(loc: Loc, root: yaml.Node | None) -> str:
@@ -193,8 +196,11 @@ def describe(path: str, exc: ValidationError, root: yaml.Node | None, root_model
     errors: list[dict[str, Any]] = [dict(e) for e in exc.errors()]
     locs: list[Loc] = [tuple(e["loc"]) for e in errors]
     # An error on a list or mapping whose item also failed is a knock-on of the item's: keep the item's.
-    errors = [e for e, loc in zip(errors, locs, strict=True)
-              if not any(len(other) > len(loc) and other[:len(loc)] == loc for other in locs)]
+    errors = [
+        e
+        for e, loc in zip(errors, locs, strict=True)
+        if not any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs)
+    ]
     # A required key missing beside an unknown one is most likely the same key, misspelt.
     typo_parents: set[Loc] = {tuple(e["loc"])[:-1] for e in errors if e["type"] == "extra_forbidden"}
     errors = [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"])[:-1] in typo_parents)]
@@ -202,8 +208,12 @@ def describe(path: str, exc: ValidationError, root: yaml.Node | None, root_model
     def rank(err: dict[str, Any]) -> tuple[int, int, int, int]:
         loc = tuple(err["loc"])
         mark = _mark(loc, root, key=err["type"] == "extra_forbidden")
-        return (err["type"] != "extra_forbidden", _is_union_tag(loc),
-                mark.line if mark else 0, mark.column if mark else 0)
+        return (
+            err["type"] != "extra_forbidden",
+            _is_union_tag(loc),
+            mark.line if mark else 0,
+            mark.column if mark else 0,
+        )
 
     errors.sort(key=rank)
     first = errors[0]

@@ -36,9 +36,13 @@ def _matcher(m: Matcher) -> Any:
 def entitlement_view(ent: Entitlement) -> dict[str, Any]:
     """An entitlement's bounds as a caller may read them: what it grants and how it is approved."""
     out: dict[str, Any] = {
-        "name": ent.name, "service_account": ent.service_account, "credentials": list(ent.credentials),
-        "scopes": list(ent.scopes), "max_lifetime_s": ent.max_lifetime,
-        "delegates": list(ent.delegates), "requires_approval": ent.requires_approval,
+        "name": ent.name,
+        "service_account": ent.service_account,
+        "credentials": list(ent.credentials),
+        "scopes": list(ent.scopes),
+        "max_lifetime_s": ent.max_lifetime,
+        "delegates": list(ent.delegates),
+        "requires_approval": ent.requires_approval,
         "id_token_audiences": [_matcher(m) for m in ent.id_token.audiences] if ent.id_token else None,
         "signed_jwt_audiences": [_matcher(m) for m in ent.signed_jwt.audiences] if ent.signed_jwt else None,
         "approval": None,
@@ -46,8 +50,11 @@ def entitlement_view(ent: Entitlement) -> dict[str, Any]:
     rules = ent.approval
     if rules is not None:
         out["approval"] = {
-            "quorum": rules.quorum, "max_window_s": rules.max_window, "max_uses": rules.max_uses,
-            "pending_timeout_s": rules.pending_timeout, "break_glass": rules.break_glass,
+            "quorum": rules.quorum,
+            "max_window_s": rules.max_window,
+            "max_uses": rules.max_uses,
+            "pending_timeout_s": rules.pending_timeout,
+            "break_glass": rules.break_glass,
             "justification_pattern": rules.justification_pattern.pattern if rules.justification_pattern else None,
         }
     return out
@@ -73,14 +80,18 @@ class RequestList:
             raise BadRequestError(f"role must be one of {', '.join(ROLES)}.", reason="invalid-role")
         state = args.get("state")
         if state is not None and state not in approvals_mod.STATES:
-            raise BadRequestError(f"state must be one of {', '.join(approvals_mod.STATES)}.",
-                                  reason="invalid-state")
+            raise BadRequestError(f"state must be one of {', '.join(approvals_mod.STATES)}.", reason="invalid-state")
         entitlement = args.get("entitlement")
         if entitlement is not None and not (0 < len(entitlement) <= 63):
             raise BadRequestError("entitlement must be an entitlement name.", reason="invalid-entitlement")
-        records, token = self.approvals.listing(caller.principal, role=role, state=state, entitlement=entitlement,
-                                                page_size=_page_size(args.get("page_size")),
-                                                page_token=args.get("page_token"))
+        records, token = self.approvals.listing(
+            caller.principal,
+            role=role,
+            state=state,
+            entitlement=entitlement,
+            page_size=_page_size(args.get("page_size")),
+            page_token=args.get("page_token"),
+        )
         out: dict[str, Any] = {"requests": records}
         if token:
             out["next_page_token"] = token
@@ -103,24 +114,38 @@ class Profile:
         decided = self.approvals.decided_by(caller.principal)
         ks = self.policy.kill_switch
         return {
-            "identity": who, "issuer": caller.principal.issuer, "subject": caller.principal.identity,
+            "identity": who,
+            "issuer": caller.principal.issuer,
+            "subject": caller.principal.identity,
             "expires_at": clock.rfc3339(caller.expires_at),
             "auditor": self.policy.is_auditor(who),
             "approver_of": [n for n in decided if n != approvals_mod.KILL_SWITCH_RELEASE],
             "kill_switch_operator": self.policy.is_kill_switch_operator(who),
             "kill_switch_approver": approvals_mod.KILL_SWITCH_RELEASE in decided,
-            "may_request": [e.name for e in self.policy.entitlements
-                            if e.requires_approval and policy.is_principal_of(e, caller.principal)],
+            "may_request": [
+                e.name
+                for e in self.policy.entitlements
+                if e.requires_approval and policy.is_principal_of(e, caller.principal)
+            ],
             "kill_switch_configured": ks is not None,
             "break_glass_active": [
-                {"request_id": r["id"], "requester": r["requester"], "entitlement": r["entitlement"],
-                 "service_account": r["service_account"], "window_end": r["window_end"],
-                 "justification": r["justification"]}
-                for r in self.approvals.active_break_glass(now)],
+                {
+                    "request_id": r["id"],
+                    "requester": r["requester"],
+                    "entitlement": r["entitlement"],
+                    "service_account": r["service_account"],
+                    "window_end": r["window_end"],
+                    "justification": r["justification"],
+                }
+                for r in self.approvals.active_break_glass(now)
+            ],
         }
 
     def entitlements(self, credential: Any) -> dict[str, Any]:
         """What the caller may request or vend, each with its bounds."""
         caller = self.verifier.verify_authorization(credential)
-        return {"entitlements": [entitlement_view(e) for e in self.policy.entitlements
-                                 if policy.is_principal_of(e, caller.principal)]}
+        return {
+            "entitlements": [
+                entitlement_view(e) for e in self.policy.entitlements if policy.is_principal_of(e, caller.principal)
+            ]
+        }

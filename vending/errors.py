@@ -111,8 +111,9 @@ class RateLimitedError(VendingError):
     reason = "rate-limited"
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: int = 1, reason: str | None = None,
-                 detail: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: int = 1, reason: str | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message, reason=reason, detail=detail)
         self.retry_after = max(1, int(retry_after))
 

@@ -34,8 +34,7 @@ def make_event(type_: str, **fields: Any) -> dict[str, Any]:
 
 # One shape per record kind: every event about an issuance carries these fields, every
 # event about an access request those; identities are issuer-qualified (ISSUER/IDENTITY).
-ISSUANCE_FIELDS = ("kind", "entitlement", "service_account", "principal", "request_id", "expire_time",
-                   "break_glass")
+ISSUANCE_FIELDS = ("kind", "entitlement", "service_account", "principal", "request_id", "expire_time", "break_glass")
 REQUEST_FIELDS = ("entitlement", "service_account", "requester", "state", "window_end", "break_glass")
 
 
@@ -65,8 +64,19 @@ def rejection_event(**fields: Any) -> dict[str, Any]:
     return make_event("approval.rejected", **{k: fields.get(k) for k in REJECTION_FIELDS})
 
 
-KILL_SWITCH_FIELDS = ("service_account", "state", "engagement_id", "engaged_by", "justification", "via",
-                      "requested_at", "engaged_at", "safe_at", "revoked", "failure")
+KILL_SWITCH_FIELDS = (
+    "service_account",
+    "state",
+    "engagement_id",
+    "engaged_by",
+    "justification",
+    "via",
+    "requested_at",
+    "engaged_at",
+    "safe_at",
+    "revoked",
+    "failure",
+)
 
 
 def kill_switch_event(type_: str, record: dict[str, Any], **extra: Any) -> dict[str, Any]:

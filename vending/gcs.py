@@ -30,7 +30,7 @@ from vending.errors import BadRequestError
 
 ALGORITHM = "GOOG4-RSA-SHA256"
 MAX_EXPIRES_S = 604800  # Cloud Storage's limit for V4 signed URLs: 7 days
-MAX_SKEW_S = 900        # the string-to-sign's timestamp may be at most 15 minutes from now
+MAX_SKEW_S = 900  # the string-to-sign's timestamp may be at most 15 minutes from now
 _STAMP_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 _BUCKET = r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"
@@ -60,8 +60,10 @@ def parse(string_to_sign: bytes, canonical_request: str | None, now: _dt.datetim
         raise _bad("payload is not a Cloud Storage V4 string-to-sign (not ASCII).") from exc
     lines = text.split("\n")
     if len(lines) != 4 or lines[0] != ALGORITHM:
-        raise _bad(f"payload must be a Cloud Storage V4 string-to-sign: {ALGORITHM}, timestamp, "
-                   "credential scope and canonical request hash on four lines.")
+        raise _bad(
+            f"payload must be a Cloud Storage V4 string-to-sign: {ALGORITHM}, timestamp, "
+            "credential scope and canonical request hash on four lines."
+        )
     stamp, scope, digest = lines[1], lines[2], lines[3]
     if not _STAMP_RE.fullmatch(stamp):
         raise _bad("the string-to-sign has no valid timestamp (YYYYMMDDTHHMMSSZ).")
@@ -72,8 +74,7 @@ def parse(string_to_sign: bytes, canonical_request: str | None, now: _dt.datetim
     if abs((signed_at - now).total_seconds()) > MAX_SKEW_S:
         raise _bad(f"the string-to-sign's timestamp is more than {MAX_SKEW_S} seconds from now.")
     parts = scope.split("/")
-    if len(parts) != 4 or parts[0] != stamp[:8] or not parts[1] or parts[2] != "storage" \
-            or parts[3] != "goog4_request":
+    if len(parts) != 4 or parts[0] != stamp[:8] or not parts[1] or parts[2] != "storage" or parts[3] != "goog4_request":
         raise _bad("the credential scope must be DATE/LOCATION/storage/goog4_request, with the timestamp's date.")
     if not _HEX64_RE.fullmatch(digest):
         raise _bad("the string-to-sign's last line must be the hex SHA-256 of the canonical request.")
@@ -88,7 +89,7 @@ def parse(string_to_sign: bytes, canonical_request: str | None, now: _dt.datetim
         raise _bad("canonical_request is not a V4 canonical request.")
     method, path, query = req[0], req[1], req[2]
     blank = req.index("", 3)
-    header_lines, rest = req[3:blank], req[blank + 1:]
+    header_lines, rest = req[3:blank], req[blank + 1 :]
     if method not in _METHODS or len(rest) != 2 or not header_lines:
         raise _bad("canonical_request is not a V4 canonical request.")
     headers: dict[str, str] = {}
@@ -108,7 +109,7 @@ def parse(string_to_sign: bytes, canonical_request: str | None, now: _dt.datetim
         raise _bad("canonical_request's path must be an absolute path.")
     if m.group(1):  # virtual-host style: the bucket is in the host
         bucket, object_path = m.group(1), path[1:]
-    else:           # path-style: /BUCKET/OBJECT
+    else:  # path-style: /BUCKET/OBJECT
         bucket, _, object_path = path[1:].partition("/")
     if not _BUCKET_RE.fullmatch(bucket):
         raise _bad("canonical_request names no valid bucket.")

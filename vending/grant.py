@@ -32,23 +32,29 @@ class Bounds:
     """
 
     not_after: _dt.datetime
-    scopes: tuple[str, ...] = ()               # access tokens: OAuth scopes allowed
-    audiences: tuple[Matcher, ...] = ()        # ID tokens and signed JWTs: allowed audiences
-    claims: tuple[str, ...] = ()               # signed JWTs: claims a caller may set besides aud and exp
-    max_payload_bytes: int = 0                 # signed blobs
-    buckets: tuple[BucketRule, ...] = ()       # signed blobs: V4 URLs for these buckets and methods only
-    raw_blobs: bool = False                    # signed blobs: raw signing acknowledged by the entitlement
-    uses_left: int | None = None               # approval uses left; None without an approval
+    scopes: tuple[str, ...] = ()  # access tokens: OAuth scopes allowed
+    audiences: tuple[Matcher, ...] = ()  # ID tokens and signed JWTs: allowed audiences
+    claims: tuple[str, ...] = ()  # signed JWTs: claims a caller may set besides aud and exp
+    max_payload_bytes: int = 0  # signed blobs
+    buckets: tuple[BucketRule, ...] = ()  # signed blobs: V4 URLs for these buckets and methods only
+    raw_blobs: bool = False  # signed blobs: raw signing acknowledged by the entitlement
+    uses_left: int | None = None  # approval uses left; None without an approval
 
-    def narrow(self, *, not_after: _dt.datetime | None = None, scopes: tuple[str, ...] | None = None,
-               uses_left: int | None = None) -> Bounds:
+    def narrow(
+        self,
+        *,
+        not_after: _dt.datetime | None = None,
+        scopes: tuple[str, ...] | None = None,
+        uses_left: int | None = None,
+    ) -> Bounds:
         """The same bounds or tighter: an earlier ``not_after``, a subset of scopes, fewer uses."""
         return replace(
             self,
             not_after=min(self.not_after, not_after) if not_after is not None else self.not_after,
             scopes=tuple(s for s in self.scopes if s in scopes) if scopes is not None else self.scopes,
             uses_left=(uses_left if self.uses_left is None else min(self.uses_left, uses_left))
-            if uses_left is not None else self.uses_left,
+            if uses_left is not None
+            else self.uses_left,
         )
 
     def record(self) -> dict[str, Any]:
@@ -85,10 +91,10 @@ class ApprovalUse:
 
     request_id: str
     entitlement: str
-    requester: str                 # qualified identity
-    not_after: _dt.datetime        # window end minus one second
-    scopes: tuple[str, ...]        # what the approvers approved
-    uses: int                      # uses reserved so far
+    requester: str  # qualified identity
+    not_after: _dt.datetime  # window end minus one second
+    scopes: tuple[str, ...]  # what the approvers approved
+    uses: int  # uses reserved so far
     max_uses: int
     break_glass: bool
     version: str
@@ -101,7 +107,7 @@ class ApprovalUse:
 class Grant:
     """What the policy (and an approval) allow for this one request."""
 
-    caller: str                    # issuer-qualified identity: ISSUER/IDENTITY
+    caller: str  # issuer-qualified identity: ISSUER/IDENTITY
     issuer: str
     subject: str
     entitlement: str
@@ -109,7 +115,7 @@ class Grant:
     service_account: str
     delegates: tuple[str, ...]
     bounds: Bounds
-    terms: Any                     # the kind's exact request inside ``bounds`` (vending.kinds.*.Terms)
+    terms: Any  # the kind's exact request inside ``bounds`` (vending.kinds.*.Terms)
     decided_at: _dt.datetime
     request_id: str | None = None
     break_glass: bool = False

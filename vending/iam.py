@@ -71,12 +71,14 @@ from vending.errors import (
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
-RETRY_AFTER_DEFAULT_S = 5       # IAM's 429 without a usable Retry-After (missing, not an integer, an HTTP date)
-RETRY_AFTER_MAX_S = 3600        # a larger Retry-After from IAM is capped
-UPSTREAM_MESSAGE_MAX = 300      # characters of IAM's own error message kept (one line)
+RETRY_AFTER_DEFAULT_S = 5  # IAM's 429 without a usable Retry-After (missing, not an integer, an HTTP date)
+RETRY_AFTER_MAX_S = 3600  # a larger Retry-After from IAM is capped
+UPSTREAM_MESSAGE_MAX = 300  # characters of IAM's own error message kept (one line)
 # Anything a transport can raise below ``requests`` that it may fail to wrap: all end as ``iam-unavailable``.
 TRANSPORT_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
-RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
+RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 BAD_RESPONSE = "The IAM Credentials API returned an unexpected response; retry later."
 
 
@@ -120,24 +122,37 @@ class GoogleCredentialsToken:
                 try:
                     self._creds, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
                 except google.auth.exceptions.DefaultCredentialsError as exc:
-                    raise UnavailableError("The service has no Google credentials of its own.",
-                                           reason="service-credentials-unavailable", detail=repr(exc)) from exc
+                    raise UnavailableError(
+                        "The service has no Google credentials of its own.",
+                        reason="service-credentials-unavailable",
+                        detail=repr(exc),
+                    ) from exc
                 self._request = google.auth.transport.requests.Request()
             if not self._creds.valid:
                 try:
                     self._creds.refresh(self._request)
                 except Exception as exc:  # google.auth.exceptions.* -> our tree
-                    raise UnavailableError("Could not obtain the service's own Google credentials.",
-                                           reason="service-credentials-unavailable", detail=repr(exc)) from exc
+                    raise UnavailableError(
+                        "Could not obtain the service's own Google credentials.",
+                        reason="service-credentials-unavailable",
+                        detail=repr(exc),
+                    ) from exc
             return str(self._creds.token)
 
 
 class IamCredentials:
     """Client of the four IAM Credentials methods."""
 
-    def __init__(self, endpoint: str, token_source: Callable[[], str], *, timeout_s: float = 10.0,
-                 retries: int = 2, session: requests.Session | None = None,
-                 backoff_s: float = 0.1) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        token_source: Callable[[], str],
+        *,
+        timeout_s: float = 10.0,
+        retries: int = 2,
+        session: requests.Session | None = None,
+        backoff_s: float = 0.1,
+    ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self._token = token_source
         self._timeout = timeout_s
@@ -158,8 +173,9 @@ class IamCredentials:
         self.calls: Counter[str] = Counter()
 
     # -- the four methods -------------------------------------------------
-    def generate_access_token(self, email: str, scopes: Sequence[str], lifetime_s: int,
-                              delegates: Sequence[str], *, reason: str) -> AccessToken:
+    def generate_access_token(
+        self, email: str, scopes: Sequence[str], lifetime_s: int, delegates: Sequence[str], *, reason: str
+    ) -> AccessToken:
         body = {"scope": list(scopes), "lifetime": f"{int(lifetime_s)}s"}
         if delegates:
             body["delegates"] = list(delegates)
@@ -175,8 +191,9 @@ class IamCredentials:
             raise _bad_response(method, "expireTime is not an RFC 3339 timestamp") from exc
         return AccessToken(token, expire_time)
 
-    def generate_id_token(self, email: str, audience: str, include_email: bool,
-                          delegates: Sequence[str], *, reason: str) -> str:
+    def generate_id_token(
+        self, email: str, audience: str, include_email: bool, delegates: Sequence[str], *, reason: str
+    ) -> str:
         body: dict[str, Any] = {"audience": audience, "includeEmail": bool(include_email)}
         if delegates:
             body["delegates"] = list(delegates)
@@ -212,18 +229,26 @@ class IamCredentials:
             attempt += 1
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise UnavailableError("The IAM Credentials API did not answer in time.",
-                                       reason="iam-unavailable", detail=f"{method} deadline after {attempt - 1} attempts")
+                raise UnavailableError(
+                    "The IAM Credentials API did not answer in time.",
+                    reason="iam-unavailable",
+                    detail=f"{method} deadline after {attempt - 1} attempts",
+                )
             self.calls[method] += 1
             try:
-                resp = self._session.post(url, data=payload, headers=headers, timeout=remaining,
-                                          allow_redirects=False)
+                resp = self._session.post(url, data=payload, headers=headers, timeout=remaining, allow_redirects=False)
             except requests.Timeout as exc:
-                raise UnavailableError("The IAM Credentials API did not answer in time.",
-                                       reason="iam-unavailable", detail=f"{method} timeout") from exc
+                raise UnavailableError(
+                    "The IAM Credentials API did not answer in time.",
+                    reason="iam-unavailable",
+                    detail=f"{method} timeout",
+                ) from exc
             except TRANSPORT_ERRORS as exc:
-                raise UnavailableError("The IAM Credentials API could not be reached.",
-                                       reason="iam-unavailable", detail=f"{method}: {type(exc).__name__}") from exc
+                raise UnavailableError(
+                    "The IAM Credentials API could not be reached.",
+                    reason="iam-unavailable",
+                    detail=f"{method}: {type(exc).__name__}",
+                ) from exc
             if resp.status_code == 200:
                 return self._body(resp, method)
             if resp.status_code in RETRY_STATUSES and attempt <= self._retries:
@@ -251,22 +276,37 @@ class IamCredentials:
         detail = f"{method} {status}: {upstream}"
         error: VendingError
         if status == 429:
-            return RateLimitedError("The IAM Credentials API quota is exhausted; retry later.",
-                                    retry_after=_retry_after(resp.headers.get("Retry-After")),
-                                    reason="iam-rate-limited", detail=detail)
+            return RateLimitedError(
+                "The IAM Credentials API quota is exhausted; retry later.",
+                retry_after=_retry_after(resp.headers.get("Retry-After")),
+                reason="iam-rate-limited",
+                detail=detail,
+            )
         if status == 401:
-            return InternalError("The IAM Credentials API did not accept the service's own credentials; "
-                                 "the service is misconfigured.", reason="iam-unauthenticated", detail=detail)
+            return InternalError(
+                "The IAM Credentials API did not accept the service's own credentials; the service is misconfigured.",
+                reason="iam-unauthenticated",
+                detail=detail,
+            )
         if status == 403:
             return PermissionDeniedError(
                 f"The vending service account lacks roles/iam.serviceAccountTokenCreator on {email} "
-                "(or on a delegate in the chain).", reason="iam-permission-denied", detail=detail)
+                "(or on a delegate in the chain).",
+                reason="iam-permission-denied",
+                detail=detail,
+            )
         if status == 404:
-            return NotFoundError(f"The target service account {email} (or a delegate in the chain) does not exist.",
-                                 reason="iam-target-not-found", detail=detail)
+            return NotFoundError(
+                f"The target service account {email} (or a delegate in the chain) does not exist.",
+                reason="iam-target-not-found",
+                detail=detail,
+            )
         if 400 <= status < 500:
-            error = BadRequestError(f"The IAM Credentials API rejected the request (HTTP {status}): "
-                                    f"{upstream or 'no message'}", reason="iam-rejected", detail=detail)
+            error = BadRequestError(
+                f"The IAM Credentials API rejected the request (HTTP {status}): {upstream or 'no message'}",
+                reason="iam-rejected",
+                detail=detail,
+            )
             error.status = "FAILED_PRECONDITION"
             return error
         if 500 <= status < 600:
@@ -301,7 +341,7 @@ def _upstream_message(resp: requests.Response) -> str:
         return ""
     if not isinstance(message, str):
         return ""
-    one_line = " ".join("".join(c if c.isprintable() else " " for c in message[:UPSTREAM_MESSAGE_MAX * 2]).split())
+    one_line = " ".join("".join(c if c.isprintable() else " " for c in message[: UPSTREAM_MESSAGE_MAX * 2]).split())
     return one_line[:UPSTREAM_MESSAGE_MAX]
 
 

@@ -69,8 +69,16 @@ class AccountState:
 class IamAdmin:
     """Client of ``projects.serviceAccounts`` disable, enable and get."""
 
-    def __init__(self, endpoint: str, token_source: Callable[[], str], *, timeout_s: float = 10.0,
-                 retries: int = 2, session: requests.Session | None = None, backoff_s: float = 0.1) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        token_source: Callable[[], str],
+        *,
+        timeout_s: float = 10.0,
+        retries: int = 2,
+        session: requests.Session | None = None,
+        backoff_s: float = 0.1,
+    ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self._token = token_source
         self._timeout = timeout_s
@@ -100,8 +108,11 @@ class IamAdmin:
         if not isinstance(disabled, bool):
             raise _bad_response("get", "disabled is not a boolean")
         unique_id = data.get("uniqueId")
-        return AccountState(email=str(data.get("email") or email),
-                            unique_id=unique_id if isinstance(unique_id, str) else None, disabled=disabled)
+        return AccountState(
+            email=str(data.get("email") or email),
+            unique_id=unique_id if isinstance(unique_id, str) else None,
+            disabled=disabled,
+        )
 
     # -- transport ----------------------------------------------------------
     def _call(self, verb: str, email: str, method: str, reason: str | None) -> dict[str, Any]:
@@ -120,20 +131,34 @@ class IamAdmin:
             attempt += 1
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise UnavailableError("The IAM API did not answer in time.", reason="iam-unavailable",
-                                       detail=f"{method} deadline after {attempt - 1} attempts")
+                raise UnavailableError(
+                    "The IAM API did not answer in time.",
+                    reason="iam-unavailable",
+                    detail=f"{method} deadline after {attempt - 1} attempts",
+                )
             self.calls[method] += 1
             cause: Exception | None = None
             outcome: VendingError
             try:
-                resp = self._session.request(verb, url, data=data, headers=headers, timeout=remaining,
-                                             allow_redirects=False)
+                resp = self._session.request(
+                    verb, url, data=data, headers=headers, timeout=remaining, allow_redirects=False
+                )
             except requests.Timeout as exc:
-                cause, outcome = exc, UnavailableError("The IAM API did not answer in time.",
-                                                       reason="iam-unavailable", detail=f"{method} timeout")
+                cause, outcome = (
+                    exc,
+                    UnavailableError(
+                        "The IAM API did not answer in time.", reason="iam-unavailable", detail=f"{method} timeout"
+                    ),
+                )
             except TRANSPORT_ERRORS as exc:
-                cause, outcome = exc, UnavailableError("The IAM API could not be reached.", reason="iam-unavailable",
-                                                       detail=f"{method}: {type(exc).__name__}")
+                cause, outcome = (
+                    exc,
+                    UnavailableError(
+                        "The IAM API could not be reached.",
+                        reason="iam-unavailable",
+                        detail=f"{method}: {type(exc).__name__}",
+                    ),
+                )
             else:
                 if resp.status_code == 200:
                     return _body(resp, method)
@@ -163,22 +188,33 @@ def _error(resp: requests.Response, email: str, method: str) -> VendingError:
     detail = f"{method} {status}: {upstream}"
     error: VendingError
     if status == 429:
-        return RateLimitedError("The IAM API quota is exhausted; retry later.",
-                                retry_after=_retry_after(resp.headers.get("Retry-After")),
-                                reason="iam-rate-limited", detail=detail)
+        return RateLimitedError(
+            "The IAM API quota is exhausted; retry later.",
+            retry_after=_retry_after(resp.headers.get("Retry-After")),
+            reason="iam-rate-limited",
+            detail=detail,
+        )
     if status == 401:
-        return InternalError("The IAM API did not accept the service's own credentials; the service is "
-                             "misconfigured.", reason="iam-unauthenticated", detail=detail)
+        return InternalError(
+            "The IAM API did not accept the service's own credentials; the service is misconfigured.",
+            reason="iam-unauthenticated",
+            detail=detail,
+        )
     if status == 403:
         return PermissionDeniedError(
             f"The vending service account may not {method} {email} (it needs the kill switch role with "
-            f"{', '.join(KILL_SWITCH_PERMISSIONS)} on that account).", reason="iam-permission-denied",
-            detail=detail)
+            f"{', '.join(KILL_SWITCH_PERMISSIONS)} on that account).",
+            reason="iam-permission-denied",
+            detail=detail,
+        )
     if status == 404:
         return NotFoundError(f"IAM knows no service account {email}.", reason="iam-target-not-found", detail=detail)
     if 400 <= status < 500:
-        error = BadRequestError(f"The IAM API rejected the request (HTTP {status}): {upstream or 'no message'}",
-                                reason="iam-rejected", detail=detail)
+        error = BadRequestError(
+            f"The IAM API rejected the request (HTTP {status}): {upstream or 'no message'}",
+            reason="iam-rejected",
+            detail=detail,
+        )
         error.status = "FAILED_PRECONDITION"
         return error
     if 500 <= status < 600:

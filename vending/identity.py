@@ -53,23 +53,28 @@ from vending import clock
 from vending.config import Bot, Issuer
 from vending.errors import AuthenticationError, JwksUnavailableError
 
-MAX_TOKEN_CHARS = 16 * 1024          # compact JWT, checked before any parsing
-MAX_JWKS_BYTES = 512 * 1024          # a JWKS response larger than this is refused
-MAX_EPOCH_S = 253402300799           # 9999-12-31T23:59:59Z: bounds exp/iat/nbf
+MAX_TOKEN_CHARS = 16 * 1024  # compact JWT, checked before any parsing
+MAX_JWKS_BYTES = 512 * 1024  # a JWKS response larger than this is refused
+MAX_EPOCH_S = 253402300799  # 9999-12-31T23:59:59Z: bounds exp/iat/nbf
 MAX_KID_CHARS = 1024
 
-BOT_JWKS_TTL_S = 3600                # service account public keys, cached this long
-BOT_JWKS_COOLDOWN_S = 30             # at most one refetch per unknown kid per this
-BOT_CLOCK_SKEW_S = 30                # a bot's iat may be this far in our future
+BOT_JWKS_TTL_S = 3600  # service account public keys, cached this long
+BOT_JWKS_COOLDOWN_S = 30  # at most one refetch per unknown kid per this
+BOT_CLOCK_SKEW_S = 30  # a bot's iat may be this far in our future
 
 # Header parameters that change how the JWS is processed; none is supported.
 _UNSUPPORTED_HEADERS = ("crit", "b64", "zip", "enc")
 
 # Which JWK a given algorithm may be verified with: (kty, crv).
 _KEY_SHAPE: dict[str, tuple[str, str | None]] = {
-    "RS256": ("RSA", None), "RS384": ("RSA", None), "RS512": ("RSA", None),
-    "PS256": ("RSA", None), "PS384": ("RSA", None), "PS512": ("RSA", None),
-    "ES256": ("EC", "P-256"), "ES384": ("EC", "P-384"),
+    "RS256": ("RSA", None),
+    "RS384": ("RSA", None),
+    "RS512": ("RSA", None),
+    "PS256": ("RSA", None),
+    "PS384": ("RSA", None),
+    "PS512": ("RSA", None),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
 }
 
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
@@ -83,9 +88,9 @@ _B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
 class Principal:
     """Who is calling: an identity is (issuer, subject); compare ``qualified``, never ``identity`` alone."""
 
-    issuer: str                 # Issuer.name from config
-    identity: str               # value of the issuer's identity_claim (default "sub")
-    claims: Mapping[str, Any]   # all verified claims
+    issuer: str  # Issuer.name from config
+    identity: str  # value of the issuer's identity_claim (default "sub")
+    claims: Mapping[str, Any]  # all verified claims
 
     @property
     def qualified(self) -> str:
@@ -96,9 +101,9 @@ class Principal:
 @dataclass(frozen=True)
 class VerifiedToken:
     principal: Principal
-    replay_key: str | None      # see Verifier.verify
-    expires_at: datetime        # the token's exp (aware UTC)
-    replay_until: datetime      # exp + leeway: the token is accepted until then, so its replay record lives that long
+    replay_key: str | None  # see Verifier.verify
+    expires_at: datetime  # the token's exp (aware UTC)
+    replay_until: datetime  # exp + leeway: the token is accepted until then, so its replay record lives that long
 
 
 def _fail(detail: str, reason: str) -> NoReturn:
@@ -170,7 +175,7 @@ def _b64url_segment(segment: str, part: str) -> bytes:
 @dataclass(frozen=True)
 class _Parsed:
     header: dict[str, Any]
-    unverified: dict[str, Any]   # payload claims, NOT verified: only to pick issuer and key
+    unverified: dict[str, Any]  # payload claims, NOT verified: only to pick issuer and key
     signature_empty: bool
 
 
@@ -279,13 +284,13 @@ def _audience_is(aud: Any, expected: str) -> bool:
 
 @dataclass
 class _Entry:
-    keys: list[dict[str, Any]] | None = None      # usable JWKs of the last good fetch
+    keys: list[dict[str, Any]] | None = None  # usable JWKs of the last good fetch
     by_kid: dict[str, dict[str, Any]] = field(default_factory=dict)
-    fetched_at: float = 0.0                       # clock epoch of the last good fetch
-    attempted_at: float | None = None             # clock epoch of the last fetch attempt
-    failed_at: float | None = None                # clock epoch of the last failed attempt
-    error: str | None = None                      # detail of the last failure
-    inflight: threading.Event | None = None       # set when the running fetch finishes
+    fetched_at: float = 0.0  # clock epoch of the last good fetch
+    attempted_at: float | None = None  # clock epoch of the last fetch attempt
+    failed_at: float | None = None  # clock epoch of the last failed attempt
+    error: str | None = None  # detail of the last failure
+    inflight: threading.Event | None = None  # set when the running fetch finishes
     built: dict[tuple[str | None, str], jwt.PyJWK] = field(default_factory=dict)
 
 
@@ -299,8 +304,7 @@ class JwksCache:
         self._entries: dict[str, _Entry] = {}
         self.fetches: Counter[str] = Counter()
 
-    def key(self, url: str, kid: str | None, *, ttl_s: int, cooldown_s: int,
-            algorithm: str | None = None) -> jwt.PyJWK:
+    def key(self, url: str, kid: str | None, *, ttl_s: int, cooldown_s: int, algorithm: str | None = None) -> jwt.PyJWK:
         """The key ``kid`` of the JWKS at ``url``, built for ``algorithm``.
 
         ``kid=None`` selects the only key of a one-key set. ``algorithm`` (the
@@ -322,8 +326,10 @@ class JwksCache:
                 if fresh and entry.attempted_at is not None and now - entry.attempted_at < cooldown_s:
                     _fail(f"kid {kid!r} is not in the JWKS of {url} (refetch cooling down)", "unknown-key")
                 if not fresh and entry.failed_at is not None and now - entry.failed_at < cooldown_s:
-                    _fail(f"JWKS {url} unavailable (last fetch failed {now - entry.failed_at:.0f}s ago: "
-                          f"{entry.error})", "jwks-unavailable")
+                    _fail(
+                        f"JWKS {url} unavailable (last fetch failed {now - entry.failed_at:.0f}s ago: {entry.error})",
+                        "jwks-unavailable",
+                    )
                 event = entry.inflight = threading.Event()
                 entry.attempted_at = now
                 self.fetches[url] += 1
@@ -339,8 +345,7 @@ class JwksCache:
             jwk = self._select(entry, kid, url)
             if jwk is None:
                 if entry.failed_at is not None and entry.failed_at >= (entry.attempted_at or 0.0):
-                    _fail(f"kid {kid!r} not cached and JWKS {url} refetch failed: {entry.error}",
-                          "jwks-unavailable")
+                    _fail(f"kid {kid!r} not cached and JWKS {url} refetch failed: {entry.error}", "jwks-unavailable")
                 _fail(f"kid {kid!r} is not in the JWKS of {url}", "unknown-key")
             return self._build(entry, jwk, algorithm, url)
 
@@ -374,8 +379,9 @@ class JwksCache:
 
     def _fetch(self, url: str) -> list[dict[str, Any]]:
         try:
-            resp = self._session.get(url, timeout=self._timeout_s, allow_redirects=False, stream=True,
-                                      headers={"Accept": "application/json"})
+            resp = self._session.get(
+                url, timeout=self._timeout_s, allow_redirects=False, stream=True, headers={"Accept": "application/json"}
+            )
         except requests.RequestException as exc:
             _fail(f"GET {url}: {type(exc).__name__}: {exc}", "jwks-unavailable")
         try:
@@ -423,8 +429,10 @@ class JwksCache:
             if kty is None:
                 _fail(f"algorithm {algorithm!r} is not an asymmetric JWS algorithm", "disallowed-algorithm")
             if jwk.get("kty") != kty or (crv is not None and jwk.get("crv") != crv):
-                _fail(f"{label} is kty={jwk.get('kty')!r} crv={jwk.get('crv')!r}, unusable for {algorithm}",
-                      "disallowed-algorithm")
+                _fail(
+                    f"{label} is kty={jwk.get('kty')!r} crv={jwk.get('crv')!r}, unusable for {algorithm}",
+                    "disallowed-algorithm",
+                )
         try:
             built = jwt.PyJWK(jwk, algorithm or None)
         except jwt.PyJWTError as exc:
@@ -467,8 +475,10 @@ class Verifier:
         parts = header.strip(" \t").split(" ")
         if len(parts) != 2 or parts[0].lower() != "bearer" or not parts[1]:
             scheme = parts[0][:16] if parts[0].isascii() and parts[0].isprintable() else "?"
-            _fail(f"Authorization must be 'Bearer <token>' (scheme {scheme!r}, {len(parts)} parts)",
-                  "malformed-authorization")
+            _fail(
+                f"Authorization must be 'Bearer <token>' (scheme {scheme!r}, {len(parts)} parts)",
+                "malformed-authorization",
+            )
         return self.verify(parts[1])
 
     def verify(self, token: str) -> VerifiedToken:
@@ -482,8 +492,13 @@ class Verifier:
         parsed = _parse_compact(token)
         issuer = self._issuer_for(parsed.unverified)
         alg = _check_algorithm(parsed, issuer.algorithms, f"issuer {issuer.name!r}")
-        key = self._jwks.key(issuer.jwks_uri, parsed.header.get("kid"), ttl_s=issuer.jwks_ttl_seconds,
-                             cooldown_s=issuer.jwks_cooldown_seconds, algorithm=alg)
+        key = self._jwks.key(
+            issuer.jwks_uri,
+            parsed.header.get("kid"),
+            ttl_s=issuer.jwks_ttl_seconds,
+            cooldown_s=issuer.jwks_cooldown_seconds,
+            algorithm=alg,
+        )
         claims = _verified_payload(token, key, alg)
         exp = self._check_claims(issuer, claims)
         if not issuer.replay_protection:
@@ -536,8 +551,7 @@ class Verifier:
         if exp <= iat:
             _fail(f"token exp {exp:.0f} is not after iat {iat:.0f}", "invalid-claim")
         if exp - iat > issuer.max_token_ttl_seconds:
-            _fail(f"token lifetime {exp - iat:.0f}s exceeds {issuer.max_token_ttl_seconds}s",
-                  "token-lifetime-too-long")
+            _fail(f"token lifetime {exp - iat:.0f}s exceeds {issuer.max_token_ttl_seconds}s", "token-lifetime-too-long")
         if "aud" not in claims:
             _fail("claim 'aud' is required", "missing-claim")
         if not _audience_is(claims["aud"], issuer.audience):
@@ -571,9 +585,18 @@ class BotVerifier:
 
     ALGORITHMS = ("RS256",)
 
-    def __init__(self, bots: Sequence[Bot], *, audience: str, keys_base_url: str, max_ttl_s: int,
-                 jwks: JwksCache | None = None, jwks_ttl_s: int = BOT_JWKS_TTL_S,
-                 jwks_cooldown_s: int = BOT_JWKS_COOLDOWN_S, clock_skew_s: int = BOT_CLOCK_SKEW_S) -> None:
+    def __init__(
+        self,
+        bots: Sequence[Bot],
+        *,
+        audience: str,
+        keys_base_url: str,
+        max_ttl_s: int,
+        jwks: JwksCache | None = None,
+        jwks_ttl_s: int = BOT_JWKS_TTL_S,
+        jwks_cooldown_s: int = BOT_JWKS_COOLDOWN_S,
+        clock_skew_s: int = BOT_CLOCK_SKEW_S,
+    ) -> None:
         self._bots = {bot.service_account: bot for bot in bots}
         self._audience = audience
         self._keys_base_url = keys_base_url
@@ -596,8 +619,13 @@ class BotVerifier:
         kid = parsed.header.get("kid")
         if kid is None:
             _fail("signJwt tokens carry a kid; this one has none", "unknown-key")
-        key = self._jwks.key(bot_jwks_url(self._keys_base_url, bot.service_account), kid,
-                             ttl_s=self._jwks_ttl_s, cooldown_s=self._jwks_cooldown_s, algorithm=alg)
+        key = self._jwks.key(
+            bot_jwks_url(self._keys_base_url, bot.service_account),
+            kid,
+            ttl_s=self._jwks_ttl_s,
+            cooldown_s=self._jwks_cooldown_s,
+            algorithm=alg,
+        )
         claims = _verified_payload(token, key, alg)
         self._check_claims(bot, claims)
         return bot, claims
@@ -609,8 +637,10 @@ class BotVerifier:
         if "sub" not in claims:
             _fail("claim 'sub' is required", "missing-claim")
         if claims["sub"] != bot.service_account:
-            _fail(f"sub {str(claims['sub'])[:200]!r} is not the signing account {bot.service_account!r}",
-                  "subject-mismatch")
+            _fail(
+                f"sub {str(claims['sub'])[:200]!r} is not the signing account {bot.service_account!r}",
+                "subject-mismatch",
+            )
         if "aud" not in claims:
             _fail("claim 'aud' is required", "missing-claim")
         if not isinstance(claims["aud"], str) or claims["aud"] != self._audience:

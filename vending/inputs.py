@@ -60,8 +60,10 @@ def check_fields(body: dict[str, Any], required: tuple[str, ...], optional: tupl
 
 def service_account(value: Any) -> str:
     if not isinstance(value, str) or not SA_EMAIL_RE.fullmatch(value):
-        raise BadRequestError("service_account must be a service account email "
-                              "(NAME@PROJECT.iam.gserviceaccount.com).", reason="invalid-service-account")
+        raise BadRequestError(
+            "service_account must be a service account email (NAME@PROJECT.iam.gserviceaccount.com).",
+            reason="invalid-service-account",
+        )
     return value
 
 
@@ -86,8 +88,11 @@ def lifetime(value: Any, field: str = "lifetime") -> int | None:
     except ValueError:
         seconds = None
     if seconds is None or (isinstance(value, str) and value != value.strip()):
-        raise BadRequestError(f'{field} must be a duration: whole seconds as a number (600) or a string such as '
-                              f'"600", "600s", "10m" or "1h".', reason=f"invalid-{field}")
+        raise BadRequestError(
+            f"{field} must be a duration: whole seconds as a number (600) or a string such as "
+            f'"600", "600s", "10m" or "1h".',
+            reason=f"invalid-{field}",
+        )
     if seconds <= 0:
         raise BadRequestError(f"{field} must be larger than zero.", reason=f"invalid-{field}")
     if seconds > MAX_DURATION_S:
@@ -107,18 +112,26 @@ def delegates(value: Any) -> tuple[str, ...] | None:
         except ValueError:
             out.append("")
         if not out[-1]:
-            raise BadRequestError(f"delegates: {str(item)[:100]!r} is not a service account "
-                                  "or projects/-/serviceAccounts/EMAIL.", reason="invalid-delegates")
+            raise BadRequestError(
+                f"delegates: {str(item)[:100]!r} is not a service account or projects/-/serviceAccounts/EMAIL.",
+                reason="invalid-delegates",
+            )
     return tuple(out)
 
 
 def text(value: Any, field: str, *, max_len: int = 500, required: bool = False) -> str | None:
     if value is None and not required:
         return None
-    if not isinstance(value, str) or (required and not value.strip()) or len(value) > max_len \
-            or any(ord(c) < 0x20 and c not in "\t" for c in value):
-        raise BadRequestError(f"{field} must be a string of at most {max_len} printable characters.",
-                              reason=f"invalid-{field.replace('_', '-')}")
+    if (
+        not isinstance(value, str)
+        or (required and not value.strip())
+        or len(value) > max_len
+        or any(ord(c) < 0x20 and c not in "\t" for c in value)
+    ):
+        raise BadRequestError(
+            f"{field} must be a string of at most {max_len} printable characters.",
+            reason=f"invalid-{field.replace('_', '-')}",
+        )
     return value
 
 
@@ -126,8 +139,9 @@ def record_id(value: Any, field: str = "request_id") -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _ID_RE.fullmatch(value):
-        raise BadRequestError(f"{field} must be an id as returned by this service.",
-                              reason=f"invalid-{field.replace('_', '-')}")
+        raise BadRequestError(
+            f"{field} must be an id as returned by this service.", reason=f"invalid-{field.replace('_', '-')}"
+        )
     return value
 
 
@@ -186,11 +200,17 @@ def id_token_body(body: dict[str, Any]) -> IdTokenBody:
     # Shape only: a string of bounded length. Whether it is an acceptable audience (no control
     # characters, exact or anchored full match) is the policy's decision: 403 audience-not-allowed.
     if not isinstance(audience, str) or not audience.strip() or len(audience) > 1000:
-        raise BadRequestError("audience must be a non-empty string of at most 1000 characters.",
-                              reason="invalid-audience")
-    return IdTokenBody(service_account(body["service_account"]), audience,
-                       boolean(body.get("include_email"), "include_email"), delegates(body.get("delegates")),
-                       text(body.get("reason"), "reason"), record_id(body.get("request_id")))
+        raise BadRequestError(
+            "audience must be a non-empty string of at most 1000 characters.", reason="invalid-audience"
+        )
+    return IdTokenBody(
+        service_account(body["service_account"]),
+        audience,
+        boolean(body.get("include_email"), "include_email"),
+        delegates(body.get("delegates")),
+        text(body.get("reason"), "reason"),
+        record_id(body.get("request_id")),
+    )
 
 
 @dataclass(frozen=True)
@@ -207,8 +227,13 @@ def signed_jwt_body(body: dict[str, Any]) -> SignedJwtBody:
     claims = body["claims"]
     if not isinstance(claims, dict):
         raise BadRequestError("claims must be a JSON object.", reason="invalid-claims")
-    return SignedJwtBody(service_account(body["service_account"]), claims, delegates(body.get("delegates")),
-                         text(body.get("reason"), "reason"), record_id(body.get("request_id")))
+    return SignedJwtBody(
+        service_account(body["service_account"]),
+        claims,
+        delegates(body.get("delegates")),
+        text(body.get("reason"), "reason"),
+        record_id(body.get("request_id")),
+    )
 
 
 @dataclass(frozen=True)
@@ -229,11 +254,21 @@ def signed_blob_body(body: dict[str, Any]) -> SignedBlobBody:
     canonical_request = body.get("canonical_request")
     # A V4 canonical request is lines separated by "\n": newlines are allowed, other controls are not.
     if canonical_request is not None and (
-            not isinstance(canonical_request, str) or not canonical_request or len(canonical_request) > 16384
-            or any((ord(c) < 0x20 and c != "\n") or c == "\x7f" for c in canonical_request)):
-        raise BadRequestError("canonical_request must be a Cloud Storage V4 canonical request: at most 16384 "
-                              "printable characters in lines separated by \\n.",
-                              reason="invalid-canonical-request")
-    return SignedBlobBody(service_account(body["service_account"]), payload, canonical_request,
-                          delegates(body.get("delegates")), text(body.get("reason"), "reason"),
-                          record_id(body.get("request_id")))
+        not isinstance(canonical_request, str)
+        or not canonical_request
+        or len(canonical_request) > 16384
+        or any((ord(c) < 0x20 and c != "\n") or c == "\x7f" for c in canonical_request)
+    ):
+        raise BadRequestError(
+            "canonical_request must be a Cloud Storage V4 canonical request: at most 16384 "
+            "printable characters in lines separated by \\n.",
+            reason="invalid-canonical-request",
+        )
+    return SignedBlobBody(
+        service_account(body["service_account"]),
+        payload,
+        canonical_request,
+        delegates(body.get("delegates")),
+        text(body.get("reason"), "reason"),
+        record_id(body.get("request_id")),
+    )

@@ -56,11 +56,17 @@ from vending.store.base import Create, Doc, Store, StoreConflict, Update, Write
 from vending.store.indexes import KILL_SWITCHES
 
 NOT_ENGAGED, ENGAGING, ENGAGED, ENGAGE_FAILED, RELEASING, RELEASED = (
-    "NOT_ENGAGED", "ENGAGING", "ENGAGED", "ENGAGE_FAILED", "RELEASING", "RELEASED")
+    "NOT_ENGAGED",
+    "ENGAGING",
+    "ENGAGED",
+    "ENGAGE_FAILED",
+    "RELEASING",
+    "RELEASED",
+)
 STATES = (NOT_ENGAGED, ENGAGING, ENGAGED, ENGAGE_FAILED, RELEASING, RELEASED)
-BLOCKING = frozenset({ENGAGING, ENGAGED, ENGAGE_FAILED, RELEASING})   # vends are refused
-MAX_ATTEMPTS = 8            # lost a conditional write: read again and carry on
-TIMELINE_MAX = 100          # entries kept on a record (engagements are rare)
+BLOCKING = frozenset({ENGAGING, ENGAGED, ENGAGE_FAILED, RELEASING})  # vends are refused
+MAX_ATTEMPTS = 8  # lost a conditional write: read again and carry on
+TIMELINE_MAX = 100  # entries kept on a record (engagements are rare)
 
 
 class TargetDisabledError(PermissionDeniedError):
@@ -70,12 +76,20 @@ class TargetDisabledError(PermissionDeniedError):
 
     def __init__(self, service_account: str, since: Any) -> None:
         when = f" since {clock.rfc3339(since)}" if isinstance(since, _dt.datetime) else ""
-        super().__init__(f"The service account {service_account} is disabled by its kill switch{when}: no "
-                         "credential is issued for it until a kill switch operator releases it.")
+        super().__init__(
+            f"The service account {service_account} is disabled by its kill switch{when}: no "
+            "credential is issued for it until a kill switch operator releases it."
+        )
 
 
-def view(service_account: str, record: dict[str, Any] | None, now: _dt.datetime, *,
-         iam_disabled: bool | None = None, iam_error: str | None = None) -> dict[str, Any]:
+def view(
+    service_account: str,
+    record: dict[str, Any] | None,
+    now: _dt.datetime,
+    *,
+    iam_disabled: bool | None = None,
+    iam_error: str | None = None,
+) -> dict[str, Any]:
     """The API representation of a kill switch (every field always present)."""
     r = record or {}
     safe_at = r.get("safe_at")
@@ -132,8 +146,17 @@ def _amend(exc: VendingError, text: str) -> VendingError:
 class KillSwitch:
     """The one owner of kill switch records; engages, releases and reads them."""
 
-    def __init__(self, policy: Policy, store: Store, ledger: Ledger, approvals: Approvals, iam_admin: IamAdmin,
-                 events: Events, *, retention: _dt.timedelta) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        store: Store,
+        ledger: Ledger,
+        approvals: Approvals,
+        iam_admin: IamAdmin,
+        events: Events,
+        *,
+        retention: _dt.timedelta,
+    ) -> None:
         self.policy = policy
         self.store = store
         self.ledger = ledger
@@ -164,18 +187,25 @@ class KillSwitch:
             disabled = self.iam_admin.get(service_account).disabled
         except VendingError as exc:  # the ledger's view still answers when IAM does not
             error = exc.reason
-            log.warning("kill switch status: IAM get failed", service_account=service_account, error=exc.reason,
-                        detail=exc.detail or exc.message)
+            log.warning(
+                "kill switch status: IAM get failed",
+                service_account=service_account,
+                error=exc.reason,
+                detail=exc.detail or exc.message,
+            )
         return view(service_account, doc.data if doc else None, clock.now(), iam_disabled=disabled, iam_error=error)
 
     def _check_target(self, service_account: str) -> None:
         if service_account not in self.policy.target_service_accounts:
-            raise PermissionDeniedError(f"{service_account} is not a service account this service vends for.",
-                                        reason="service-account-not-managed")
+            raise PermissionDeniedError(
+                f"{service_account} is not a service account this service vends for.",
+                reason="service-account-not-managed",
+            )
 
     # -- engaging ---------------------------------------------------------------------------------
-    def engage(self, actor: str, service_account: str, justification: str, *, via: str,
-               jti: str | None = None) -> dict[str, Any]:
+    def engage(
+        self, actor: str, service_account: str, justification: str, *, via: str, jti: str | None = None
+    ) -> dict[str, Any]:
         """Engage (or finish engaging) the switch; idempotent. ``actor`` is issuer-qualified."""
         self._check_target(service_account)
         for _ in range(MAX_ATTEMPTS):
@@ -190,10 +220,17 @@ class KillSwitch:
                     continue
                 return view(service_account, done, clock.now(), iam_disabled=True)
             if doc is not None and state == RELEASING:
-                raise ConflictError(f"The kill switch of {service_account} is being released; finish the release "
-                                    "(call enable again), then engage.", reason="kill-switch-busy")
-            if doc is not None and state == RELEASED and jti and any(
-                    e.get("jti") == jti for e in doc.data.get("timeline") or []):
+                raise ConflictError(
+                    f"The kill switch of {service_account} is being released; finish the release "
+                    "(call enable again), then engage.",
+                    reason="kill-switch-busy",
+                )
+            if (
+                doc is not None
+                and state == RELEASED
+                and jti
+                and any(e.get("jti") == jti for e in doc.data.get("timeline") or [])
+            ):
                 return view(service_account, doc.data, now)  # a redelivered message of an engagement since released
             if doc is None or state != ENGAGING:
                 if not self._begin(doc, service_account, actor, justification, via, jti, now):
@@ -202,32 +239,68 @@ class KillSwitch:
                 if doc is None or doc.data.get("state") != ENGAGING:
                     continue
             self._disable(doc, service_account)  # raises after recording ENGAGE_FAILED
-        raise ConflictError(f"The kill switch of {service_account} is being changed concurrently; call again.",
-                            reason="kill-switch-busy")
+        raise ConflictError(
+            f"The kill switch of {service_account} is being changed concurrently; call again.",
+            reason="kill-switch-busy",
+        )
 
-    def _begin(self, doc: Doc | None, service_account: str, actor: str, justification: str, via: str,
-               jti: str | None, now: _dt.datetime) -> bool:
+    def _begin(
+        self,
+        doc: Doc | None,
+        service_account: str,
+        actor: str,
+        justification: str,
+        via: str,
+        jti: str | None,
+        now: _dt.datetime,
+    ) -> bool:
         """Write ENGAGING (who, why, when) before anything else; False when another writer won."""
-        entry: dict[str, Any] = {"at": now, "event": "engage requested", "actor": actor, "via": via,
-                                 "comment": justification}
+        entry: dict[str, Any] = {
+            "at": now,
+            "event": "engage requested",
+            "actor": actor,
+            "via": via,
+            "comment": justification,
+        }
         if jti:
             entry["jti"] = jti
         write: Write
         if doc is None or doc.data.get("state") == RELEASED:  # a new engagement
-            timeline = (list(doc.data.get("timeline") or []) if doc else [])[-(TIMELINE_MAX - 1):]
+            timeline = (list(doc.data.get("timeline") or []) if doc else [])[-(TIMELINE_MAX - 1) :]
             record: dict[str, Any] = {
-                "service_account": service_account, "state": ENGAGING, "engagement_id": new_id(),
-                "engaged_by": actor, "justification": justification, "via": via, "requested_at": now,
-                "engaged_at": None, "revoked_at": None, "revoked": 0, "safe_at": None, "failure": None,
-                "released_by": None, "released_at": None, "release_justification": None, "released_early": None,
-                "release_request_id": None, "purge_at": None, "timeline": [*timeline, entry],
+                "service_account": service_account,
+                "state": ENGAGING,
+                "engagement_id": new_id(),
+                "engaged_by": actor,
+                "justification": justification,
+                "via": via,
+                "requested_at": now,
+                "engaged_at": None,
+                "revoked_at": None,
+                "revoked": 0,
+                "safe_at": None,
+                "failure": None,
+                "released_by": None,
+                "released_at": None,
+                "release_justification": None,
+                "released_early": None,
+                "release_request_id": None,
+                "purge_at": None,
+                "timeline": [*timeline, entry],
             }
-            write = Create(KILL_SWITCHES, service_account, record) if doc is None else Update(
-                KILL_SWITCHES, service_account, record, expect_version=doc.version)
+            write = (
+                Create(KILL_SWITCHES, service_account, record)
+                if doc is None
+                else Update(KILL_SWITCHES, service_account, record, expect_version=doc.version)
+            )
         else:  # ENGAGE_FAILED: resume the same engagement (who and why stay the first asker's)
             entry["event"] = "engage retried"
-            write = Update(KILL_SWITCHES, service_account,
-                           {"state": ENGAGING, "timeline": self._timeline(doc, entry)}, expect_version=doc.version)
+            write = Update(
+                KILL_SWITCHES,
+                service_account,
+                {"state": ENGAGING, "timeline": self._timeline(doc, entry)},
+                expect_version=doc.version,
+            )
         try:
             self.store.write([write])
         except StoreConflict:
@@ -248,16 +321,31 @@ class KillSwitch:
                 return  # another caller moved it on (perhaps to ENGAGED): read again
             record = {**doc.data, **failed}
             self.events.publish("alerts", kill_switch_event("kill_switch.engage_failed", record))
-            log.alert("kill switch NOT engaged: IAM disable failed; vends stay refused", service_account=service_account,
-                      engaged_by=record.get("engaged_by"), error=exc.reason, detail=exc.detail or exc.message)
-            raise _amend(exc, f"The kill switch of {service_account} is ENGAGE_FAILED: IAM did not disable the "
-                              "account. Vends for it stay refused; call engage again to resume.") from None
+            log.alert(
+                "kill switch NOT engaged: IAM disable failed; vends stay refused",
+                service_account=service_account,
+                engaged_by=record.get("engaged_by"),
+                error=exc.reason,
+                detail=exc.detail or exc.message,
+            )
+            raise _amend(
+                exc,
+                f"The kill switch of {service_account} is ENGAGE_FAILED: IAM did not disable the "
+                "account. Vends for it stay refused; call engage again to resume.",
+            ) from None
         now = clock.now()
         entry = {"at": now, "event": "engaged", "actor": "system", "via": "iam"}
         try:
-            self.store.write([Update(KILL_SWITCHES, service_account,
-                                     {"state": ENGAGED, "engaged_at": now, "failure": None,
-                                      "timeline": self._timeline(doc, entry)}, expect_version=doc.version)])
+            self.store.write(
+                [
+                    Update(
+                        KILL_SWITCHES,
+                        service_account,
+                        {"state": ENGAGED, "engaged_at": now, "failure": None, "timeline": self._timeline(doc, entry)},
+                        expect_version=doc.version,
+                    )
+                ]
+            )
         except StoreConflict:
             return  # another engager recorded it first: read again
 
@@ -268,28 +356,45 @@ class KillSwitch:
         data = doc.data
         sa = data["service_account"]
         now = clock.now()
-        revocation = self.ledger.revoke_live(sa, by=data["engaged_by"],
-                                             reason=f"kill switch engaged: {data.get('justification')}", now=now)
+        revocation = self.ledger.revoke_live(
+            sa, by=data["engaged_by"], reason=f"kill switch engaged: {data.get('justification')}", now=now
+        )
         safe_at = _ceil_second(revocation.safe_at) if revocation.safe_at else now
         done = clock.now()
-        entry = {"at": done, "event": "credentials revoked", "actor": "system", "via": "ledger",
-                 "comment": f"{revocation.within_expiry} within expiry; safe at {clock.rfc3339(safe_at)}"}
-        changes = {"revoked_at": done, "revoked": revocation.within_expiry, "safe_at": safe_at,
-                   "timeline": self._timeline(doc, entry)}
+        entry = {
+            "at": done,
+            "event": "credentials revoked",
+            "actor": "system",
+            "via": "ledger",
+            "comment": f"{revocation.within_expiry} within expiry; safe at {clock.rfc3339(safe_at)}",
+        }
+        changes = {
+            "revoked_at": done,
+            "revoked": revocation.within_expiry,
+            "safe_at": safe_at,
+            "timeline": self._timeline(doc, entry),
+        }
         try:
             self.store.write([Update(KILL_SWITCHES, sa, changes, expect_version=doc.version)])
         except StoreConflict:
             return None
         record = {**data, **changes}
         self.events.publish("alerts", kill_switch_event("kill_switch.engaged", record))
-        log.alert("kill switch engaged: service account disabled, live credentials revoked", service_account=sa,
-                  engaged_by=data.get("engaged_by"), justification=data.get("justification"), via=data.get("via"),
-                  revoked=revocation.within_expiry, safe_at=clock.rfc3339(safe_at))
+        log.alert(
+            "kill switch engaged: service account disabled, live credentials revoked",
+            service_account=sa,
+            engaged_by=data.get("engaged_by"),
+            justification=data.get("justification"),
+            via=data.get("via"),
+            revoked=revocation.within_expiry,
+            safe_at=clock.rfc3339(safe_at),
+        )
         return record
 
     # -- releasing ----------------------------------------------------------------------------------
-    def release(self, principal: Principal, service_account: str, justification: str, request_id: str | None,
-                *, via: str) -> dict[str, Any]:
+    def release(
+        self, principal: Principal, service_account: str, justification: str, request_id: str | None, *, via: str
+    ) -> dict[str, Any]:
         """Release (or finish releasing) the switch: once safe, or earlier with an approved release request."""
         self._check_target(service_account)
         actor = principal.qualified
@@ -300,17 +405,22 @@ class KillSwitch:
             if doc is None or state == RELEASED:
                 if doc is not None:
                     return view(service_account, doc.data, now)  # already released: changes nothing
-                raise ConflictError(f"No kill switch is engaged for {service_account}.",
-                                    reason="kill-switch-not-engaged")
+                raise ConflictError(
+                    f"No kill switch is engaged for {service_account}.", reason="kill-switch-not-engaged"
+                )
             if state == ENGAGING or (state == ENGAGED and doc.data.get("revoked_at") is None):
-                raise ConflictError(f"The kill switch of {service_account} is still being engaged; call engage "
-                                    "again to finish it, then release.", reason="kill-switch-busy")
+                raise ConflictError(
+                    f"The kill switch of {service_account} is still being engaged; call engage "
+                    "again to finish it, then release.",
+                    reason="kill-switch-busy",
+                )
             if state == ENGAGE_FAILED:
                 if self._release_failed(doc, service_account, actor, justification, via, now):
                     return view(service_account, self._read(service_account), clock.now(), iam_disabled=False)
                 continue
-            if state == ENGAGED and not self._begin_release(doc, principal, service_account, justification,
-                                                            request_id, via, now):
+            if state == ENGAGED and not self._begin_release(
+                doc, principal, service_account, justification, request_id, via, now
+            ):
                 continue
             doc = self.store.get(KILL_SWITCHES, service_account)
             if doc is None or doc.data.get("state") != RELEASING:
@@ -318,11 +428,21 @@ class KillSwitch:
             record = self._enable(doc, service_account, actor, justification, via)
             if record is not None:
                 return view(service_account, record, clock.now(), iam_disabled=False)
-        raise ConflictError(f"The kill switch of {service_account} is being changed concurrently; call again.",
-                            reason="kill-switch-busy")
+        raise ConflictError(
+            f"The kill switch of {service_account} is being changed concurrently; call again.",
+            reason="kill-switch-busy",
+        )
 
-    def _begin_release(self, doc: Doc, principal: Principal, service_account: str, justification: str,
-                       request_id: str | None, via: str, now: _dt.datetime) -> bool:
+    def _begin_release(
+        self,
+        doc: Doc,
+        principal: Principal,
+        service_account: str,
+        justification: str,
+        request_id: str | None,
+        via: str,
+        now: _dt.datetime,
+    ) -> bool:
         """ENGAGED -> RELEASING if safe, or with an approved request whose use is spent in the same write."""
         safe_at: _dt.datetime | None = doc.data.get("safe_at")
         early = safe_at is not None and now < safe_at
@@ -334,17 +454,29 @@ class KillSwitch:
                     f"Not safe to release {service_account} before {clock.rfc3339(safe_at)}: "
                     f"{outstanding.within_expiry} credential(s) issued before the kill are still within their expiry "
                     "and would become valid again. Wait until then, or release with an ACTIVE release request "
-                    f"approved by the kill switch approvers (POST /v1/requests {{\"kill_switch\": \"{service_account}\", "
-                    "\"justification\": ...}).", reason="release-not-safe")
-            use = self.approvals.check_release(principal, request_id, service_account,
-                                               doc.data["requested_at"], now)
-        entry: dict[str, Any] = {"at": now, "event": "release requested", "actor": principal.qualified, "via": via,
-                                 "comment": justification}
+                    f'approved by the kill switch approvers (POST /v1/requests {{"kill_switch": "{service_account}", '
+                    '"justification": ...}).',
+                    reason="release-not-safe",
+                )
+            use = self.approvals.check_release(principal, request_id, service_account, doc.data["requested_at"], now)
+        entry: dict[str, Any] = {
+            "at": now,
+            "event": "release requested",
+            "actor": principal.qualified,
+            "via": via,
+            "comment": justification,
+        }
         if use is not None:
             entry["request_id"] = use.request_id
-        changes = {"state": RELEASING, "released_by": principal.qualified, "release_justification": justification,
-                   "released_early": early, "release_request_id": use.request_id if use else None, "failure": None,
-                   "timeline": self._timeline(doc, entry)}
+        changes = {
+            "state": RELEASING,
+            "released_by": principal.qualified,
+            "release_justification": justification,
+            "released_early": early,
+            "release_request_id": use.request_id if use else None,
+            "failure": None,
+            "timeline": self._timeline(doc, entry),
+        }
         writes: list[Write] = [Update(KILL_SWITCHES, service_account, changes, expect_version=doc.version)]
         if use is not None:
             writes.append(self.approvals.use_write(use, now))
@@ -359,26 +491,43 @@ class KillSwitch:
                 log.error("could not settle the release request", request_id=use.request_id, error=exc.reason)
         return True
 
-    def _enable(self, doc: Doc, service_account: str, actor: str, justification: str,
-                via: str) -> dict[str, Any] | None:
+    def _enable(
+        self, doc: Doc, service_account: str, actor: str, justification: str, via: str
+    ) -> dict[str, Any] | None:
         """RELEASING -> IAM enable -> RELEASED (the alert); on an IAM error the record says so and it raises."""
         try:
             self.iam_admin.enable(service_account, reason=f"token-vending kill switch {doc.data['engagement_id']}")
         except VendingError as exc:
-            entry = {"at": clock.now(), "event": "release failed", "actor": "system", "via": "iam",
-                     "comment": exc.reason}
+            entry = {
+                "at": clock.now(),
+                "event": "release failed",
+                "actor": "system",
+                "via": "iam",
+                "comment": exc.reason,
+            }
             try:
-                self.store.write([Update(KILL_SWITCHES, service_account,
-                                         {"failure": exc.reason, "timeline": self._timeline(doc, entry)},
-                                         expect_version=doc.version)])
+                self.store.write(
+                    [
+                        Update(
+                            KILL_SWITCHES,
+                            service_account,
+                            {"failure": exc.reason, "timeline": self._timeline(doc, entry)},
+                            expect_version=doc.version,
+                        )
+                    ]
+                )
             except StoreConflict:
                 pass
-            raise _amend(exc, f"The kill switch of {service_account} is RELEASING: IAM did not enable the account "
-                              "yet; vends for it stay refused. Call enable again to resume.") from None
+            raise _amend(
+                exc,
+                f"The kill switch of {service_account} is RELEASING: IAM did not enable the account "
+                "yet; vends for it stay refused. Call enable again to resume.",
+            ) from None
         return self._finish_release(doc, service_account, actor, justification, via)
 
-    def _release_failed(self, doc: Doc, service_account: str, actor: str, justification: str, via: str,
-                        now: _dt.datetime) -> bool:
+    def _release_failed(
+        self, doc: Doc, service_account: str, actor: str, justification: str, via: str, now: _dt.datetime
+    ) -> bool:
         """ENGAGE_FAILED -> RELEASED, only when IAM says the account is enabled (the disable never landed),
         or that it does not exist (nothing to disable)."""
         try:
@@ -386,22 +535,51 @@ class KillSwitch:
         except NotFoundError:
             disabled = False
         if disabled:
-            raise ConflictError(f"IAM says {service_account} is disabled (the failed disable may have landed after "
-                                "all): engage again to finish the kill (its live credentials get marked), then "
-                                "release when safe.", reason="kill-switch-busy")
+            raise ConflictError(
+                f"IAM says {service_account} is disabled (the failed disable may have landed after "
+                "all): engage again to finish the kill (its live credentials get marked), then "
+                "release when safe.",
+                reason="kill-switch-busy",
+            )
         entry = {"at": now, "event": "release requested", "actor": actor, "via": via, "comment": justification}
-        changes = {"released_by": actor, "release_justification": justification, "released_early": False,
-                   "timeline": self._timeline(doc, entry)}
-        return self._finish_release(Doc(doc.id, {**doc.data, **changes}, doc.version), service_account, actor,
-                                    justification, via, extra=changes) is not None
+        changes = {
+            "released_by": actor,
+            "release_justification": justification,
+            "released_early": False,
+            "timeline": self._timeline(doc, entry),
+        }
+        return (
+            self._finish_release(
+                Doc(doc.id, {**doc.data, **changes}, doc.version),
+                service_account,
+                actor,
+                justification,
+                via,
+                extra=changes,
+            )
+            is not None
+        )
 
-    def _finish_release(self, doc: Doc, service_account: str, actor: str, justification: str, via: str,
-                        extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    def _finish_release(
+        self,
+        doc: Doc,
+        service_account: str,
+        actor: str,
+        justification: str,
+        via: str,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
         now = clock.now()
         outstanding = self.ledger.revoked_outstanding(service_account, now)
         entry = {"at": now, "event": "released", "actor": "system", "via": "iam"}
-        changes = {**(extra or {}), "state": RELEASED, "released_at": now, "failure": None,
-                   "purge_at": now + self.retention, "timeline": self._timeline(doc, entry)}
+        changes = {
+            **(extra or {}),
+            "state": RELEASED,
+            "released_at": now,
+            "failure": None,
+            "purge_at": now + self.retention,
+            "timeline": self._timeline(doc, entry),
+        }
         try:
             self.store.write([Update(KILL_SWITCHES, service_account, changes, expect_version=doc.version)])
         except StoreConflict:
@@ -409,18 +587,33 @@ class KillSwitch:
         record = {**doc.data, **changes}
         early = bool(record.get("released_early")) and outstanding.within_expiry > 0
         if early and outstanding.safe_at is not None:
-            note = (f"released early: {outstanding.within_expiry} credential(s) issued before the kill are valid "
-                    f"again until {clock.rfc3339(outstanding.safe_at)}")
+            note = (
+                f"released early: {outstanding.within_expiry} credential(s) issued before the kill are valid "
+                f"again until {clock.rfc3339(outstanding.safe_at)}"
+            )
         else:
             note = "released: no credential issued before the kill is still within its expiry"
-        self.events.publish("alerts", kill_switch_event(
-            "kill_switch.released", record, released_by=record.get("released_by"),
-            release_justification=record.get("release_justification"), released_early=bool(
-                record.get("released_early")), release_request_id=record.get("release_request_id"),
-            old_tokens_valid_again=early, valid_again=outstanding.within_expiry if early else 0,
-            valid_until=outstanding.safe_at if early else None, note=note))
-        log.alert(f"kill switch {note}", service_account=service_account, released_by=record.get("released_by"),
-                  release_request_id=record.get("release_request_id"))
+        self.events.publish(
+            "alerts",
+            kill_switch_event(
+                "kill_switch.released",
+                record,
+                released_by=record.get("released_by"),
+                release_justification=record.get("release_justification"),
+                released_early=bool(record.get("released_early")),
+                release_request_id=record.get("release_request_id"),
+                old_tokens_valid_again=early,
+                valid_again=outstanding.within_expiry if early else 0,
+                valid_until=outstanding.safe_at if early else None,
+                note=note,
+            ),
+        )
+        log.alert(
+            f"kill switch {note}",
+            service_account=service_account,
+            released_by=record.get("released_by"),
+            release_request_id=record.get("release_request_id"),
+        )
         return record
 
     def _read(self, service_account: str) -> dict[str, Any] | None:
@@ -429,7 +622,7 @@ class KillSwitch:
 
     @staticmethod
     def _timeline(doc: Doc, entry: dict[str, Any]) -> list[dict[str, Any]]:
-        return [*list(doc.data.get("timeline") or [])[-(TIMELINE_MAX - 1):], entry]
+        return [*list(doc.data.get("timeline") or [])[-(TIMELINE_MAX - 1) :], entry]
 
     # -- Pub/Sub bot messages ------------------------------------------------------------------------------
     def apply_bot_message(self, bot: Bot, claims: dict[str, Any], message_id: str) -> dict[str, Any]:
@@ -444,9 +637,10 @@ class KillSwitch:
         if not self.policy.is_kill_switch_operator(actor):
             raise PermissionDeniedError(f"{actor} is not a kill switch operator.", reason="not-a-kill-switch-operator")
         sa = inputs.service_account(claims.get("service_account"))
-        justification = inputs.text(claims.get("justification") or claims.get("comment"), "justification",
-                                    required=True)
+        justification = inputs.text(
+            claims.get("justification") or claims.get("comment"), "justification", required=True
+        )
         assert justification is not None
-        return self.engage(actor, sa, justification, via=f"pubsub:{bot.service_account}:{message_id}",
-                           jti=str(claims["jti"]))
-
+        return self.engage(
+            actor, sa, justification, via=f"pubsub:{bot.service_account}:{message_id}", jti=str(claims["jti"])
+        )

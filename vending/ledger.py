@@ -47,20 +47,28 @@ from vending.store.batch import apply_each, due
 from vending.store.indexes import ISSUANCES, REPLAY
 
 ISSUING, ACTIVE, FAILED, EXPIRED, UNCONFIRMED, SIGNED, WITHHELD, REVOKED = (
-    "issuing", "active", "failed", "expired", "unconfirmed", "signed", "withheld", "revoked")
+    "issuing",
+    "active",
+    "failed",
+    "expired",
+    "unconfirmed",
+    "signed",
+    "withheld",
+    "revoked",
+)
 STATES = (ISSUING, ACTIVE, FAILED, EXPIRED, UNCONFIRMED, SIGNED, WITHHELD, REVOKED)
-LIVE_STATES = (ACTIVE, UNCONFIRMED, WITHHELD)   # a credential may be valid until expire_time
-REVOCABLE_STATES = (ISSUING, *LIVE_STATES)      # what a kill switch marks revoked (within expiry)
-MAX_REVOKE_PASSES = 20                          # a vend finishing under the kill switch: query again
+LIVE_STATES = (ACTIVE, UNCONFIRMED, WITHHELD)  # a credential may be valid until expire_time
+REVOCABLE_STATES = (ISSUING, *LIVE_STATES)  # what a kill switch marks revoked (within expiry)
+MAX_REVOKE_PASSES = 20  # a vend finishing under the kill switch: query again
 
 
 @dataclass(frozen=True)
 class Revocation:
     """What ``Ledger.revoke_live`` found for one service account."""
 
-    marked: int                        # records this call moved to ``revoked``
-    within_expiry: int                 # revoked records of the account still within their expiry
-    safe_at: _dt.datetime | None       # the latest of their expiries (None: none is left)
+    marked: int  # records this call moved to ``revoked``
+    within_expiry: int  # revoked records of the account still within their expiry
+    safe_at: _dt.datetime | None  # the latest of their expiries (None: none is left)
 
 
 def sha256(value: str | bytes) -> str:
@@ -79,9 +87,18 @@ class Ledger:
         self.retention = _dt.timedelta(days=retention_days)
 
     # -- the vend path ----------------------------------------------------------
-    def reserve(self, issuance_id: str, grant: Grant, *, reserved_until: _dt.datetime, reason: str | None,
-                details: dict[str, Any], replay_key: str | None, replay_until: _dt.datetime | None,
-                extra: Sequence[Write] = ()) -> None:
+    def reserve(
+        self,
+        issuance_id: str,
+        grant: Grant,
+        *,
+        reserved_until: _dt.datetime,
+        reason: str | None,
+        details: dict[str, Any],
+        replay_key: str | None,
+        replay_until: _dt.datetime | None,
+        extra: Sequence[Write] = (),
+    ) -> None:
         """One atomic batch: consume the caller token, reserve the record, plus ``extra`` (an approval use).
 
         A retried commit whose first attempt landed (its answer was lost) is recognised
@@ -91,13 +108,28 @@ class Ledger:
         """
         now = clock.now()
         record: dict[str, Any] = {
-            "id": issuance_id, "kind": grant.kind, "state": ISSUING, "principal": grant.caller,
-            "issuer": grant.issuer, "subject": grant.subject, "entitlement": grant.entitlement,
-            "service_account": grant.service_account, "delegates": list(grant.delegates),
-            "reason": reason, "request_id": grant.request_id, "break_glass": grant.break_glass,
-            "bounds": grant.bounds.record(), "created_at": now, "reserved_until": reserved_until,
-            "expire_time": None, "issued_at": None, "token_sha256": None, "key_id": None, "failure": None,
-            "purge_at": reserved_until + self.retention, **details,
+            "id": issuance_id,
+            "kind": grant.kind,
+            "state": ISSUING,
+            "principal": grant.caller,
+            "issuer": grant.issuer,
+            "subject": grant.subject,
+            "entitlement": grant.entitlement,
+            "service_account": grant.service_account,
+            "delegates": list(grant.delegates),
+            "reason": reason,
+            "request_id": grant.request_id,
+            "break_glass": grant.break_glass,
+            "bounds": grant.bounds.record(),
+            "created_at": now,
+            "reserved_until": reserved_until,
+            "expire_time": None,
+            "issued_at": None,
+            "token_sha256": None,
+            "key_id": None,
+            "failure": None,
+            "purge_at": reserved_until + self.retention,
+            **details,
         }
         writes: list[Write] = [Create(ISSUANCES, issuance_id, record), *extra]
         if replay_key is not None:
@@ -128,24 +160,46 @@ class Ledger:
     def _replay(self, key: str, until: _dt.datetime, now: _dt.datetime) -> Create:
         return Create(REPLAY, key, {"expires_at": until, "used_at": now, "purge_at": until + _dt.timedelta(days=1)})
 
-    def mark_issued(self, issuance_id: str, credential: str, *, expire_time: _dt.datetime | None,
-                    key_id: str | None = None, state: str = ACTIVE) -> str:
+    def mark_issued(
+        self,
+        issuance_id: str,
+        credential: str,
+        *,
+        expire_time: _dt.datetime | None,
+        key_id: str | None = None,
+        state: str = ACTIVE,
+    ) -> str:
         """Finalize: store the credential's SHA-256 (never the credential). Returns the digest."""
         return self._finish(issuance_id, credential, expire_time=expire_time, key_id=key_id, state=state)
 
-    def mark_withheld(self, issuance_id: str, credential: str, *, expire_time: _dt.datetime | None,
-                      key_id: str | None, failure: str) -> str:
+    def mark_withheld(
+        self, issuance_id: str, credential: str, *, expire_time: _dt.datetime | None, key_id: str | None, failure: str
+    ) -> str:
         """IAM returned a credential outside its grant: it exists but is never handed out."""
-        return self._finish(issuance_id, credential, expire_time=expire_time, key_id=key_id, state=WITHHELD,
-                            failure=failure)
+        return self._finish(
+            issuance_id, credential, expire_time=expire_time, key_id=key_id, state=WITHHELD, failure=failure
+        )
 
-    def _finish(self, issuance_id: str, credential: str, *, expire_time: _dt.datetime | None, key_id: str | None,
-                state: str, failure: str | None = None) -> str:
+    def _finish(
+        self,
+        issuance_id: str,
+        credential: str,
+        *,
+        expire_time: _dt.datetime | None,
+        key_id: str | None,
+        state: str,
+        failure: str | None = None,
+    ) -> str:
         digest = sha256(credential)
         now = clock.now()
-        changes: dict[str, Any] = {"state": state, "token_sha256": digest, "issued_at": now,
-                                   "expire_time": expire_time, "key_id": key_id,
-                                   "purge_at": (expire_time or now) + self.retention}
+        changes: dict[str, Any] = {
+            "state": state,
+            "token_sha256": digest,
+            "issued_at": now,
+            "expire_time": expire_time,
+            "key_id": key_id,
+            "purge_at": (expire_time or now) + self.retention,
+        }
         if failure:
             changes["failure"] = failure
         self.store.write([Update(ISSUANCES, issuance_id, changes)])
@@ -157,15 +211,33 @@ class Ledger:
         The record says so honestly (``unconfirmed``: a credential may exist until ``until``, the
         reservation's horizon) instead of ``failed``, and counts as live until then.
         """
-        self.store.write([Update(ISSUANCES, issuance_id, {"state": UNCONFIRMED, "failure": failure,
-                                                          "expire_time": until,
-                                                          "purge_at": until + self.retention})])
+        self.store.write(
+            [
+                Update(
+                    ISSUANCES,
+                    issuance_id,
+                    {
+                        "state": UNCONFIRMED,
+                        "failure": failure,
+                        "expire_time": until,
+                        "purge_at": until + self.retention,
+                    },
+                )
+            ]
+        )
 
     def mark_revoked(self, issuance_id: str, *, by: str, reason: str) -> None:
         """The vend path, after its final kill-switch check: this record's credential is never handed out."""
         now = clock.now()
-        self.store.write([Update(ISSUANCES, issuance_id, {"state": REVOKED, "revoked_by": by,
-                                                          "revoked_reason": reason, "revoked_at": now})])
+        self.store.write(
+            [
+                Update(
+                    ISSUANCES,
+                    issuance_id,
+                    {"state": REVOKED, "revoked_by": by, "revoked_reason": reason, "revoked_at": now},
+                )
+            ]
+        )
 
     def give_back(self, replay_key: str | None) -> None:
         """Forget a used caller token (a state-changing call failed before it changed anything)."""
@@ -176,8 +248,12 @@ class Ledger:
         """Nothing was minted: record why, and in the same write give back the caller token's jti."""
         now = clock.now()
         release: list[Write] = [Delete(REPLAY, replay_key)] if replay_key else []
-        self.store.write([Update(ISSUANCES, issuance_id, {"state": FAILED, "failure": failure,
-                                                          "purge_at": now + self.retention}), *release])
+        self.store.write(
+            [
+                Update(ISSUANCES, issuance_id, {"state": FAILED, "failure": failure, "purge_at": now + self.retention}),
+                *release,
+            ]
+        )
 
     # -- the kill switch -----------------------------------------------------------------
     def revoke_live(self, service_account: str, *, by: str, reason: str, now: _dt.datetime) -> Revocation:
@@ -199,31 +275,49 @@ class Ledger:
 
             def revoke(d: Doc) -> Update:
                 until = d.data.get("expire_time") or d.data.get("reserved_until")
-                return Update(ISSUANCES, d.id, {"state": REVOKED, "revoked_by": by, "revoked_reason": reason,
-                                                "revoked_at": now, "expire_time": until},
-                              expect_version=d.version)
+                return Update(
+                    ISSUANCES,
+                    d.id,
+                    {
+                        "state": REVOKED,
+                        "revoked_by": by,
+                        "revoked_reason": reason,
+                        "revoked_at": now,
+                        "expire_time": until,
+                    },
+                    expect_version=d.version,
+                )
 
             for start in range(0, len(live), 200):
-                marked += len(apply_each(self.store, live[start:start + 200], revoke))
+                marked += len(apply_each(self.store, live[start : start + 200], revoke))
         else:
-            raise ConflictError("Credentials of this service account keep changing; call again to finish.",
-                                reason="kill-switch-busy")
+            raise ConflictError(
+                "Credentials of this service account keep changing; call again to finish.", reason="kill-switch-busy"
+            )
         outstanding = self.revoked_outstanding(service_account, now)
         return Revocation(marked=marked, within_expiry=outstanding.within_expiry, safe_at=outstanding.safe_at)
 
     def revoked_outstanding(self, service_account: str, now: _dt.datetime) -> Revocation:
         """The account's revoked credentials still within their expiry, and the latest expiry."""
         revoked = self._within_expiry(REVOKED, service_account, now)
-        return Revocation(marked=0, within_expiry=len(revoked),
-                          safe_at=max((d.data["expire_time"] for d in revoked), default=None))
+        return Revocation(
+            marked=0, within_expiry=len(revoked), safe_at=max((d.data["expire_time"] for d in revoked), default=None)
+        )
 
     def _revocable(self, service_account: str, now: _dt.datetime) -> list[Doc]:
         docs: list[Doc] = []
         after = None
         while True:  # issuing: few, by created_at (newest first, the listing's index)
-            batch = self.store.query(Query(ISSUANCES, (Filter("state", "==", ISSUING),
-                                                       Filter("service_account", "==", service_account)),
-                                           order_by="created_at", descending=True, limit=200, start_after=after))
+            batch = self.store.query(
+                Query(
+                    ISSUANCES,
+                    (Filter("state", "==", ISSUING), Filter("service_account", "==", service_account)),
+                    order_by="created_at",
+                    descending=True,
+                    limit=200,
+                    start_after=after,
+                )
+            )
             docs += batch
             if len(batch) < 200:
                 break
@@ -233,8 +327,11 @@ class Ledger:
         return docs
 
     def _within_expiry(self, state: str, service_account: str, now: _dt.datetime) -> list[Doc]:
-        filters = (Filter("state", "==", state), Filter("service_account", "==", service_account),
-                   Filter("expire_time", ">", now))
+        filters = (
+            Filter("state", "==", state),
+            Filter("service_account", "==", service_account),
+            Filter("expire_time", ">", now),
+        )
         return [d for batch in due(self.store, ISSUANCES, filters, "expire_time") for d in batch]
 
     # -- the sweep --------------------------------------------------------------------
@@ -244,11 +341,16 @@ class Ledger:
         for state in LIVE_STATES:
             filters = (Filter("state", "==", state), Filter("expire_time", "<=", now))
             for batch in due(self.store, ISSUANCES, filters, "expire_time"):
-                won = apply_each(self.store, batch, lambda d: Update(
-                    ISSUANCES, d.id, {"state": EXPIRED, "expired_at": now}, expect_version=d.version))
+                won = apply_each(
+                    self.store,
+                    batch,
+                    lambda d: Update(ISSUANCES, d.id, {"state": EXPIRED, "expired_at": now}, expect_version=d.version),
+                )
                 counts[f"issuances_expired_from_{state}"] += len(won)
                 for doc in won:
-                    self.events.publish("notifications", issuance_event("credential.expired", {**doc.data, "id": doc.id}))
+                    self.events.publish(
+                        "notifications", issuance_event("credential.expired", {**doc.data, "id": doc.id})
+                    )
         return counts
 
     def unconfirm_stale(self, stale_before: _dt.datetime) -> list[Doc]:
@@ -256,9 +358,20 @@ class Ledger:
         changed: list[Doc] = []
         filters = (Filter("state", "==", ISSUING), Filter("created_at", "<=", stale_before))
         for batch in due(self.store, ISSUANCES, filters, "created_at"):
-            changed += apply_each(self.store, batch, lambda d: Update(
-                ISSUANCES, d.id, {"state": UNCONFIRMED, "expire_time": d.data.get("reserved_until"),
-                                  "failure": "reservation-not-finalized"}, expect_version=d.version))
+            changed += apply_each(
+                self.store,
+                batch,
+                lambda d: Update(
+                    ISSUANCES,
+                    d.id,
+                    {
+                        "state": UNCONFIRMED,
+                        "expire_time": d.data.get("reserved_until"),
+                        "failure": "reservation-not-finalized",
+                    },
+                    expect_version=d.version,
+                ),
+            )
         return changed
 
     def purge_replay(self, now: _dt.datetime) -> int:
@@ -272,8 +385,9 @@ class Ledger:
         """Records that may hold a valid credential now (bounded by live credentials, not history)."""
         out: list[dict[str, Any]] = []
         for state in LIVE_STATES:
-            for batch in due(self.store, ISSUANCES, (Filter("state", "==", state), Filter("expire_time", ">", now)),
-                             "expire_time"):
+            for batch in due(
+                self.store, ISSUANCES, (Filter("state", "==", state), Filter("expire_time", ">", now)), "expire_time"
+            ):
                 out += [d.data for d in batch]
         return out
 
@@ -281,9 +395,16 @@ class Ledger:
     def get(self, issuance_id: str) -> Doc | None:
         return self.store.get(ISSUANCES, issuance_id)
 
-
-    def list(self, *, state: str | None, service_account: str | None, principal: str | None,
-              since: _dt.datetime | None, page_size: int, page_token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    def list(
+        self,
+        *,
+        state: str | None,
+        service_account: str | None,
+        principal: str | None,
+        since: _dt.datetime | None,
+        page_size: int,
+        page_token: str | None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """Newest first. ``state`` filters on the *effective* state (an active record past
         its expiry lists as expired), merging the few sub-queries that needs."""
         now = clock.now()
@@ -309,8 +430,16 @@ class Ledger:
             after = cursor
             matched = 0
             while True:
-                batch = self.store.query(Query(ISSUANCES, tuple(filters), order_by="created_at", descending=True,
-                                               limit=page_size + 1, start_after=after))
+                batch = self.store.query(
+                    Query(
+                        ISSUANCES,
+                        tuple(filters),
+                        order_by="created_at",
+                        descending=True,
+                        limit=page_size + 1,
+                        start_after=after,
+                    )
+                )
                 for doc in batch:
                     if effective is None or effective_state(doc.data, now) == effective:
                         found.append(doc.data)
@@ -335,11 +464,38 @@ def effective_state(record: dict[str, Any], now: _dt.datetime) -> str:
 
 
 PUBLIC_FIELDS = (
-    "id", "kind", "state", "principal", "issuer", "subject", "entitlement", "service_account",
-    "delegates", "scopes", "lifetime_s", "reason", "request_id", "break_glass", "created_at",
-    "reserved_until", "issued_at", "expire_time", "token_sha256", "key_id", "failure",
-    "audience", "expired_at", "payload_sha256", "payload_bytes", "bucket", "object", "method", "bounds",
-    "revoked_by", "revoked_reason", "revoked_at",
+    "id",
+    "kind",
+    "state",
+    "principal",
+    "issuer",
+    "subject",
+    "entitlement",
+    "service_account",
+    "delegates",
+    "scopes",
+    "lifetime_s",
+    "reason",
+    "request_id",
+    "break_glass",
+    "created_at",
+    "reserved_until",
+    "issued_at",
+    "expire_time",
+    "token_sha256",
+    "key_id",
+    "failure",
+    "audience",
+    "expired_at",
+    "payload_sha256",
+    "payload_bytes",
+    "bucket",
+    "object",
+    "method",
+    "bounds",
+    "revoked_by",
+    "revoked_reason",
+    "revoked_at",
 )
 
 
@@ -363,6 +519,7 @@ def _plain(value: Any) -> Any:
 
 # -- listing -------------------------------------------------------------------------
 
+
 def _encode_cursor(created_at: _dt.datetime, doc_id: str) -> str:
     raw = json.dumps([created_at.isoformat(), doc_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -377,6 +534,6 @@ def _decode_cursor(token: str) -> tuple[_dt.datetime, str]:
             raise ValueError("bad cursor")
         return value.astimezone(clock.UTC), doc_id
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise BadRequestError("page_token is not a token returned by this service.",
-                              reason="invalid-page-token") from exc
-
+        raise BadRequestError(
+            "page_token is not a token returned by this service.", reason="invalid-page-token"
+        ) from exc

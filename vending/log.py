@@ -20,17 +20,27 @@ from typing import Any, TextIO
 from vending import clock
 
 _EMPTY: dict[str, Any] = {}  # never mutated: bind() always sets a new dict
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("vending_log_context",
-                                                                          default=_EMPTY)
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("vending_log_context", default=_EMPTY)
 _lock = threading.Lock()
 _LEVELS = {"DEBUG": 10, "INFO": 20, "NOTICE": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50, "ALERT": 60}
 _level = 20
 _stream: TextIO | None = None
 
-SECRET_KEYS = frozenset({
-    "access_token", "id_token", "signed_jwt", "signed_blob", "token", "authorization",
-    "password", "secret", "private_key", "assertion", "credential",
-})
+SECRET_KEYS = frozenset(
+    {
+        "access_token",
+        "id_token",
+        "signed_jwt",
+        "signed_blob",
+        "token",
+        "authorization",
+        "password",
+        "secret",
+        "private_key",
+        "assertion",
+        "credential",
+    }
+)
 # JWTs (three base64url segments starting with a JSON header) and Google OAuth access tokens.
 _SECRET_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*|ya29\.[A-Za-z0-9_.-]+")
 

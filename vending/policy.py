@@ -31,8 +31,7 @@ def is_principal_of(entitlement: Entitlement, principal: Principal) -> bool:
 
 
 def entitlements_for(policy: Policy, principal: Principal, service_account: str) -> list[Entitlement]:
-    return [e for e in policy.entitlements
-            if e.service_account == service_account and is_principal_of(e, principal)]
+    return [e for e in policy.entitlements if e.service_account == service_account and is_principal_of(e, principal)]
 
 
 def _check_delegates(entitlement: Entitlement, delegates: Sequence[str] | None) -> tuple[str, ...]:
@@ -48,8 +47,9 @@ def _check_delegates(entitlement: Entitlement, delegates: Sequence[str] | None) 
     return entitlement.delegates
 
 
-def candidates(policy: Policy, principal: Principal, kind: str, service_account: str,
-               approval: ApprovalUse | None) -> list[Entitlement]:
+def candidates(
+    policy: Policy, principal: Principal, kind: str, service_account: str, approval: ApprovalUse | None
+) -> list[Entitlement]:
     """Entitlements that could grant ``kind`` of ``service_account`` to the caller.
 
     With an approval only its entitlement is considered, and its principal rule is
@@ -62,36 +62,44 @@ def candidates(policy: Policy, principal: Principal, kind: str, service_account:
         if ent is None:
             raise PermissionDeniedError("The request's entitlement no longer exists.", reason="entitlement-removed")
         if ent.service_account != service_account:
-            raise PermissionDeniedError("The access request is for another service account.",
-                                        reason="service-account-not-allowed")
+            raise PermissionDeniedError(
+                "The access request is for another service account.", reason="service-account-not-allowed"
+            )
         if approval.requester != principal.qualified:
             raise PermissionDeniedError("This access request belongs to another requester.", reason="not-requester")
         if not is_principal_of(ent, principal):
-            raise PermissionDeniedError(f"This caller no longer matches entitlement {ent.name!r}'s principal rule.",
-                                        reason="entitlement-not-allowed")
+            raise PermissionDeniedError(
+                f"This caller no longer matches entitlement {ent.name!r}'s principal rule.",
+                reason="entitlement-not-allowed",
+            )
         found = [ent]
     else:
         found = entitlements_for(policy, principal, service_account)
         if not found:
             raise PermissionDeniedError(
                 f"No entitlement lets this caller obtain credentials for {service_account}.",
-                reason="service-account-not-allowed")
+                reason="service-account-not-allowed",
+            )
         direct = [e for e in found if not e.requires_approval]
         if not direct:
             raise PermissionDeniedError(
                 f"Credentials for {service_account} require an approved access request "
                 f"(entitlement {found[0].name!r}); create one with POST /v1/requests.",
-                reason="approval-required")
+                reason="approval-required",
+            )
         found = direct
     kinds = [e for e in found if kind in e.credentials]
     if not kinds:
-        raise PermissionDeniedError(f"This caller may not obtain {kind.replace('_', ' ')}s for {service_account}.",
-                                    reason="credential-kind-not-allowed")
+        raise PermissionDeniedError(
+            f"This caller may not obtain {kind.replace('_', ' ')}s for {service_account}.",
+            reason="credential-kind-not-allowed",
+        )
     return kinds
 
 
-def decide(policy: Policy, principal: Principal, kind: Any, ask: Any, now: _dt.datetime,
-           approval: ApprovalUse | None = None) -> Grant:
+def decide(
+    policy: Policy, principal: Principal, kind: Any, ask: Any, now: _dt.datetime, approval: ApprovalUse | None = None
+) -> Grant:
     """The grant for this request, or the refusal of the first candidate entitlement.
 
     ``kind`` is a ``vending.kinds`` module; ``ask`` its decoded request.
@@ -104,11 +112,19 @@ def decide(policy: Policy, principal: Principal, kind: Any, ask: Any, now: _dt.d
             if approval is not None:
                 bounds = approval.narrow(bounds)
             return Grant(
-                caller=principal.qualified, issuer=principal.issuer, subject=str(principal.claims.get("sub", "")),
-                entitlement=ent.name, kind=kind.NAME, service_account=ent.service_account, delegates=chain,
-                bounds=bounds, terms=kind.terms(ent, bounds, ask, now), decided_at=now,
+                caller=principal.qualified,
+                issuer=principal.issuer,
+                subject=str(principal.claims.get("sub", "")),
+                entitlement=ent.name,
+                kind=kind.NAME,
+                service_account=ent.service_account,
+                delegates=chain,
+                bounds=bounds,
+                terms=kind.terms(ent, bounds, ask, now),
+                decided_at=now,
                 request_id=approval.request_id if approval else None,
-                break_glass=bool(approval and approval.break_glass))
+                break_glass=bool(approval and approval.break_glass),
+            )
         except (PermissionDeniedError, BadRequestError) as exc:
             first_error = first_error or exc
     assert first_error is not None

@@ -41,8 +41,9 @@ def _message(event: Any) -> tuple[str, str]:
         raise BadRequestError("The Pub/Sub message data is not a signed JWT.", reason="invalid-message") from exc
 
 
-def _announce_rejection(events: Events, approvals: Approvals, bot: Any, claims: dict[str, Any], message_id: str,
-                        exc: VendingError) -> None:
+def _announce_rejection(
+    events: Events, approvals: Approvals, bot: Any, claims: dict[str, Any], message_id: str, exc: VendingError
+) -> None:
     """``approval.rejected`` on the notifications channel: the bot tells the person what was refused and why."""
     raw_actor = claims.get("actor")
     actor = None
@@ -50,16 +51,25 @@ def _announce_rejection(events: Events, approvals: Approvals, bot: Any, claims: 
         actor = approvals.policy.bot_actor(bot, raw_actor)
     request_id = claims.get("request_id")
     action = claims.get("action")
-    events.publish("notifications", rejection_event(
-        action=action if isinstance(action, str) else None, actor=actor,
-        request_id=request_id if isinstance(request_id, str) and len(request_id) <= 64 else None,
-        bot=bot.service_account, message_id=message_id, reason=exc.reason, message=exc.message))
+    events.publish(
+        "notifications",
+        rejection_event(
+            action=action if isinstance(action, str) else None,
+            actor=actor,
+            request_id=request_id if isinstance(request_id, str) and len(request_id) <= 64 else None,
+            bot=bot.service_account,
+            message_id=message_id,
+            reason=exc.reason,
+            message=exc.message,
+        ),
+    )
 
 
-def handle_approval_event(event: Any, bot_verifier: BotVerifier, approvals: Approvals, events: Events,
-                          switch: KillSwitch | None = None) -> None:
+def handle_approval_event(
+    event: Any, bot_verifier: BotVerifier, approvals: Approvals, events: Events, switch: KillSwitch | None = None
+) -> None:
     message_id = ""
-    verified: tuple[Any, dict[str, Any]] | None = None   # (bot, claims) once the signature checked out
+    verified: tuple[Any, dict[str, Any]] | None = None  # (bot, claims) once the signature checked out
     try:
         token, message_id = _message(event)
         bot, claims = bot_verifier.verify(token)
@@ -80,18 +90,34 @@ def handle_approval_event(event: Any, bot_verifier: BotVerifier, approvals: Appr
                 raise
             # Out of order: the message that files this request may not have been delivered yet.
             # Redeliver; bounded by the message's own short exp, after which it is acknowledged as expired.
-            raise UnavailableError("The access request does not exist (yet); the message will be redelivered.",
-                                   reason="request-not-yet-known", detail=exc.message) from exc
-        log.notice("approval message applied", audit=True, message_id=message_id, bot=bot.service_account,
-                   action=action, actor=claims.get("actor"), access_request_id=(result or {}).get("id"),
-                   service_account=(result or {}).get("service_account"), state=(result or {}).get("state"))
+            raise UnavailableError(
+                "The access request does not exist (yet); the message will be redelivered.",
+                reason="request-not-yet-known",
+                detail=exc.message,
+            ) from exc
+        log.notice(
+            "approval message applied",
+            audit=True,
+            message_id=message_id,
+            bot=bot.service_account,
+            action=action,
+            actor=claims.get("actor"),
+            access_request_id=(result or {}).get("id"),
+            service_account=(result or {}).get("service_account"),
+            state=(result or {}).get("state"),
+        )
     except VendingError as exc:
         if exc.retryable or exc.reason in ("request-busy", "kill-switch-busy"):  # changed concurrently
-            log.warning("approval message will be retried", message_id=message_id, reason=exc.reason,
-                        detail=exc.detail or exc.message)
+            log.warning(
+                "approval message will be retried",
+                message_id=message_id,
+                reason=exc.reason,
+                detail=exc.detail or exc.message,
+            )
             raise
-        log.warning("approval message rejected", message_id=message_id, reason=exc.reason,
-                    detail=exc.detail or exc.message)
+        log.warning(
+            "approval message rejected", message_id=message_id, reason=exc.reason, detail=exc.detail or exc.message
+        )
         if verified is not None:  # a forged or unreadable message names nobody we could tell
             _announce_rejection(events, approvals, *verified, message_id, exc)
     finally:

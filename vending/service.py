@@ -46,9 +46,15 @@ class AccessRequests:
         except VendingError:
             self.ledger.give_back(caller.replay_key)  # a refusal changes nothing, not even the token
             raise
-        log.notice("access request created", audit=True, principal=caller.principal.qualified,
-                   access_request_id=result["id"], entitlement=result["entitlement"], state=result["state"],
-                   break_glass=result["break_glass"])
+        log.notice(
+            "access request created",
+            audit=True,
+            principal=caller.principal.qualified,
+            access_request_id=result["id"],
+            entitlement=result["entitlement"],
+            state=result["state"],
+            break_glass=result["break_glass"],
+        )
         return result
 
     def get(self, authorization: Credential, request_id: str) -> dict[str, Any]:
@@ -69,8 +75,14 @@ class AccessRequests:
         except VendingError:
             self.ledger.give_back(caller.replay_key)  # a refusal changes nothing, not even the token
             raise
-        log.notice("access request action", audit=True, principal=caller.principal.qualified,
-                   access_request_id=request_id, action=action, state=result["state"])
+        log.notice(
+            "access request action",
+            audit=True,
+            principal=caller.principal.qualified,
+            access_request_id=request_id,
+            action=action,
+            state=result["state"],
+        )
         return result
 
 
@@ -88,8 +100,9 @@ class Issuances:
         if doc is None:
             raise NotFoundError(f"No issuance {issuance_id}.", reason="issuance-not-found")
         if not policy.can_read(self.policy, caller.principal, doc.data.get("principal", "")):
-            raise PermissionDeniedError("Only auditors and the caller it was issued to may read an issuance.",
-                                        reason="not-a-reader")
+            raise PermissionDeniedError(
+                "Only auditors and the caller it was issued to may read an issuance.", reason="not-a-reader"
+            )
         return ledger.view(doc.data, clock.now())
 
     def list(self, authorization: Credential, args: dict[str, str]) -> dict[str, Any]:
@@ -109,8 +122,7 @@ class Issuances:
             principal = self._qualified(principal, caller.principal.issuer)
         if not self.policy.is_auditor(me):
             if principal not in (None, me):
-                raise PermissionDeniedError("Only auditors may list other callers' issuances.",
-                                            reason="not-an-auditor")
+                raise PermissionDeniedError("Only auditors may list other callers' issuances.", reason="not-an-auditor")
             principal = me
         since = None
         if "since" in args:
@@ -124,8 +136,14 @@ class Issuances:
             page_size = 0
         if not 1 <= page_size <= 500:
             raise BadRequestError("page_size must be between 1 and 500.", reason="invalid-page-size")
-        records, token = self.ledger.list(state=state, service_account=sa, principal=principal, since=since,
-                                          page_size=page_size, page_token=args.get("page_token"))
+        records, token = self.ledger.list(
+            state=state,
+            service_account=sa,
+            principal=principal,
+            since=since,
+            page_size=page_size,
+            page_token=args.get("page_token"),
+        )
         now = clock.now()
         out: dict[str, Any] = {"issuances": [ledger.view(r, now) for r in records]}
         if token:
@@ -166,23 +184,39 @@ class ServiceAccounts:
             result = self._run(action, caller, email, raw_body)
         except VendingError as exc:
             denied = exc.http_status < 500
-            log.emit("WARNING" if denied else "ERROR", f"kill switch {action} denied" if denied else
-                     f"kill switch {action} failed", audit=True, decision="deny", reason=exc.reason,
-                     status=exc.http_status, detail=exc.detail or exc.message, **fields)
+            log.emit(
+                "WARNING" if denied else "ERROR",
+                f"kill switch {action} denied" if denied else f"kill switch {action} failed",
+                audit=True,
+                decision="deny",
+                reason=exc.reason,
+                status=exc.http_status,
+                detail=exc.detail or exc.message,
+                **fields,
+            )
             exc.logged = True
             raise
-        log.notice(f"kill switch {action}", audit=True, decision="allow", state=result["state"],
-                   safe_at=result["safe_at"], **fields)
+        log.notice(
+            f"kill switch {action}",
+            audit=True,
+            decision="allow",
+            state=result["state"],
+            safe_at=result["safe_at"],
+            **fields,
+        )
         return result
 
     def _run(self, action: str, caller: VerifiedToken, email: str, raw_body: bytes) -> dict[str, Any]:
         who = caller.principal.qualified
         if not self.policy.is_kill_switch_operator(who):
-            raise PermissionDeniedError("Only kill switch operators and auditors may use the kill switch.",
-                                        reason="not-a-kill-switch-operator")
+            raise PermissionDeniedError(
+                "Only kill switch operators and auditors may use the kill switch.", reason="not-a-kill-switch-operator"
+            )
         if email not in self.policy.target_service_accounts:
-            raise NotFoundError(f"{email[:320]!r} is not a service account this service vends for.",
-                                reason="service-account-not-managed")
+            raise NotFoundError(
+                f"{email[:320]!r} is not a service account this service vends for.",
+                reason="service-account-not-managed",
+            )
         if action == "status":
             return self.switch.status(email)
         body = inputs.parse_json(raw_body)  # malformed bodies are refused before the token is consumed

@@ -46,9 +46,9 @@ from vending.identity import Principal, VerifiedToken, Verifier
 
 COOKIE = "__Host-vending-session"
 CSRF_HEADER = "X-CSRF-Token"
-MAX_SESSION_S = 3600                 # a session never outlives its ID token, nor one hour
-MIN_SESSION_S = 60                   # an ID token with less left than this starts no session
-MAX_COOKIE_CHARS = 3800              # browsers keep 4096 bytes per cookie, name and attributes included
+MAX_SESSION_S = 3600  # a session never outlives its ID token, nor one hour
+MIN_SESSION_S = 60  # an ID token with less left than this starts no session
+MAX_COOKIE_CHARS = 3800  # browsers keep 4096 bytes per cookie, name and attributes included
 SESSION_REPLAY_PREFIX = "session-ended:"
 
 
@@ -100,8 +100,15 @@ def claims_kept(policy: Policy, issuer: str, identity_claim: str) -> frozenset[s
 class Sessions:
     """Start, read and end console sessions; check the CSRF token of a state-changing call."""
 
-    def __init__(self, key: str, policy: Policy, verifier: Verifier, used: UsedMarks,
-                 *, dev_minter: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        policy: Policy,
+        verifier: Verifier,
+        used: UsedMarks,
+        *,
+        dev_minter: Callable[[str], str] | None = None,
+    ) -> None:
         secret = key.encode("utf-8")
         self._sign_key = hmac.new(secret, b"vending console session v1", hashlib.sha256).digest()
         self._csrf_key = hmac.new(secret, b"vending console csrf v1", hashlib.sha256).digest()
@@ -122,20 +129,26 @@ class Sessions:
         issuer = self.policy.issuer(caller.principal.issuer)
         keep = claims_kept(self.policy, caller.principal.issuer, issuer.identity_claim if issuer else "sub")
         claims = {k: v for k, v in caller.principal.claims.items() if k in keep}
-        session = Session(sid=secrets.token_hex(16), principal=Principal(
-            issuer=caller.principal.issuer, identity=caller.principal.identity, claims=claims),
-            issued_at=now, expires_at=expires)
+        session = Session(
+            sid=secrets.token_hex(16),
+            principal=Principal(issuer=caller.principal.issuer, identity=caller.principal.identity, claims=claims),
+            issued_at=now,
+            expires_at=expires,
+        )
         cookie = self._encode(session)
         if len(cookie) > MAX_COOKIE_CHARS:
-            raise AuthenticationError(f"session of {len(cookie)} characters does not fit a cookie",
-                                      reason="session-too-large")
+            raise AuthenticationError(
+                f"session of {len(cookie)} characters does not fit a cookie", reason="session-too-large"
+            )
         return cookie, session
 
     def start_development(self, subject: str) -> tuple[str, Session]:
         """The embedded default's sign-in: the server mints a development token for ``subject`` itself."""
         if self.dev_minter is None:
-            raise PermissionDeniedError("This service has no development issuer: sign in with your identity "
-                                        "provider.", reason="development-sign-in-disabled")
+            raise PermissionDeniedError(
+                "This service has no development issuer: sign in with your identity provider.",
+                reason="development-sign-in-disabled",
+            )
         return self.start(self.dev_minter(subject))
 
     def end(self, session: Session) -> None:
@@ -159,24 +172,34 @@ class Sessions:
         return _b64(hmac.new(self._csrf_key, session.sid.encode("ascii"), hashlib.sha256).digest())
 
     def check_csrf(self, session: Session, presented: str | None) -> None:
-        if not presented or not hmac.compare_digest(presented.encode("utf-8", "replace"),
-                                                    self.csrf_token(session).encode("ascii")):
-            raise PermissionDeniedError(f"A call made with a console session needs the session's {CSRF_HEADER} "
-                                        "header.", reason="csrf-token-invalid")
+        if not presented or not hmac.compare_digest(
+            presented.encode("utf-8", "replace"), self.csrf_token(session).encode("ascii")
+        ):
+            raise PermissionDeniedError(
+                f"A call made with a console session needs the session's {CSRF_HEADER} header.",
+                reason="csrf-token-invalid",
+            )
 
     def caller(self, credential: SessionCredential) -> VerifiedToken:
         """A request authenticated by its session: the person, no replay key (a session is not a bearer)."""
         session = self.read(credential.cookie)
         if credential.state_changing:
             self.check_csrf(session, credential.csrf)
-        return VerifiedToken(principal=session.principal, replay_key=None, expires_at=session.expires_at,
-                             replay_until=session.expires_at)
+        return VerifiedToken(
+            principal=session.principal, replay_key=None, expires_at=session.expires_at, replay_until=session.expires_at
+        )
 
     # -- the cookie ------------------------------------------------------------------------------
     def _encode(self, session: Session) -> str:
-        payload = {"v": 1, "sid": session.sid, "iss": session.principal.issuer, "id": session.principal.identity,
-                   "claims": dict(session.principal.claims), "iat": int(session.issued_at.timestamp()),
-                   "exp": int(session.expires_at.timestamp())}
+        payload = {
+            "v": 1,
+            "sid": session.sid,
+            "iss": session.principal.issuer,
+            "id": session.principal.identity,
+            "claims": dict(session.principal.claims),
+            "iat": int(session.issued_at.timestamp()),
+            "exp": int(session.expires_at.timestamp()),
+        }
         body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8"))
         return f"{body}.{_b64(hmac.new(self._sign_key, body.encode('ascii'), hashlib.sha256).digest())}"
 
@@ -193,11 +216,16 @@ class Sessions:
             if data.get("v") != 1 or not isinstance(claims, Mapping):
                 raise ValueError("unknown session version")
             principal = Principal(issuer=str(data["iss"]), identity=str(data["id"]), claims=dict(claims))
-            return Session(sid=str(data["sid"]), principal=principal, issued_at=clock.from_epoch(data["iat"]),
-                           expires_at=clock.from_epoch(data["exp"]))
+            return Session(
+                sid=str(data["sid"]),
+                principal=principal,
+                issued_at=clock.from_epoch(data["iat"]),
+                expires_at=clock.from_epoch(data["exp"]),
+            )
         except (ValueError, KeyError, TypeError, binascii.Error, OverflowError) as exc:
-            raise AuthenticationError(f"session cookie payload unreadable: {type(exc).__name__}",
-                                      reason="invalid-session") from exc
+            raise AuthenticationError(
+                f"session cookie payload unreadable: {type(exc).__name__}", reason="invalid-session"
+            ) from exc
 
 
 class Callers:
@@ -217,5 +245,10 @@ class Callers:
 
 def session_view(sessions: Sessions, session: Session) -> dict[str, Any]:
     """What ``GET /console/session`` tells the page: who, until when, and the CSRF token (never the cookie)."""
-    return {"signed_in": True, "identity": session.principal.qualified, "issuer": session.principal.issuer,
-            "expires_at": clock.rfc3339(session.expires_at), "csrf_token": sessions.csrf_token(session)}
+    return {
+        "signed_in": True,
+        "identity": session.principal.qualified,
+        "issuer": session.principal.issuer,
+        "expires_at": clock.rfc3339(session.expires_at),
+        "csrf_token": sessions.csrf_token(session),
+    }

@@ -33,9 +33,12 @@ def sweep(ledger: Ledger, approvals: Approvals, events: Events, *, reservation_t
     counts: Counter[str] = ledger.expire_due(now)
     for doc in ledger.unconfirm_stale(now - _dt.timedelta(seconds=reservation_timeout_s)):
         counts["issuances_unconfirmed"] += 1
-        log.warning("issuance reservation not finalized: a credential may exist until reserved_until",
-                    issuance_id=doc.id, service_account=doc.data.get("service_account"),
-                    reserved_until=doc.data.get("reserved_until"))
+        log.warning(
+            "issuance reservation not finalized: a credential may exist until reserved_until",
+            issuance_id=doc.id,
+            service_account=doc.data.get("service_account"),
+            reserved_until=doc.data.get("reserved_until"),
+        )
     counts["requests_expired"] += approvals.expire_due(now)
     counts["replay_records_deleted"] += ledger.purge_replay(now)
     live = ledger.live(now)

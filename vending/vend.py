@@ -51,8 +51,8 @@ from vending.store.base import StoreConflict
 # connection, or a 200 whose body could not be read. The record becomes ``unconfirmed``. An IAM
 # error answer (4xx, 5xx after retries) minted nothing the service could hand out.
 AMBIGUOUS_IAM_FAILURES = frozenset({"iam-unavailable", "iam-bad-response"})
-IAM_CLOCK_SKEW_S = 1.0       # IAM's clock against ours, when checking a minted expiry
-MAX_RESERVE_ATTEMPTS = 20    # an approval's request changed under us: re-check and retry
+IAM_CLOCK_SKEW_S = 1.0  # IAM's clock against ours, when checking a minted expiry
+MAX_RESERVE_ATTEMPTS = 20  # an approval's request changed under us: re-check and retry
 
 
 @dataclass
@@ -67,8 +67,18 @@ class Audit:
 
 
 class Vend:
-    def __init__(self, policy_: Policy, verifier: Verifier, ledger_: Ledger, approvals: Approvals,
-                 iam: IamCredentials, events: Events, switch: KillSwitch, *, iam_deadline_s: float) -> None:
+    def __init__(
+        self,
+        policy_: Policy,
+        verifier: Verifier,
+        ledger_: Ledger,
+        approvals: Approvals,
+        iam: IamCredentials,
+        events: Events,
+        switch: KillSwitch,
+        *,
+        iam_deadline_s: float,
+    ) -> None:
         self.policy = policy_
         self.verifier = verifier
         self.ledger = ledger_
@@ -86,25 +96,33 @@ class Vend:
             result = self._vend(kind, authorization, raw_body, audit)
         except VendingError as exc:
             denied = exc.http_status < 500
-            log.emit("WARNING" if denied else "ERROR", "vend denied" if denied else "vend failed", audit=True,
-                     kind=kind.NAME, decision="deny", reason=exc.reason, status=exc.http_status,
-                     detail=exc.detail or exc.message, **audit.fields)
+            log.emit(
+                "WARNING" if denied else "ERROR",
+                "vend denied" if denied else "vend failed",
+                audit=True,
+                kind=kind.NAME,
+                decision="deny",
+                reason=exc.reason,
+                status=exc.http_status,
+                detail=exc.detail or exc.message,
+                **audit.fields,
+            )
             exc.logged = True
             raise
         log.notice("vend allowed", audit=True, kind=kind.NAME, decision="allow", reason="granted", **audit.fields)
         return result
 
     def _vend(self, kind: ModuleType, authorization: str | None, raw_body: bytes, audit: Audit) -> dict[str, Any]:
-        caller = self.verifier.verify_authorization(authorization)                          # authenticate
+        caller = self.verifier.verify_authorization(authorization)  # authenticate
         audit.set(principal=caller.principal.qualified, issuer=caller.principal.issuer)
-        ask = kind.decode(inputs.parse_json(raw_body, kind.MAX_BODY_BYTES))                  # decode
+        ask = kind.decode(inputs.parse_json(raw_body, kind.MAX_BODY_BYTES))  # decode
         audit.set(service_account=ask.service_account, access_request_id=ask.request_id, **kind.audit(ask))
         issuance_id = ledger.new_id()
         audit.set(issuance_id=issuance_id)
         grant, use, reserved_until = self._decide_and_reserve(kind, caller, ask, issuance_id, audit)
         started = clock.now()
         try:
-            minted = kind.mint(self.iam, grant, f"token-vending issuance {issuance_id}")     # IAM
+            minted = kind.mint(self.iam, grant, f"token-vending issuance {issuance_id}")  # IAM
         except VendingError as exc:
             maybe_minted = self._settle_failure(issuance_id, exc, caller, use, reserved_until)
             switched = self._switch_after_failure(grant, issuance_id, mark=maybe_minted)
@@ -113,44 +131,57 @@ class Vend:
             raise
         try:
             kind.check(minted, grant, (clock.now() - started).total_seconds() + IAM_CLOCK_SKEW_S)
-        except OutOfBoundsError as exc:                                                     # check
-            self.ledger.mark_withheld(issuance_id, minted.credential, expire_time=minted.expire_time,
-                                      key_id=minted.key_id, failure=exc.reason)
+        except OutOfBoundsError as exc:  # check
+            self.ledger.mark_withheld(
+                issuance_id, minted.credential, expire_time=minted.expire_time, key_id=minted.key_id, failure=exc.reason
+            )
             switched = self._switch_after_failure(grant, issuance_id, mark=True)
             if switched is not None:
                 raise switched from exc
             raise
-        digest = self.ledger.mark_issued(issuance_id, minted.credential, expire_time=minted.expire_time,
-                                         key_id=minted.key_id, state=minted.state)          # confirm
+        digest = self.ledger.mark_issued(
+            issuance_id, minted.credential, expire_time=minted.expire_time, key_id=minted.key_id, state=minted.state
+        )  # confirm
         audit.set(token_sha256=digest, expire_time=minted.expire_time, break_glass=grant.break_glass or None)
-        switched = self._recheck_switch(grant, issuance_id)                                 # switch?
+        switched = self._recheck_switch(grant, issuance_id)  # switch?
         if switched is not None:
             raise switched
         if use is not None:
             try:  # bookkeeping only: the use was spent atomically with the reservation
                 self.approvals.settle_use(use.request_id, issuance_id)
             except VendingError as exc:  # the credential is minted and recorded: hand it out
-                log.error("could not settle the approval use", request_id=use.request_id,
-                          issuance_id=issuance_id, error=exc.reason)
+                log.error(
+                    "could not settle the approval use",
+                    request_id=use.request_id,
+                    issuance_id=issuance_id,
+                    error=exc.reason,
+                )
         self._announce(issuance_id, grant, minted)
         return dict(kind.response(minted, grant, issuance_id, clock.now()))
 
-    def _decide_and_reserve(self, kind: ModuleType, caller: VerifiedToken, ask: Any, issuance_id: str,
-                            audit: Audit) -> tuple[Grant, ApprovalUse | None, _dt.datetime]:
+    def _decide_and_reserve(
+        self, kind: ModuleType, caller: VerifiedToken, ask: Any, issuance_id: str, audit: Audit
+    ) -> tuple[Grant, ApprovalUse | None, _dt.datetime]:
         """Decide and reserve; with an approval, the reservation commits only if the request is
         still as checked, so a revoke or another vend in between makes us check again."""
         for attempt in range(MAX_RESERVE_ATTEMPTS):
             now = clock.now()
             use = self.approvals.check_use(caller.principal, ask.request_id, now) if ask.request_id else None
-            grant = policy.decide(self.policy, caller.principal, kind, ask, now, use)       # decide
+            grant = policy.decide(self.policy, caller.principal, kind, ask, now, use)  # decide
             audit.set(entitlement=grant.entitlement, not_after=grant.bounds.not_after)
-            self.switch.refuse_if_engaged(grant.service_account)                            # switch?
+            self.switch.refuse_if_engaged(grant.service_account)  # switch?
             reserved_until = kind.reserve_until(grant, now, self.iam_deadline_s)
             try:
-                self.ledger.reserve(issuance_id, grant, reserved_until=reserved_until, reason=ask.reason,
-                                    details=kind.details(grant), replay_key=caller.replay_key,
-                                    replay_until=caller.replay_until,
-                                    extra=[self.approvals.use_write(use, now)] if use else [])  # reserve
+                self.ledger.reserve(
+                    issuance_id,
+                    grant,
+                    reserved_until=reserved_until,
+                    reason=ask.reason,
+                    details=kind.details(grant),
+                    replay_key=caller.replay_key,
+                    replay_until=caller.replay_until,
+                    extra=[self.approvals.use_write(use, now)] if use else [],
+                )  # reserve
                 return grant, use, reserved_until
             except StoreConflict:
                 if use is None:
@@ -158,8 +189,14 @@ class Vend:
                 time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         raise ConflictError("The access request is being changed concurrently; retry.", reason="request-busy")
 
-    def _settle_failure(self, issuance_id: str, exc: VendingError, caller: VerifiedToken,
-                        use: ApprovalUse | None, reserved_until: _dt.datetime) -> bool:
+    def _settle_failure(
+        self,
+        issuance_id: str,
+        exc: VendingError,
+        caller: VerifiedToken,
+        use: ApprovalUse | None,
+        reserved_until: _dt.datetime,
+    ) -> bool:
         """Record the IAM failure; True when a credential may nevertheless exist (unconfirmed)."""
         try:
             if exc.reason in AMBIGUOUS_IAM_FAILURES:  # IAM may have minted: never claim "failed"
@@ -179,8 +216,11 @@ class Vend:
         record = self.switch.blocking(grant.service_account)
         if record is None:
             return None
-        self.ledger.mark_revoked(issuance_id, by=str(record.get("engaged_by")),
-                                 reason=f"kill switch engaged while issuing: {record.get('justification')}")
+        self.ledger.mark_revoked(
+            issuance_id,
+            by=str(record.get("engaged_by")),
+            reason=f"kill switch engaged while issuing: {record.get('justification')}",
+        )
         return TargetDisabledError(grant.service_account, record.get("requested_at"))
 
     def _switch_after_failure(self, grant: Grant, issuance_id: str, *, mark: bool) -> TargetDisabledError | None:
@@ -190,18 +230,22 @@ class Vend:
             if mark:
                 return self._recheck_switch(grant, issuance_id)
             record = self.switch.blocking(grant.service_account)
-            return None if record is None else TargetDisabledError(grant.service_account,
-                                                                   record.get("requested_at"))
+            return None if record is None else TargetDisabledError(grant.service_account, record.get("requested_at"))
         except VendingError as exc:  # the IAM failure stays the answer
-            log.error("could not check the kill switch after an IAM failure", issuance_id=issuance_id,
-                      error=exc.reason)
+            log.error("could not check the kill switch after an IAM failure", issuance_id=issuance_id, error=exc.reason)
             return None
 
     def _announce(self, issuance_id: str, grant: Grant, minted: Minted) -> None:
-        record = {"id": issuance_id, "kind": grant.kind, "entitlement": grant.entitlement,
-                  "service_account": grant.service_account, "principal": grant.caller,
-                  "request_id": grant.request_id, "expire_time": minted.expire_time,
-                  "break_glass": grant.break_glass}
+        record = {
+            "id": issuance_id,
+            "kind": grant.kind,
+            "entitlement": grant.entitlement,
+            "service_account": grant.service_account,
+            "principal": grant.caller,
+            "request_id": grant.request_id,
+            "expire_time": minted.expire_time,
+            "break_glass": grant.break_glass,
+        }
         event = issuance_event("credential.issued", record)
         self.events.publish("notifications", event)
         if grant.break_glass:

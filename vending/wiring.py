@@ -54,15 +54,19 @@ class Service:
 
                 p = self.policy
                 self._bot_verifier = BotVerifier(
-                    p.bots, audience=p.bot_audience or p.issuers[0].audience,
-                    keys_base_url=self.settings.keys_base_url, max_ttl_s=p.bot_message_max_ttl_seconds)
+                    p.bots,
+                    audience=p.bot_audience or p.issuers[0].audience,
+                    keys_base_url=self.settings.keys_base_url,
+                    max_ttl_s=p.bot_message_max_ttl_seconds,
+                )
             return self._bot_verifier
 
     def sweep(self) -> dict[str, Any]:
         from vending.sweep import sweep
 
-        return sweep(self.ledger, self.approvals, self.events,
-                     reservation_timeout_s=self.settings.reservation_timeout_s)
+        return sweep(
+            self.ledger, self.approvals, self.events, reservation_timeout_s=self.settings.reservation_timeout_s
+        )
 
 
 def settings() -> Settings:
@@ -96,35 +100,54 @@ def build_service(s: Settings, **overrides: Any) -> Service:
 
     store = overrides.get("store") or open_store(s)
     token_source = StaticToken(s.iam_token) if s.iam_token else GoogleCredentialsToken()
-    iam = overrides.get("iam") or IamCredentials(s.iam_endpoint, token_source, timeout_s=s.iam_timeout_s,
-                                                 retries=s.iam_retries)
-    iam_admin = overrides.get("iam_admin") or IamAdmin(s.iam_admin_endpoint, token_source,
-                                                       timeout_s=s.iam_timeout_s, retries=s.iam_retries)
+    iam = overrides.get("iam") or IamCredentials(
+        s.iam_endpoint, token_source, timeout_s=s.iam_timeout_s, retries=s.iam_retries
+    )
+    iam_admin = overrides.get("iam_admin") or IamAdmin(
+        s.iam_admin_endpoint, token_source, timeout_s=s.iam_timeout_s, retries=s.iam_retries
+    )
     verifier = overrides.get("verifier") or Verifier(s.policy.issuers)
     if "events" in overrides:
         events = overrides["events"]
     elif s.notifications_topic or s.alerts_topic:
-        events = events_mod.PubSubEvents({"notifications": s.notifications_topic, "alerts": s.alerts_topic},
-                                         s.project)
+        events = events_mod.PubSubEvents({"notifications": s.notifications_topic, "alerts": s.alerts_topic}, s.project)
     else:
         events = events_mod.FileEvents(s.events_file)
     ledger = Ledger(store, events, retention_days=s.retention_days)
-    approvals = overrides.get("approvals") or Approvals(s.policy, store, events,
-                                                        retention=_dt.timedelta(days=s.retention_days))
-    switch = KillSwitch(s.policy, store, ledger, approvals, iam_admin, events,
-                        retention=_dt.timedelta(days=s.retention_days))
+    approvals = overrides.get("approvals") or Approvals(
+        s.policy, store, events, retention=_dt.timedelta(days=s.retention_days)
+    )
+    switch = KillSwitch(
+        s.policy, store, ledger, approvals, iam_admin, events, retention=_dt.timedelta(days=s.retention_days)
+    )
     vend = Vend(s.policy, verifier, ledger, approvals, iam, events, switch, iam_deadline_s=s.iam_timeout_s)
     # The console's endpoints accept a bearer token or a console session; vends and the kill switch a bearer only.
-    sessions = Sessions(s.session_key or secrets.token_urlsafe(48), s.policy, verifier, ledger,
-                        dev_minter=overrides.get("dev_minter") or _dev_minter(s))
+    sessions = Sessions(
+        s.session_key or secrets.token_urlsafe(48),
+        s.policy,
+        verifier,
+        ledger,
+        dev_minter=overrides.get("dev_minter") or _dev_minter(s),
+    )
     callers = Callers(verifier, sessions)
     console = Console(sessions, s.policy, development=sessions.dev_minter is not None)
-    return Service(settings=s, store=store, iam=iam, verifier=verifier, events=events, ledger=ledger,
-                   approvals=approvals, vend=vend, requests=AccessRequests(callers, ledger, approvals),
-                   issuances=Issuances(callers, s.policy, ledger), kill_switch=switch,
-                   service_accounts=ServiceAccounts(verifier, s.policy, ledger, switch),
-                   request_list=RequestList(callers, approvals), profile=Profile(callers, s.policy, approvals),
-                   console=console)
+    return Service(
+        settings=s,
+        store=store,
+        iam=iam,
+        verifier=verifier,
+        events=events,
+        ledger=ledger,
+        approvals=approvals,
+        vend=vend,
+        requests=AccessRequests(callers, ledger, approvals),
+        issuances=Issuances(callers, s.policy, ledger),
+        kill_switch=switch,
+        service_accounts=ServiceAccounts(verifier, s.policy, ledger, switch),
+        request_list=RequestList(callers, approvals),
+        profile=Profile(callers, s.policy, approvals),
+        console=console,
+    )
 
 
 def _dev_minter(s: Settings) -> Any:
@@ -138,6 +161,7 @@ def _dev_minter(s: Settings) -> Any:
         from vending.local.launcher import STATE_DIR
 
         return DevIssuer(STATE_DIR, dev.issuer).mint(subject, dev.audience, ttl_s=3600)
+
     return mint
 
 
@@ -157,9 +181,17 @@ def handlers() -> Any:
             from vending.api import Handlers
 
             svc = service()
-            _handlers = Handlers(svc.vend, svc.requests, svc.issuances, svc.events, project=svc.settings.project,
-                                 service_accounts=svc.service_accounts, request_list=svc.request_list,
-                                 profile=svc.profile, console=svc.console)
+            _handlers = Handlers(
+                svc.vend,
+                svc.requests,
+                svc.issuances,
+                svc.events,
+                project=svc.settings.project,
+                service_accounts=svc.service_accounts,
+                request_list=svc.request_list,
+                profile=svc.profile,
+                console=svc.console,
+            )
         return _handlers
 
 

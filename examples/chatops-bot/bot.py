@@ -61,9 +61,15 @@ def on_button_click(user_email: str, request_id: str, action: str, comment: str 
         return f"Unknown action {action!r}."
     try:
         message_id = send_approval(
-            bot=os.environ["VENDING_BOT_SERVICE_ACCOUNT"], audience=os.environ["VENDING_BOT_AUDIENCE"],
-            action=action, actor=user_email, request_id=request_id, comment=comment,
-            topic=os.environ.get("VENDING_APPROVALS_TOPIC"), deliver_to=os.environ.get("VENDING_DELIVER_TO"))
+            bot=os.environ["VENDING_BOT_SERVICE_ACCOUNT"],
+            audience=os.environ["VENDING_BOT_AUDIENCE"],
+            action=action,
+            actor=user_email,
+            request_id=request_id,
+            comment=comment,
+            topic=os.environ.get("VENDING_APPROVALS_TOPIC"),
+            deliver_to=os.environ.get("VENDING_DELIVER_TO"),
+        )
     except ClientError as exc:
         return f"Could not send your {action}: {exc.message}"
     return f"Your {action} of request {request_id} was sent (message {message_id})."

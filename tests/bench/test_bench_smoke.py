@@ -14,9 +14,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 FIGURES = {
-    "vend_latency_p50_firestore", "vend_latency_p99_firestore", "vend_latency_p50_sqlite", "vend_latency_p99_sqlite",
-    "http_hop_p50", "cold_start", "throughput", "throughput_sqlite", "peak_rss", "rss_growth_last_half",
-    "iam_calls_per_vend", "store_ops_per_vend", "jwks_fetches_per_vend", "sweep", "sweep_sqlite", "verify", "naive_p50", "naive_p99",
+    "vend_latency_p50_firestore",
+    "vend_latency_p99_firestore",
+    "vend_latency_p50_sqlite",
+    "vend_latency_p99_sqlite",
+    "http_hop_p50",
+    "cold_start",
+    "throughput",
+    "throughput_sqlite",
+    "peak_rss",
+    "rss_growth_last_half",
+    "iam_calls_per_vend",
+    "store_ops_per_vend",
+    "jwks_fetches_per_vend",
+    "sweep",
+    "sweep_sqlite",
+    "verify",
+    "naive_p50",
+    "naive_p99",
 }
 
 
@@ -24,8 +39,15 @@ FIGURES = {
 @pytest.mark.timeout(180)
 def test_quick_bench_reports_every_figure(tmp_path: Path, firestore_emulator: object) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VENDING_")}
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=170, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "results.json").read_text())
     figures = {f["id"]: f for f in data["figures"]}

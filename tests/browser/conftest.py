@@ -20,8 +20,10 @@ from typing import Any
 
 import pytest
 
-CHROMIUM_HELP = ("the browser tests need Chromium from the system's packages (Debian: apt-get install -y "
-                 "chromium; .ci/run installs it when missing). Playwright never downloads a browser here.")
+CHROMIUM_HELP = (
+    "the browser tests need Chromium from the system's packages (Debian: apt-get install -y "
+    "chromium; .ci/run installs it when missing). Playwright never downloads a browser here."
+)
 SCREENSHOTS_VAR = "VENDING_CONSOLE_SCREENSHOTS"
 _SHOTS: list[Path] = []
 
@@ -56,6 +58,7 @@ def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def screenshot(screenshot_dir: Path) -> Any:
     """``screenshot(page, name)``: a PNG artefact of the page (and a copy in $VENDING_CONSOLE_SCREENSHOTS)."""
+
     def take(page: Any, name: str) -> Path:
         path = screenshot_dir / f"{name}.png"
         page.screenshot(path=str(path), full_page=False)
@@ -65,6 +68,7 @@ def screenshot(screenshot_dir: Path) -> Any:
             Path(extra).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, Path(extra) / path.name)
         return path
+
     return take
 
 

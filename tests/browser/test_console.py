@@ -51,8 +51,7 @@ class Person:
 
     def rendered(self, before: int) -> None:
         """Wait until the page finished a render after the ``before``-th (views render asynchronously)."""
-        self.page.wait_for_function("n => Number(document.querySelector('#main').dataset.renders || 0) > n",
-                                    arg=before)
+        self.page.wait_for_function("n => Number(document.querySelector('#main').dataset.renders || 0) > n", arg=before)
 
     def open(self, link: str) -> Any:
         before = self.renders()
@@ -76,6 +75,7 @@ def people(chromium: Any, stack: Stack) -> Iterator[Any]:
         person = Person(chromium, stack, subject)
         made.append(person)
         return person
+
     yield sign_in
     for person in made:
         assert not [e for e in person.console_errors if "Content Security Policy" in e], person.console_errors
@@ -96,7 +96,8 @@ def file_request(person: Person, entitlement: str = "prod-admin", justification:
 
 
 def test_request_two_approvals_vend_with_the_client_and_the_credential_counts_down(
-        people: Any, stack: Stack, screenshot: Any) -> None:
+    people: Any, stack: Stack, screenshot: Any
+) -> None:
     # GIVEN dave files a request for prod-admin (two approvers)
     dave = people(DAVE)
     rid = file_request(dave)
@@ -117,8 +118,9 @@ def test_request_two_approvals_vend_with_the_client_and_the_credential_counts_do
     dave.open("Requests")
     dave.row(rid).get_by_text("ACTIVE", exact=True).wait_for()
     # WHEN he vends with the client
-    vend = stack.run("token", *stack.as_(DAVE), "--service-account", PROD_SA, "--access-request", rid,
-                     "--lifetime", "10m")
+    vend = stack.run(
+        "token", *stack.as_(DAVE), "--service-account", PROD_SA, "--access-request", rid, "--lifetime", "10m"
+    )
     assert vend.returncode == 0, vend.stderr
     token = json.loads(vend.stdout)["access_token"]
     issuance_id = json.loads(vend.stdout)["issuance_id"]
@@ -154,12 +156,15 @@ def test_nobody_approves_their_own_request(people: Any) -> None:
     assert row.get_by_role("button", name="Approve").count() == 0
     assert row.get_by_role("button", name="Deny").count() == 0
     # AND the API refuses it even when called from her session with the CSRF token
-    answer = page.evaluate("""async (rid) => {
+    answer = page.evaluate(
+        """async (rid) => {
         const s = await (await fetch('/console/session')).json();
         const r = await fetch(`/v1/requests/${rid}:approve`, {method: 'POST', headers: {
             'Content-Type': 'application/json', 'X-CSRF-Token': s.csrf_token}});
         return [r.status, (await r.json()).error.reason];
-    }""", rid)
+    }""",
+        rid,
+    )
     assert answer == [403, "self-approval"]
     # AND bob, another approver, does get the button
     bob = people(BOB)

@@ -49,6 +49,7 @@ def outcome(fn: Callable[[], Any]) -> str:
 
 # -- get / create -------------------------------------------------------------------
 
+
 def test_get_missing_returns_none(store: Store) -> None:
     # GIVEN an empty store / WHEN a missing id is read / THEN None
     assert store.get(KIND, "nope") is None
@@ -61,15 +62,21 @@ def test_create_then_get_round_trips_every_value_type(store: Store) -> None:
         "s": "text ✓ with unicode",
         "empty": "",
         "looks_like_time": "2026-11-28T22:40:07Z",  # not the stored shape: stays a string
-        "i": 42, "neg": -7, "big": 2**62, "zero": 0,
-        "f": 1.5, "whole_float": 2.0,
-        "t": True, "false": False,
+        "i": 42,
+        "neg": -7,
+        "big": 2**62,
+        "zero": 0,
+        "f": 1.5,
+        "whole_float": 2.0,
+        "t": True,
+        "false": False,
         "none": None,
         "when": T0,
         "when_paris": dt.datetime(2026, 11, 28, 23, 40, 7, 1, tzinfo=paris),
         "list": [1, "two", None, True, {"k": T0}],
         "nested": {"a": {"b": [1, 2], "c": {"d": None}}, "at": T0 + dt.timedelta(microseconds=1)},
-        "empty_list": [], "empty_map": {},
+        "empty_list": [],
+        "empty_map": {},
     }
     # WHEN it is created and read back
     store.write([Create(KIND, "all-types", data)])
@@ -125,6 +132,7 @@ def test_batch_spanning_kinds_is_atomic(store: Store) -> None:
 
 # -- update -------------------------------------------------------------------------
 
+
 def test_update_missing_conflicts_and_writes_nothing(store: Store) -> None:
     # GIVEN nothing / WHEN a batch creates c and updates a missing document
     with pytest.raises(StoreConflict):
@@ -174,6 +182,7 @@ def test_update_sets_top_level_fields_only(store: Store) -> None:
 
 
 # -- delete -------------------------------------------------------------------------
+
 
 def test_delete(store: Store) -> None:
     store.write([Create(KIND, "gone", {"v": 1})])
@@ -225,18 +234,21 @@ def test_empty_batch_is_a_no_op(store: Store) -> None:
 
 # -- query --------------------------------------------------------------------------
 
+
 def _seed_issuances(store: Store, count: int = 250) -> list[dict[str, Any]]:
     """``count`` issuances; pairs share created_at so the id tiebreak matters."""
     docs = []
     for i in range(count):
-        docs.append({
-            "id": f"iss-{i:04d}",
-            "state": "expired" if i % 3 == 0 else "active",
-            "principal": f"p{i % 4}",
-            "service_account": "sa@p.iam.gserviceaccount.com",
-            "created_at": T0 + dt.timedelta(seconds=i // 2),
-            "expire_time": T0 + dt.timedelta(hours=1, seconds=(count - i) // 2),
-        })
+        docs.append(
+            {
+                "id": f"iss-{i:04d}",
+                "state": "expired" if i % 3 == 0 else "active",
+                "principal": f"p{i % 4}",
+                "service_account": "sa@p.iam.gserviceaccount.com",
+                "created_at": T0 + dt.timedelta(seconds=i // 2),
+                "expire_time": T0 + dt.timedelta(hours=1, seconds=(count - i) // 2),
+            }
+        )
     store.write([Create(ISSUANCES, d["id"], {k: v for k, v in d.items() if k != "id"}) for d in docs])
     return docs
 
@@ -256,14 +268,21 @@ def test_query_equality_range_order_limit_and_pagination(store: Store, descendin
     # GIVEN 250 issuances
     docs = _seed_issuances(store)
     lower = T0 + dt.timedelta(seconds=10)
-    query = Query(ISSUANCES, (Filter("state", "==", "active"), Filter("created_at", ">=", lower)),
-                  order_by="created_at", descending=descending, limit=17)
+    query = Query(
+        ISSUANCES,
+        (Filter("state", "==", "active"), Filter("created_at", ">=", lower)),
+        order_by="created_at",
+        descending=descending,
+        limit=17,
+    )
     # WHEN every page is fetched with start_after cursors
     pages = list(_pages(store, query, "created_at"))
     got = [d.id for page in pages for d in page]
     # THEN all matches come back once, ordered by created_at then id, in limit-sized pages
-    want = sorted(((d["created_at"], d["id"]) for d in docs if d["state"] == "active" and d["created_at"] >= lower),
-                  reverse=descending)
+    want = sorted(
+        ((d["created_at"], d["id"]) for d in docs if d["state"] == "active" and d["created_at"] >= lower),
+        reverse=descending,
+    )
     assert got == [i for _, i in want]
     assert all(len(p) == 17 for p in pages[:-1]) and len(pages[-1]) < 17
     first = pages[0][0]
@@ -275,12 +294,25 @@ def test_query_composite_equality_and_exclusive_bounds(store: Store) -> None:
     docs = _seed_issuances(store)
     low, high = T0 + dt.timedelta(seconds=20), T0 + dt.timedelta(seconds=40)
     # WHEN filtering on two equality fields and an exclusive range on both sides
-    got = store.query(Query(ISSUANCES, (Filter("principal", "==", "p1"), Filter("state", "==", "active"),
-                                        Filter("created_at", ">", low), Filter("created_at", "<", high)),
-                            order_by="created_at", limit=100))
+    got = store.query(
+        Query(
+            ISSUANCES,
+            (
+                Filter("principal", "==", "p1"),
+                Filter("state", "==", "active"),
+                Filter("created_at", ">", low),
+                Filter("created_at", "<", high),
+            ),
+            order_by="created_at",
+            limit=100,
+        )
+    )
     # THEN exactly the documents strictly inside the bounds, to the microsecond
-    want = sorted((d["created_at"], d["id"]) for d in docs
-                  if d["principal"] == "p1" and d["state"] == "active" and low < d["created_at"] < high)
+    want = sorted(
+        (d["created_at"], d["id"])
+        for d in docs
+        if d["principal"] == "p1" and d["state"] == "active" and low < d["created_at"] < high
+    )
     assert [d.id for d in got] == [i for _, i in want]
     assert want  # the fixture data does exercise this shape
 
@@ -302,8 +334,10 @@ def test_query_skips_documents_without_the_order_field(store: Store) -> None:
 def test_query_equality_matches_type_and_null_exactly(store: Store) -> None:
     # GIVEN states of several types, null, and a missing state
     values: dict[str, Any] = {"s-true": True, "s-one": 1, "s-text": "1", "s-null": None, "s-false": False}
-    store.write([Create(ISSUANCES, i, {"state": v, "created_at": T0}) for i, v in values.items()]
-                + [Create(ISSUANCES, "s-missing", {"created_at": T0})])
+    store.write(
+        [Create(ISSUANCES, i, {"state": v, "created_at": T0}) for i, v in values.items()]
+        + [Create(ISSUANCES, "s-missing", {"created_at": T0})]
+    )
 
     def ids(value: Any) -> list[str]:
         return [d.id for d in store.query(Query(ISSUANCES, (Filter("state", "==", value),), order_by="created_at"))]
@@ -318,27 +352,38 @@ def test_query_equality_matches_type_and_null_exactly(store: Store) -> None:
 
 def test_query_range_matches_only_the_bound_type(store: Store) -> None:
     # GIVEN expires_at holding a datetime, a number and a string
-    store.write([Create(REPLAY, "dt", {"expires_at": T0}), Create(REPLAY, "num", {"expires_at": 5}),
-                 Create(REPLAY, "str", {"expires_at": "zzz"})])
+    store.write(
+        [
+            Create(REPLAY, "dt", {"expires_at": T0}),
+            Create(REPLAY, "num", {"expires_at": 5}),
+            Create(REPLAY, "str", {"expires_at": "zzz"}),
+        ]
+    )
     # WHEN ranging over datetimes / numbers / THEN only values of that type come back
     assert [d.id for d in store.query(Query(REPLAY, (Filter("expires_at", ">", T0 - dt.timedelta(days=1)),)))] == ["dt"]
     assert [d.id for d in store.query(Query(REPLAY, (Filter("expires_at", ">=", 0),)))] == ["num"]
 
 
-@pytest.mark.parametrize("query", [
-    Query(ISSUANCES, order_by="expire_time"),                                           # order not declared alone
-    Query(ISSUANCES, (Filter("principal", "==", "p"),), order_by="expire_time"),
-    Query(ISSUANCES, (Filter("state", "==", "active"), Filter("expire_time", "<", T0)),
-          order_by="created_at"),                                                       # range off the order field
-    Query(ISSUANCES, (Filter("state", "==", "active"),)),                               # no order at all
-    Query(KIND, (Filter("x", "==", 1),)),                                               # undeclared kind
-], ids=["order-only", "eq+order", "range-not-on-order", "eq-without-order", "unknown-kind"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        Query(ISSUANCES, order_by="expire_time"),  # order not declared alone
+        Query(ISSUANCES, (Filter("principal", "==", "p"),), order_by="expire_time"),
+        Query(
+            ISSUANCES, (Filter("state", "==", "active"), Filter("expire_time", "<", T0)), order_by="created_at"
+        ),  # range off the order field
+        Query(ISSUANCES, (Filter("state", "==", "active"),)),  # no order at all
+        Query(KIND, (Filter("x", "==", 1),)),  # undeclared kind
+    ],
+    ids=["order-only", "eq+order", "range-not-on-order", "eq-without-order", "unknown-kind"],
+)
 def test_undeclared_query_shape_is_a_value_error(store: Store, query: Query) -> None:
     with pytest.raises(ValueError, match=r"undeclared|range filters"):
         store.query(query)
 
 
 # -- concurrency: exactly one winner ---------------------------------------------
+
 
 def test_exactly_one_of_50_concurrent_creates_wins(store: Store) -> None:
     # GIVEN 50 threads released together
@@ -368,8 +413,9 @@ def test_one_optimistic_update_wins_per_version_round(store: Store) -> None:
         doc = store.get(KIND, "counter")
         barrier.wait(timeout=30)  # everybody has read the same version
         assert doc is not None
-        return outcome(lambda: store.write(
-            [Update(KIND, "counter", {"n": doc.data["n"] + 1}, expect_version=doc.version)]))
+        return outcome(
+            lambda: store.write([Update(KIND, "counter", {"n": doc.data["n"] + 1}, expect_version=doc.version)])
+        )
 
     for _ in range(rounds):
         # WHEN all of them read, then update expecting the version they read
@@ -384,9 +430,11 @@ def test_one_optimistic_update_wins_per_version_round(store: Store) -> None:
 
 # -- unavailability -------------------------------------------------------------
 
+
 @pytest.fixture(params=["sqlite-unwritable", "firestore-closed-port"])
-def unreachable_store(request: pytest.FixtureRequest, tmp_path: Path,
-                      monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+def unreachable_store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Store]:
     if request.param == "sqlite-unwritable":
         from vending.store.sqlite import SqliteStore
 

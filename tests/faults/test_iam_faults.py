@@ -35,20 +35,28 @@ from tests.support.audit import check_ledger, dump_store, vended
 from vending.iam import IamCredentials, StaticToken
 
 TIMEOUT_S = 0.5
-MARGIN_S = 4.5           # room for a loaded 2-core machine; that the deadline cut the call is shown by its reason
+MARGIN_S = 4.5  # room for a loaded 2-core machine; that the deadline cut the call is shown by its reason
 RETRIES = 2
 ALLOWED = {200, 429, 502, 503}
-RUN = 6                  # vends per fault case
+RUN = 6  # vends per fault case
 
 KIND_CALLS = {
-    "access_token": ("/v1/access-tokens", "generateAccessToken",
-                     lambda: {"service_account": DEMO_SA, "lifetime": 600}),
-    "id_token": ("/v1/id-tokens", "generateIdToken",
-                 lambda: {"service_account": DEMO_SA, "audience": "https://hello-7x2kq3abcd-uc.a.run.app"}),
-    "signed_jwt": ("/v1/signed-jwts", "signJwt",
-                   lambda: {"service_account": DEMO_SA, "claims": {"aud": "https://example.com/"}}),
-    "signed_blob": ("/v1/signed-blobs", "signBlob",
-                    lambda: {"service_account": DEMO_SA, "payload": base64.b64encode(b"fault test").decode()}),
+    "access_token": ("/v1/access-tokens", "generateAccessToken", lambda: {"service_account": DEMO_SA, "lifetime": 600}),
+    "id_token": (
+        "/v1/id-tokens",
+        "generateIdToken",
+        lambda: {"service_account": DEMO_SA, "audience": "https://hello-7x2kq3abcd-uc.a.run.app"},
+    ),
+    "signed_jwt": (
+        "/v1/signed-jwts",
+        "signJwt",
+        lambda: {"service_account": DEMO_SA, "claims": {"aud": "https://example.com/"}},
+    ),
+    "signed_blob": (
+        "/v1/signed-blobs",
+        "signBlob",
+        lambda: {"service_account": DEMO_SA, "payload": base64.b64encode(b"fault test").decode()},
+    ),
 }
 
 
@@ -69,8 +77,7 @@ class FaultRun:
 
 
 def short_deadline(h: ServiceHarness) -> None:
-    h.iam = IamCredentials(h.standin.url, StaticToken(IAM_TOKEN), timeout_s=TIMEOUT_S, retries=RETRIES,
-                           backoff_s=0.01)
+    h.iam = IamCredentials(h.standin.url, StaticToken(IAM_TOKEN), timeout_s=TIMEOUT_S, retries=RETRIES, backoff_s=0.01)
     h.settings = replace(h.settings, iam_timeout_s=TIMEOUT_S, iam_retries=RETRIES)
     h.rebuild()
 
@@ -124,9 +131,9 @@ def check_invariants(h: ServiceHarness, result: FaultRun, *, method: str, max_ca
 @dataclass(frozen=True)
 class Fault:
     id: str
-    inject: Any                    # (standin) -> None
+    inject: Any  # (standin) -> None
     expect: dict[tuple[int, str | None], int]
-    calls: int                     # exact IAM calls for RUN vends
+    calls: int  # exact IAM calls for RUN vends
     concurrent: bool = False
 
 
@@ -137,21 +144,34 @@ FAULTS: list[Fault] = [
     Fault("500-twice-then-ok", lambda s: s.set_fault(500, count=2), {(200, None): RUN}, RUN + 2),
     Fault("503-every-call", lambda s: s.set_fault(503), {(502, "iam-error"): RUN}, RUN * (1 + RETRIES)),
     Fault("503-once", lambda s: s.set_fault(503, count=1), {(200, None): RUN}, RUN + 1),
-    Fault("503-three-times", lambda s: s.set_fault(503, count=3), {(502, "iam-error"): 1, (200, None): RUN - 1},
-          RUN + 2),
+    Fault(
+        "503-three-times", lambda s: s.set_fault(503, count=3), {(502, "iam-error"): 1, (200, None): RUN - 1}, RUN + 2
+    ),
     Fault("502-every-call", lambda s: s.set_fault(502), {(502, "iam-error"): RUN}, RUN * (1 + RETRIES)),
     Fault("504-every-call", lambda s: s.set_fault(504), {(502, "iam-error"): RUN}, RUN * (1 + RETRIES)),
     Fault("504-twice-then-ok", lambda s: s.set_fault(504, count=2), {(200, None): RUN}, RUN + 2),
-    Fault("slow-beyond-deadline", lambda s: s.set_latency(TIMEOUT_S * 1000 + 400),
-          {(503, "iam-unavailable"): RUN}, RUN),
+    Fault(
+        "slow-beyond-deadline", lambda s: s.set_latency(TIMEOUT_S * 1000 + 400), {(503, "iam-unavailable"): RUN}, RUN
+    ),
     Fault("slow-within-deadline", lambda s: s.set_latency(150), {(200, None): RUN}, RUN),
     Fault("no-answer-every-call", lambda s: s.set_hang(3.0), {(503, "iam-unavailable"): RUN}, RUN),
-    Fault("no-answer-once", lambda s: s.set_hang(3.0, count=1), {(503, "iam-unavailable"): 1, (200, None): RUN - 1},
-          RUN),
-    Fault("500-every-call-concurrent", lambda s: s.set_fault(500), {(502, "iam-error"): RUN}, RUN * (1 + RETRIES),
-          concurrent=True),
-    Fault("slow-beyond-deadline-concurrent", lambda s: s.set_latency(TIMEOUT_S * 1000 + 400),
-          {(503, "iam-unavailable"): RUN}, RUN, concurrent=True),
+    Fault(
+        "no-answer-once", lambda s: s.set_hang(3.0, count=1), {(503, "iam-unavailable"): 1, (200, None): RUN - 1}, RUN
+    ),
+    Fault(
+        "500-every-call-concurrent",
+        lambda s: s.set_fault(500),
+        {(502, "iam-error"): RUN},
+        RUN * (1 + RETRIES),
+        concurrent=True,
+    ),
+    Fault(
+        "slow-beyond-deadline-concurrent",
+        lambda s: s.set_latency(TIMEOUT_S * 1000 + 400),
+        {(503, "iam-unavailable"): RUN},
+        RUN,
+        concurrent=True,
+    ),
     Fault("no-answer-concurrent", lambda s: s.set_hang(3.0), {(503, "iam-unavailable"): RUN}, RUN, concurrent=True),
 ]
 
@@ -169,13 +189,16 @@ def test_iam_fault(fault: Fault, harness: ServiceHarness, suite_figures: Any) ->
     figures = check_invariants(h, result, method="generateAccessToken", max_calls=fault.calls)
     assert figures["calls"] == fault.calls
     slowest = max(o.seconds for o in result.outcomes)
-    suite_figures.add(f"iam fault {fault.id}: {len(result.outcomes)} vends -> {dict(result.statuses())}, "
-                      f"{figures['calls']} IAM calls, slowest {slowest:.2f}s; {figures['ledger']}")
+    suite_figures.add(
+        f"iam fault {fault.id}: {len(result.outcomes)} vends -> {dict(result.statuses())}, "
+        f"{figures['calls']} IAM calls, slowest {slowest:.2f}s; {figures['ledger']}"
+    )
 
 
 @pytest.mark.parametrize("kind", list(KIND_CALLS))
-def test_late_credential_of_every_kind_is_recorded_unconfirmed(kind: str, harness: ServiceHarness,
-                                                               suite_figures: Any) -> None:
+def test_late_credential_of_every_kind_is_recorded_unconfirmed(
+    kind: str, harness: ServiceHarness, suite_figures: Any
+) -> None:
     h = harness
     short_deadline(h)
     _, method, _ = KIND_CALLS[kind]
@@ -191,8 +214,10 @@ def test_late_credential_of_every_kind_is_recorded_unconfirmed(kind: str, harnes
     assert {r["state"] for r in issuances.values()} == {"unconfirmed"}
     for r in issuances.values():
         assert r["failure"] == "iam-unavailable" and r["expire_time"] == r["reserved_until"], r
-    suite_figures.add(f"iam late answer ({kind}): 2 credentials minted after the deadline -> 2 unconfirmed "
-                      f"records; {figures['ledger']}")
+    suite_figures.add(
+        f"iam late answer ({kind}): 2 credentials minted after the deadline -> 2 unconfirmed "
+        f"records; {figures['ledger']}"
+    )
 
 
 def test_random_faults_over_a_long_run(harness: ServiceHarness, suite_figures: Any) -> None:
@@ -228,5 +253,7 @@ def test_random_faults_over_a_long_run(harness: ServiceHarness, suite_figures: A
     result = FaultRun(outcomes)
     # THEN every invariant holds over the whole run
     figures = check_invariants(h, result, method="generateAccessToken", max_calls=len(outcomes) * (1 + RETRIES))
-    suite_figures.add(f"iam random faults: {len(outcomes)} vends, faults injected {dict(sorted(injected.items()))} "
-                      f"-> {dict(result.statuses())}, {figures['calls']} IAM calls; {figures['ledger']}")
+    suite_figures.add(
+        f"iam random faults: {len(outcomes)} vends, faults injected {dict(sorted(injected.items()))} "
+        f"-> {dict(result.statuses())}, {figures['calls']} IAM calls; {figures['ledger']}"
+    )

@@ -29,7 +29,7 @@ from tests.support.audit import FailingStore, ShadowStore, check_ledger, dump_st
 from vending.store.base import Create, Update
 from vending.store.indexes import ISSUANCES, REQUESTS
 
-STORE_BOUND_S = 20.0   # FirestoreStore: 5 s per RPC, 2 s retry deadline; a vend makes at most ~4 store calls
+STORE_BOUND_S = 20.0  # FirestoreStore: 5 s per RPC, 2 s retry deadline; a vend makes at most ~4 store calls
 
 
 def vend(h: ServiceHarness, **body: Any) -> tuple[int, str | None, float, str]:
@@ -52,8 +52,9 @@ def vend(h: ServiceHarness, **body: Any) -> tuple[int, str | None, float, str]:
 
 
 @pytest.mark.emulator
-def test_firestore_stopped_mid_run_then_started(fs_harness: ServiceHarness, firestore_emulator: Any,
-                                                suite_figures: Any) -> None:
+def test_firestore_stopped_mid_run_then_started(
+    fs_harness: ServiceHarness, firestore_emulator: Any, suite_figures: Any
+) -> None:
     if not firestore_emulator.owned:
         pytest.skip("the Firestore emulator comes from FIRESTORE_EMULATOR_HOST: this run cannot stop it")
     h = fs_harness
@@ -120,9 +121,12 @@ def test_firestore_stopped_mid_run_then_started(fs_harness: ServiceHarness, fire
     # and whose final kill-switch read did not fails closed (503): its credential exists (the record says
     # active, until it expires) but nobody holds it; at most one such vend per thread per stop.
     assert ok <= active <= ok + len(threads), (ok, active)
-    suite_figures.add(f"store fault (Firestore emulator stopped for {down_s:.1f}s during 4 vending threads): "
-                      f"{len(outcomes)} vends, " + "; ".join(f"{p} {dict(c)}" for p, c in by_phase.items())
-                      + f"; slowest {slowest:.1f}s; {shadow.failed_writes} failed writes; {figures}")
+    suite_figures.add(
+        f"store fault (Firestore emulator stopped for {down_s:.1f}s during 4 vending threads): "
+        f"{len(outcomes)} vends, "
+        + "; ".join(f"{p} {dict(c)}" for p, c in by_phase.items())
+        + f"; slowest {slowest:.1f}s; {shadow.failed_writes} failed writes; {figures}"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -156,8 +160,7 @@ def test_store_down_before_the_reservation_mints_nothing(harness: ServiceHarness
     suite_figures.add("store fault before the reservation: 503 store-unavailable, 0 IAM calls, 0 records")
 
 
-def test_store_failure_after_iam_success_keeps_the_reservation(harness: ServiceHarness,
-                                                               suite_figures: Any) -> None:
+def test_store_failure_after_iam_success_keeps_the_reservation(harness: ServiceHarness, suite_figures: Any) -> None:
     h = harness
     use_store(h, FailingStore(h.store, _finalize))
     # WHEN IAM mints but the record cannot be finalized
@@ -178,8 +181,9 @@ def test_store_failure_after_iam_success_keeps_the_reservation(harness: ServiceH
     [record] = dump_store(h.store)[ISSUANCES].values()
     assert record["state"] == "unconfirmed"
     check_ledger(dump_store(h.store)[ISSUANCES], h.standin.minted)
-    suite_figures.add(f"store fault after IAM success: 503 store-unavailable, record left issuing -> swept to "
-                      f"unconfirmed; {figures}")
+    suite_figures.add(
+        f"store fault after IAM success: 503 store-unavailable, record left issuing -> swept to unconfirmed; {figures}"
+    )
 
 
 def test_store_failure_after_an_iam_error_leaves_the_reservation(harness: ServiceHarness) -> None:
@@ -194,18 +198,21 @@ def test_store_failure_after_an_iam_error_leaves_the_reservation(harness: Servic
     check_ledger(issuances, h.standin.minted)
 
 
-def test_store_failure_while_counting_an_approval_use_still_hands_out_the_token(harness: ServiceHarness,
-                                                                                suite_figures: Any) -> None:
+def test_store_failure_while_counting_an_approval_use_still_hands_out_the_token(
+    harness: ServiceHarness, suite_figures: Any
+) -> None:
     h = harness
-    resp = h.post("/v1/requests", {"entitlement": "prod-admin", "justification": "TICKET-1: rotate"},
-                  subject="dave@example.com")
+    resp = h.post(
+        "/v1/requests", {"entitlement": "prod-admin", "justification": "TICKET-1: rotate"}, subject="dave@example.com"
+    )
     request_id = resp.get_json()["id"]
     h.post(f"/v1/requests/{request_id}:approve", subject="alice@example.com")
     h.post(f"/v1/requests/{request_id}:approve", subject="bob@example.com")
     use_store(h, FailingStore(h.store, _record_use))
     # WHEN the credential is minted and recorded, but the request's use counter cannot be updated
-    status, _, _, body = vend(h, service_account=PROD_SA, scopes=[CLOUD], request_id=request_id,
-                              subject="dave@example.com")
+    status, _, _, body = vend(
+        h, service_account=PROD_SA, scopes=[CLOUD], request_id=request_id, subject="dave@example.com"
+    )
     # THEN the caller still gets the credential the ledger records as active (the use itself was consumed
     # atomically with the reservation), and the approval cannot be used again
     assert status == 200, body
@@ -215,8 +222,10 @@ def test_store_failure_while_counting_an_approval_use_still_hands_out_the_token(
     again = vend(h, service_account=PROD_SA, scopes=[CLOUD], request_id=request_id, subject="dave@example.com")
     assert again[:2] == (409, "approval-consumed")
     assert len(vended(h.standin.minted)) == 1
-    suite_figures.add("store fault while counting an approval use: 200 with the recorded credential, "
-                      "second vend 409 approval-consumed")
+    suite_figures.add(
+        "store fault while counting an approval use: 200 with the recorded credential, "
+        "second vend 409 approval-consumed"
+    )
 
 
 def test_intermittent_store_failures_over_a_run(harness: ServiceHarness, suite_figures: Any) -> None:
@@ -233,5 +242,6 @@ def test_intermittent_store_failures_over_a_run(harness: ServiceHarness, suite_f
         outcomes[(status, reason)] += 1
     assert set(outcomes) <= {(200, None), (503, "store-unavailable")}, outcomes
     figures = check_ledger(dump_store(h.store).get(ISSUANCES, {}), h.standin.minted)
-    suite_figures.add(f"store faults at random (30% of ledger writes, {store.failed} failed): 40 vends -> "
-                      f"{dict(outcomes)}; {figures}")
+    suite_figures.add(
+        f"store faults at random (30% of ledger writes, {store.failed} failed): 40 vends -> {dict(outcomes)}; {figures}"
+    )

@@ -49,6 +49,7 @@ def assert_refused(h: ServiceHarness, resp: Any, status: int, reason: str) -> di
 
 # -- success ------------------------------------------------------------------------------
 
+
 def test_vend_returns_token_with_matching_expiry_and_records_only_its_hash(any_harness: ServiceHarness) -> None:
     h = any_harness
     # GIVEN a CI caller entitled to demo-deployer for at most 900 s
@@ -112,17 +113,24 @@ def test_healthz(harness: ServiceHarness) -> None:
 
 # -- authentication failures: 401 ------------------------------------------------------------
 
-@pytest.mark.parametrize("header,reason", [
-    (None, "missing-token"),
-    ("", "missing-token"),
-    ("Basic dXNlcjpwYXNz", "malformed-authorization"),
-    ("Bearer", "malformed-authorization"),
-    ("Bearer a b", "malformed-authorization"),
-    ("Bearer not-a-jwt", "malformed-token"),
-])
+
+@pytest.mark.parametrize(
+    "header,reason",
+    [
+        (None, "missing-token"),
+        ("", "missing-token"),
+        ("Basic dXNlcjpwYXNz", "malformed-authorization"),
+        ("Bearer", "malformed-authorization"),
+        ("Bearer a b", "malformed-authorization"),
+        ("Bearer not-a-jwt", "malformed-token"),
+    ],
+)
 def test_missing_or_malformed_authorization(harness: ServiceHarness, header: str | None, reason: str) -> None:
-    resp = harness.client.post("/v1/access-tokens", json={"service_account": DEMO_SA},
-                               headers={} if header is None else {"Authorization": header})
+    resp = harness.client.post(
+        "/v1/access-tokens",
+        json={"service_account": DEMO_SA},
+        headers={} if header is None else {"Authorization": header},
+    )
     err = assert_refused(harness, resp, 401, reason)
     assert err["message"] == "The request does not carry a valid identity token for this service."
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
@@ -142,8 +150,9 @@ def _token_cases(h: ServiceHarness) -> dict[str, tuple[str, str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["expired", "not-yet-valid", "wrong-audience", "wrong-issuer", "unsigned",
-                                  "hmac", "unknown-kid"])
+@pytest.mark.parametrize(
+    "case", ["expired", "not-yet-valid", "wrong-audience", "wrong-issuer", "unsigned", "hmac", "unknown-kid"]
+)
 def test_invalid_caller_tokens(harness: ServiceHarness, case: str) -> None:
     token, reason = _token_cases(harness)[case]
     resp = harness.post("/v1/access-tokens", {"service_account": DEMO_SA, "lifetime": 600}, token=token)
@@ -176,14 +185,18 @@ def test_denied_request_does_not_consume_the_token(harness: ServiceHarness) -> N
 
 # -- malformed input: 400 ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("raw,reason", [
-    (b"{not json", "invalid-json"),
-    (b"\xff\xfe", "invalid-json"),
-    (b"", "invalid-body"),
-    (b"[1, 2]", "invalid-body"),
-    (b'"a string"', "invalid-body"),
-    (b'{"service_account": "a@b.iam.gserviceaccount.com", "service_account": "x"}', "duplicate-field"),
-])
+
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        (b"{not json", "invalid-json"),
+        (b"\xff\xfe", "invalid-json"),
+        (b"", "invalid-body"),
+        (b"[1, 2]", "invalid-body"),
+        (b'"a string"', "invalid-body"),
+        (b'{"service_account": "a@b.iam.gserviceaccount.com", "service_account": "x"}', "duplicate-field"),
+    ],
+)
 def test_non_json_or_non_object_body(harness: ServiceHarness, raw: bytes, reason: str) -> None:
     assert_refused(harness, harness.post("/v1/access-tokens", raw=raw), 400, reason)
 
@@ -200,17 +213,46 @@ def test_unknown_field(harness: ServiceHarness) -> None:
     assert "scope" in err["message"]
 
 
-@pytest.mark.parametrize("email", ["not-an-email", "a@example.com", "", 42, None,
-                                   "Demo@local-project.iam.gserviceaccount.com",
-                                   "demo@local-project.iam.gserviceaccount.com\n"])
+@pytest.mark.parametrize(
+    "email",
+    [
+        "not-an-email",
+        "a@example.com",
+        "",
+        42,
+        None,
+        "Demo@local-project.iam.gserviceaccount.com",
+        "demo@local-project.iam.gserviceaccount.com\n",
+    ],
+)
 def test_malformed_service_account(harness: ServiceHarness, email: Any) -> None:
     resp = harness.post("/v1/access-tokens", {"service_account": email})
     reason = "missing-field" if email is None else "invalid-service-account"
     assert_refused(harness, resp, 400, reason)
 
 
-@pytest.mark.parametrize("lifetime", [0, "0s", -1, "-5s", "abc", " 600", "600 ", "10 m", "1d", "10M", 1.5, "1.5s",
-                                      True, [600], {}, 10**12, "9999999999s"])
+@pytest.mark.parametrize(
+    "lifetime",
+    [
+        0,
+        "0s",
+        -1,
+        "-5s",
+        "abc",
+        " 600",
+        "600 ",
+        "10 m",
+        "1d",
+        "10M",
+        1.5,
+        "1.5s",
+        True,
+        [600],
+        {},
+        10**12,
+        "9999999999s",
+    ],
+)
 def test_bad_lifetime(harness: ServiceHarness, lifetime: Any) -> None:
     assert_refused(harness, harness.vend(lifetime=lifetime), 400, "invalid-lifetime")
 
@@ -242,6 +284,7 @@ def test_malformed_delegates(harness: ServiceHarness, delegates: Any) -> None:
 
 # -- not granted by the policy: 403 ---------------------------------------------------------------
 
+
 def test_service_account_outside_entitlements(harness: ServiceHarness) -> None:
     resp = harness.vend(service_account="other@local-project.iam.gserviceaccount.com")
     assert_refused(harness, resp, 403, "service-account-not-allowed")
@@ -257,11 +300,14 @@ def test_scope_outside_entitlement(harness: ServiceHarness) -> None:
     assert_refused(harness, resp, 403, "scope-not-allowed")
 
 
-@pytest.mark.parametrize("delegates", [
-    [HOP_SA, HOP_SA],
-    [DEMO_SA],
-    [],
-])
+@pytest.mark.parametrize(
+    "delegates",
+    [
+        [HOP_SA, HOP_SA],
+        [DEMO_SA],
+        [],
+    ],
+)
 def test_delegates_that_differ_from_the_entitlement(harness: ServiceHarness, delegates: list[str]) -> None:
     resp = harness.vend(service_account=PROD_SA, delegates=delegates, subject=CHAIN_SUBJECT)
     assert_refused(harness, resp, 403, "delegates-not-allowed")
@@ -278,6 +324,7 @@ def test_approval_required_entitlement_without_request(harness: ServiceHarness) 
 
 # -- routing ---------------------------------------------------------------------------------------
 
+
 def test_unknown_path(harness: ServiceHarness) -> None:
     resp = harness.post("/v1/nothing-here", {})
     assert_refused(harness, resp, 404, "unknown-path")
@@ -291,6 +338,7 @@ def test_wrong_method(harness: ServiceHarness, method: str) -> None:
 
 
 # -- IAM failures ------------------------------------------------------------------------------------
+
 
 def test_iam_permission_denied_becomes_403(harness: ServiceHarness) -> None:
     resp = harness.vend(service_account=UNGRANTED_SA)
@@ -339,6 +387,7 @@ def test_request_reason_header_names_the_issuance(harness: ServiceHarness) -> No
 
 
 # -- time boundaries ------------------------------------------------------------------------------------
+
 
 def test_token_expiry_boundary_with_leeway(harness: ServiceHarness) -> None:
     leeway = harness.policy.issuers[0].leeway_seconds

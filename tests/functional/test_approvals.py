@@ -59,6 +59,7 @@ def events_of(h: ServiceHarness, channel: str | None = None) -> list[str]:
 
 # -- HTTP flow -------------------------------------------------------------------------------------
 
+
 def test_request_two_approvals_token_then_second_vend_refused(any_harness: ServiceHarness) -> None:
     h = any_harness
     # GIVEN a request awaiting approval
@@ -72,7 +73,9 @@ def test_request_two_approvals_token_then_second_vend_refused(any_harness: Servi
     # AND a second, distinct approver approves
     active = act(h, req["id"], "approve", "bob@example.com", comment="ok").get_json()
     assert active["state"] == "ACTIVE" and [a["approver"] for a in active["approvals"]] == [
-        "ci/alice@example.com", "ci/bob@example.com"]
+        "ci/alice@example.com",
+        "ci/bob@example.com",
+    ]
     # THEN the requester gets one token, flagged with the request
     first = vend(h, req["id"])
     assert first.status_code == 200, first.get_json()
@@ -150,13 +153,16 @@ def test_request_readers(harness: ServiceHarness) -> None:
     assert (missing.status_code, reason(missing)) == (404, "request-not-found")
 
 
-@pytest.mark.parametrize("body,status,why", [
-    ({"justification": "no ticket"}, 400, "invalid-justification"),
-    ({"duration": 3601}, 400, "duration-too-long"),
-    ({"entitlement": "deploy"}, 403, "entitlement-not-allowed"),
-    ({"entitlement": "nope"}, 403, "entitlement-not-allowed"),
-    ({"colour": "blue"}, 400, "unknown-field"),
-])
+@pytest.mark.parametrize(
+    "body,status,why",
+    [
+        ({"justification": "no ticket"}, 400, "invalid-justification"),
+        ({"duration": 3601}, 400, "duration-too-long"),
+        ({"entitlement": "deploy"}, 403, "entitlement-not-allowed"),
+        ({"entitlement": "nope"}, 403, "entitlement-not-allowed"),
+        ({"colour": "blue"}, 400, "unknown-field"),
+    ],
+)
 def test_bad_requests(harness: ServiceHarness, body: dict[str, Any], status: int, why: str) -> None:
     resp = create(harness, **body)
     assert (resp.status_code, reason(resp)) == (status, why)
@@ -168,7 +174,8 @@ def test_lifetime_is_clamped_to_the_window(harness: ServiceHarness) -> None:
         request_id = create(harness, duration=600).get_json()["id"]
         act(harness, request_id, "approve", "alice@example.com")
         window_end = clock.parse_rfc3339(
-            act(harness, request_id, "approve", "bob@example.com").get_json()["window_end"])
+            act(harness, request_id, "approve", "bob@example.com").get_json()["window_end"]
+        )
         frozen.tick(480)
         # WHEN the requester asks for an hour
         resp = vend(harness, request_id, lifetime=3600)
@@ -206,11 +213,13 @@ def test_pending_time_boundary(harness: ServiceHarness, offset: int, state: str)
 
 # -- break-glass --------------------------------------------------------------------------------
 
+
 def test_break_glass_is_self_served_flagged_and_loud(any_harness: ServiceHarness) -> None:
     h = any_harness
     # GIVEN on-call breaks glass with an incident id
-    resp = create(h, subject="oncall@example.com", entitlement="prod-break-glass",
-                  justification="INC-7: primary database down")
+    resp = create(
+        h, subject="oncall@example.com", entitlement="prod-break-glass", justification="INC-7: primary database down"
+    )
     assert resp.status_code == 200, resp.get_json()
     req = resp.get_json()
     assert req["state"] == "ACTIVE" and req["break_glass"] is True
@@ -233,14 +242,16 @@ def test_break_glass_needs_matching_justification(harness: ServiceHarness) -> No
 
 # -- exactly one winner -----------------------------------------------------------------------------
 
+
 def race(h: ServiceHarness, request_id: str, n: int = 50) -> list[int]:
     tokens = [h.token(REQUESTER) for _ in range(n)]
     barrier = threading.Barrier(n)
 
     def one(token: str) -> int:
         barrier.wait()
-        return int(h.post("/v1/access-tokens", {"service_account": PROD_SA, "request_id": request_id},
-                          token=token).status_code)
+        return int(
+            h.post("/v1/access-tokens", {"service_account": PROD_SA, "request_id": request_id}, token=token).status_code
+        )
 
     with ThreadPoolExecutor(max_workers=n) as pool:
         return list(pool.map(one, tokens))
@@ -264,6 +275,7 @@ def test_concurrent_vends_on_sqlite(harness: ServiceHarness) -> None:
 
 
 # -- Pub/Sub: signed bot messages ---------------------------------------------------------------------
+
 
 @pytest.fixture
 def bot(harness: ServiceHarness) -> Bot:
@@ -294,8 +306,10 @@ def test_bot_request_and_two_approvals(harness: ServiceHarness, bot: Bot) -> Non
 
 def test_redelivery_three_times_shuffled_matches_one_ordered_delivery(harness: ServiceHarness, bot: Bot) -> None:
     request_id = create(harness).get_json()["id"]
-    messages = [bot.message("approve", "alice@example.com", request_id=request_id),
-                bot.message("approve", "bob@example.com", request_id=request_id)]
+    messages = [
+        bot.message("approve", "alice@example.com", request_id=request_id),
+        bot.message("approve", "bob@example.com", request_id=request_id),
+    ]
     deliveries = [(m, f"msg-{i}") for i, m in enumerate(messages)] * 3
     random.Random(7).shuffle(deliveries)
     for jwt, message_id in deliveries:
@@ -313,17 +327,21 @@ def test_revoke_before_approve_leaves_it_revoked(harness: ServiceHarness, bot: B
     assert state_of(harness, request_id) == "REVOKED"
 
 
-@pytest.mark.parametrize("case", ["untrusted-sa", "expired", "wrong-audience", "garbage", "self-approval",
-                                  "other-approver", "unknown-action"])
+@pytest.mark.parametrize(
+    "case",
+    ["untrusted-sa", "expired", "wrong-audience", "garbage", "self-approval", "other-approver", "unknown-action"],
+)
 def test_bad_messages_are_acknowledged_and_change_nothing(harness: ServiceHarness, bot: Bot, case: str) -> None:
     request_id = create(harness).get_json()["id"]
     now = int(clock.epoch())
     jwt = {
-        "untrusted-sa": lambda: Bot(harness.standin.url, bot.audience, email=PROD_SA, token="local-vending-service-token")
-        .message("approve", "alice@example.com", request_id=request_id),
+        "untrusted-sa": lambda: Bot(
+            harness.standin.url, bot.audience, email=PROD_SA, token="local-vending-service-token"
+        ).message("approve", "alice@example.com", request_id=request_id),
         "expired": lambda: bot.message("approve", "alice@example.com", request_id=request_id),
-        "wrong-audience": lambda: bot.sign({**bot.claims("approve", "alice@example.com", request_id=request_id),
-                                            "aud": "https://elsewhere.example"}),
+        "wrong-audience": lambda: bot.sign(
+            {**bot.claims("approve", "alice@example.com", request_id=request_id), "aud": "https://elsewhere.example"}
+        ),
         "garbage": lambda: "not-a-jwt",
         "self-approval": lambda: bot.message("approve", REQUESTER, request_id=request_id),
         "other-approver": lambda: bot.message("approve", "eve@example.com", request_id=request_id),

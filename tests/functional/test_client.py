@@ -47,12 +47,33 @@ PROD_SA = "prod-admin@local-project.iam.gserviceaccount.com"
 BOT_SA = "chatops-bot@local-project.iam.gserviceaccount.com"
 REQUESTER = "dave@example.com"
 AUDITOR = "auditor@example.com"
-COMMANDS = ("token", "id-token", "sign-jwt", "sign-blob", "request", "status", "issuances", "publish-approval",
-            "kill-switch")
+COMMANDS = (
+    "token",
+    "id-token",
+    "sign-jwt",
+    "sign-blob",
+    "request",
+    "status",
+    "issuances",
+    "publish-approval",
+    "kill-switch",
+)
 # Variables that would make the client find an identity (or a sink) we did not give it.
-CLEAN = ("VENDING_URL", "VENDING_ID_TOKEN_COMMAND", "VENDING_ID_TOKEN", "CI_JOB_JWT_V2", "GCE_METADATA_HOST",
-         "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN", "GITHUB_OUTPUT", "GITHUB_ENV",
-         "VENDING_IAM_TOKEN", "VENDING_IAM_ENDPOINT", "VENDING_NOTIFICATIONS_TOPIC", "VENDING_ALERTS_TOPIC")
+CLEAN = (
+    "VENDING_URL",
+    "VENDING_ID_TOKEN_COMMAND",
+    "VENDING_ID_TOKEN",
+    "CI_JOB_JWT_V2",
+    "GCE_METADATA_HOST",
+    "ACTIONS_ID_TOKEN_REQUEST_URL",
+    "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+    "GITHUB_OUTPUT",
+    "GITHUB_ENV",
+    "VENDING_IAM_TOKEN",
+    "VENDING_IAM_ENDPOINT",
+    "VENDING_NOTIFICATIONS_TOPIC",
+    "VENDING_ALERTS_TOPIC",
+)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -69,11 +90,20 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def _run(argv: list[str], cwd: Path, env: dict[str, str], input: bytes | None, timeout: float,
-         umask: int = -1) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: list[str], cwd: Path, env: dict[str, str], input: bytes | None, timeout: float, umask: int = -1
+) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` in its own process group; the whole group is stopped afterwards, whatever happens."""
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, umask=umask)
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        umask=umask,
+    )
     try:
         out, err = proc.communicate(input=input, timeout=timeout)
     finally:
@@ -92,15 +122,24 @@ class Stack:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in CLEAN}
-        env.update(PYTHONPATH=str(REPO), VENDING_CONFIG=str(self.home / "policy.yaml"),
-                   VENDING_STORE=f"sqlite:{self.home}/.vending-local/vending.db",
-                   PATH=f"{self.home / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-                   XDG_RUNTIME_DIR=str(self.home / "run"))  # where --format gcloud writes by default
+        env.update(
+            PYTHONPATH=str(REPO),
+            VENDING_CONFIG=str(self.home / "policy.yaml"),
+            VENDING_STORE=f"sqlite:{self.home}/.vending-local/vending.db",
+            PATH=f"{self.home / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+            XDG_RUNTIME_DIR=str(self.home / "run"),
+        )  # where --format gcloud writes by default
         env.update(extra)
         return env
 
-    def run(self, *args: str, env: dict[str, str] | None = None, input: bytes | None = None,
-            timeout: float = 90, umask: int = -1) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        input: bytes | None = None,
+        timeout: float = 90,
+        umask: int = -1,
+    ) -> subprocess.CompletedProcess[str]:
         """``python -m vending ARGS`` from the home directory."""
         return _run([sys.executable, "-m", "vending", *args], self.home, env or self.env(), input, timeout, umask)
 
@@ -115,8 +154,16 @@ class Stack:
         return self.issuer.mint(subject, audience or self.url)
 
     def bot(self) -> list[str]:
-        return ["--iam-endpoint", self.iam.url, "--iam-token", LOCAL_IAM_TOKEN, "--bot-service-account", BOT_SA,
-                "--bot-audience", self.url]
+        return [
+            "--iam-endpoint",
+            self.iam.url,
+            "--iam-token",
+            LOCAL_IAM_TOKEN,
+            "--bot-service-account",
+            BOT_SA,
+            "--bot-audience",
+            self.url,
+        ]
 
     def minted(self, credential: str) -> bool:
         digest = hashlib.sha256(credential.encode()).hexdigest()
@@ -127,9 +174,27 @@ def _spawn(home: Path, env: dict[str, str], target: str, port: int, kind: str) -
     log = open(home / f"{target}.log", "wb")  # noqa: SIM115 - closed with the process
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", target, "--source", str(REPO / "main.py"),
-             "--signature-type", kind, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "functions_framework",
+                "--target",
+                target,
+                "--source",
+                str(REPO / "main.py"),
+                "--signature-type",
+                kind,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=home,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     finally:
         log.close()
 
@@ -156,14 +221,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (home / ".venv").symlink_to(REPO / ".venv")  # the docs run `.venv/bin/python -m vending dev-token`
     (home / "bin").mkdir()
     shim = home / "bin" / "vending"  # what `pip install` puts on PATH
-    shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m vending \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m vending "$@"\n')
     shim.chmod(0o755)
 
     port, pubsub_port, issuer_port = free_port(), free_port(), free_port()
     url, issuer_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{issuer_port}"
     policy = (REPO / "config/example.yaml").read_text()
-    (home / "policy.yaml").write_text(policy.replace("http://127.0.0.1:8082", issuer_url)
-                                      .replace("http://127.0.0.1:8080", url))
+    (home / "policy.yaml").write_text(
+        policy.replace("http://127.0.0.1:8082", issuer_url).replace("http://127.0.0.1:8080", url)
+    )
     iam = IamStandIn(StandInPolicy.load(str(REPO / "config/local-iam.yaml")), port=0).start()
     issuer = DevIssuer(state, issuer_url)
     jwks = serve_jwks(issuer.jwks(), issuer_port)
@@ -236,9 +302,13 @@ def github(stack: Stack, tmp_path: Path) -> Iterator[tuple[FakeEndpoint, dict[st
     out, env_file = tmp_path / "github_output", tmp_path / "github_env"
     out.touch()
     env_file.touch()
-    env = stack.env(ACTIONS_ID_TOKEN_REQUEST_URL=f"{fake.url}/oidc?api-version=2.0",
-                    ACTIONS_ID_TOKEN_REQUEST_TOKEN="gh-request-token", GITHUB_OUTPUT=str(out),
-                    GITHUB_ENV=str(env_file), VENDING_URL=stack.url)
+    env = stack.env(
+        ACTIONS_ID_TOKEN_REQUEST_URL=f"{fake.url}/oidc?api-version=2.0",
+        ACTIONS_ID_TOKEN_REQUEST_TOKEN="gh-request-token",
+        GITHUB_OUTPUT=str(out),
+        GITHUB_ENV=str(env_file),
+        VENDING_URL=stack.url,
+    )
     yield fake, env
     fake.close()
 
@@ -273,11 +343,22 @@ def _new_request(stack: Stack, justification: str = "TICKET-7: rotate the keys")
 
 
 def _publish(stack: Stack, request_id: str, action: str, actor: str) -> subprocess.CompletedProcess[str]:
-    return stack.run("publish-approval", "--deliver-to", stack.pubsub_url, *stack.bot(), "--access-request", request_id,
-                     "--action", action, "--actor", actor)
+    return stack.run(
+        "publish-approval",
+        "--deliver-to",
+        stack.pubsub_url,
+        *stack.bot(),
+        "--access-request",
+        request_id,
+        "--action",
+        action,
+        "--actor",
+        actor,
+    )
 
 
 # -- help ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_on_every_command_documents_exit_codes(stack: Stack, command: str) -> None:
@@ -293,6 +374,7 @@ def test_top_level_help_lists_the_client_commands(stack: Stack) -> None:
 
 # -- token: formats and sinks ---------------------------------------------------------------
 
+
 def test_token_json(stack: Stack) -> None:
     r = stack.run("token", *stack.as_(CI), "--service-account", DEMO_SA, "--lifetime", "5m", "--reason", "json test")
     assert r.returncode == 0, r.stderr
@@ -300,22 +382,28 @@ def test_token_json(stack: Stack) -> None:
     token = body["access_token"]
     assert stack.minted(token) and body["service_account"] == DEMO_SA and 290 <= body["expires_in"] <= 300
     assert token not in r.stderr
-    assert re.search(r"access token for demo-deployer@\S+ expires \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(in 4m5\ds\)",
-                     r.stderr), r.stderr
+    assert re.search(
+        r"access token for demo-deployer@\S+ expires \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(in 4m5\ds\)", r.stderr
+    ), r.stderr
 
 
 def test_token_env_format_and_private_output_file(stack: Stack, tmp_path: Path) -> None:
     r = stack.run("token", *stack.as_(CI), "--service-account", DEMO_SA, "--format", "env")
     assert r.returncode == 0, r.stderr
     env = _exports(r.stdout)
-    assert set(env) == {"GOOGLE_OAUTH_ACCESS_TOKEN", "CLOUDSDK_AUTH_ACCESS_TOKEN", "VENDING_EXPIRE_TIME",
-                        "VENDING_ISSUANCE_ID"}
+    assert set(env) == {
+        "GOOGLE_OAUTH_ACCESS_TOKEN",
+        "CLOUDSDK_AUTH_ACCESS_TOKEN",
+        "VENDING_EXPIRE_TIME",
+        "VENDING_ISSUANCE_ID",
+    }
     assert env["GOOGLE_OAUTH_ACCESS_TOKEN"] == env["CLOUDSDK_AUTH_ACCESS_TOKEN"]
     assert stack.minted(env["GOOGLE_OAUTH_ACCESS_TOKEN"]) and env["GOOGLE_OAUTH_ACCESS_TOKEN"] not in r.stderr
     # the same lines into a 0600 file instead of stdout, whatever the umask
     target = tmp_path / "out" / "vend.env"
-    r = stack.run("token", *stack.as_(CI), "--service-account", DEMO_SA, "--format", "env", "--output", str(target),
-                  umask=0)
+    r = stack.run(
+        "token", *stack.as_(CI), "--service-account", DEMO_SA, "--format", "env", "--output", str(target), umask=0
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout == "" and stat.S_IMODE(target.stat().st_mode) == 0o600
     token = _exports(target.read_text())["GOOGLE_OAUTH_ACCESS_TOKEN"]
@@ -323,10 +411,12 @@ def test_token_env_format_and_private_output_file(stack: Stack, tmp_path: Path) 
 
 
 def test_token_github_masks_first_and_writes_only_to_github_files(
-        stack: Stack, github: tuple[FakeEndpoint, dict[str, str]]) -> None:
+    stack: Stack, github: tuple[FakeEndpoint, dict[str, str]]
+) -> None:
     fake, env = github
-    r = stack.run("token", "--service-account", DEMO_SA, "--lifetime", "600s", "--format", "github", "--export",
-                  env=env)
+    r = stack.run(
+        "token", "--service-account", DEMO_SA, "--lifetime", "600s", "--format", "github", "--export", env=env
+    )
     assert r.returncode == 0, r.stderr
     outputs = _pairs(env["GITHUB_OUTPUT"])
     token = outputs["access_token"]
@@ -344,8 +434,9 @@ def test_token_github_masks_first_and_writes_only_to_github_files(
     assert caller_token not in r.stdout + r.stderr + Path(env["GITHUB_OUTPUT"]).read_text()
 
 
-def test_token_github_without_github_output_mints_nothing(stack: Stack,
-                                                           github: tuple[FakeEndpoint, dict[str, str]]) -> None:
+def test_token_github_without_github_output_mints_nothing(
+    stack: Stack, github: tuple[FakeEndpoint, dict[str, str]]
+) -> None:
     _, env = github
     del env["GITHUB_OUTPUT"]
     before = len(stack.iam.minted)
@@ -386,11 +477,16 @@ def test_token_gcloud_default_file_is_outside_the_working_tree(stack: Stack, tmp
 
 # -- caller identity discovery ----------------------------------------------------------------
 
+
 def test_gitlab_id_tokens_variable(stack: Stack) -> None:
-    for extra, var in (([], "VENDING_ID_TOKEN"), (["--gitlab-var", "MY_AUD_TOKEN"], "MY_AUD_TOKEN"),
-                       ([], "CI_JOB_JWT_V2")):
-        r = stack.run("token", "--url", stack.url, "--service-account", DEMO_SA, *extra,
-                      env=stack.env(**{var: stack.mint(CI)}))
+    for extra, var in (
+        ([], "VENDING_ID_TOKEN"),
+        (["--gitlab-var", "MY_AUD_TOKEN"], "MY_AUD_TOKEN"),
+        ([], "CI_JOB_JWT_V2"),
+    ):
+        r = stack.run(
+            "token", "--url", stack.url, "--service-account", DEMO_SA, *extra, env=stack.env(**{var: stack.mint(CI)})
+        )
         assert r.returncode == 0, (var, r.stderr)
         assert stack.minted(json.loads(r.stdout)["access_token"])
 
@@ -403,8 +499,14 @@ def test_metadata_server(stack: Stack) -> None:
 
     fake = FakeEndpoint(reply)
     try:
-        r = stack.run("token", "--url", stack.url, "--service-account", DEMO_SA,
-                      env=stack.env(**{common.METADATA_HOST_ENV: fake.url.removeprefix("http://")}))
+        r = stack.run(
+            "token",
+            "--url",
+            stack.url,
+            "--service-account",
+            DEMO_SA,
+            env=stack.env(**{common.METADATA_HOST_ENV: fake.url.removeprefix("http://")}),
+        )
     finally:
         fake.close()
     assert r.returncode == 0, r.stderr
@@ -417,12 +519,22 @@ def test_id_token_file_and_audience_option(stack: Stack, tmp_path: Path) -> None
     r = stack.run("token", "--url", stack.url, "--id-token-file", str(path), "--service-account", DEMO_SA)
     assert r.returncode == 3 and _one_error_line(r).startswith("vending: 401 ")  # wrong audience
     path.write_text(stack.mint(CI, stack.url))
-    r = stack.run("token", "--url", stack.url, "--id-token-file", str(path), "--service-account", DEMO_SA,
-                  "--caller-audience", stack.url)
+    r = stack.run(
+        "token",
+        "--url",
+        stack.url,
+        "--id-token-file",
+        str(path),
+        "--service-account",
+        DEMO_SA,
+        "--caller-audience",
+        stack.url,
+    )
     assert r.returncode == 0, r.stderr
     path.write_text(stack.mint(CI, stack.url))
-    r = stack.run("token", "--url", stack.url, "--id-token-file", str(path), "--service-account", DEMO_SA,
-                  "--audience", stack.url)  # the old name of --caller-audience still works
+    r = stack.run(
+        "token", "--url", stack.url, "--id-token-file", str(path), "--service-account", DEMO_SA, "--audience", stack.url
+    )  # the old name of --caller-audience still works
     assert r.returncode == 0, r.stderr
 
 
@@ -439,20 +551,26 @@ def test_no_identity_anywhere(stack: Stack) -> None:
 
 # -- errors -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("args", "code", "prefix"), [
-    (["--scope", "https://www.googleapis.com/auth/devstorage.read_only"], 4, "vending: 403 scope-not-allowed: "),
-    (["--lifetime", "3600s"], 5, "vending: 400 lifetime-too-long: "),
-    (["--lifetime", "ten"], 2, "vending: 'ten' is not a duration"),
-])
-def test_service_errors_are_one_line_with_their_exit_code(stack: Stack, args: list[str], code: int,
-                                                          prefix: str) -> None:
+
+@pytest.mark.parametrize(
+    ("args", "code", "prefix"),
+    [
+        (["--scope", "https://www.googleapis.com/auth/devstorage.read_only"], 4, "vending: 403 scope-not-allowed: "),
+        (["--lifetime", "3600s"], 5, "vending: 400 lifetime-too-long: "),
+        (["--lifetime", "ten"], 2, "vending: 'ten' is not a duration"),
+    ],
+)
+def test_service_errors_are_one_line_with_their_exit_code(
+    stack: Stack, args: list[str], code: int, prefix: str
+) -> None:
     r = stack.run("token", *stack.as_(CI), "--service-account", DEMO_SA, *args)
     assert r.returncode == code and _one_error_line(r).startswith(prefix), r.stderr
     assert r.stdout == ""
 
 
-@pytest.mark.parametrize(("fault", "code", "prefix"), [
-    (429, 8, "vending: 429 iam-rate-limited: "), (500, 9, "vending: 502 iam-error: ")])
+@pytest.mark.parametrize(
+    ("fault", "code", "prefix"), [(429, 8, "vending: 429 iam-rate-limited: "), (500, 9, "vending: 502 iam-error: ")]
+)
 def test_upstream_faults(stack: Stack, fault: int, code: int, prefix: str) -> None:
     stack.iam.set_fault(fault)
     r = stack.run("token", *stack.as_(CI), "--service-account", DEMO_SA)
@@ -466,7 +584,10 @@ def test_not_found_network_and_usage_errors(stack: Stack) -> None:
     assert r.returncode == 6 and _one_error_line(r).startswith("vending: 404 request-not-found: ")
     closed = f"http://127.0.0.1:{free_port()}"
     r = stack.run("token", *stack.as_(CI), "--url", closed, "--service-account", DEMO_SA)
-    assert r.returncode == 10 and _one_error_line(r) == f"vending: network error: cannot reach {closed}/v1/access-tokens (ConnectionError)"
+    assert (
+        r.returncode == 10
+        and _one_error_line(r) == f"vending: network error: cannot reach {closed}/v1/access-tokens (ConnectionError)"
+    )
     r = stack.run("token", *stack.as_(CI))
     assert r.returncode == 2 and "--service-account" in r.stderr
     r = stack.run("token", "--service-account", DEMO_SA)
@@ -475,41 +596,57 @@ def test_not_found_network_and_usage_errors(stack: Stack) -> None:
 
 # -- the other credentials ------------------------------------------------------------------------
 
+
 def test_id_token_formats(stack: Stack, github: tuple[FakeEndpoint, dict[str, str]]) -> None:
     audience = "https://app-123.a.run.app"
     certs = jwt.PyJWKClient(f"{stack.iam.url}/oauth2/v3/certs")
-    r = stack.run("id-token", *stack.as_(CI), "--service-account", DEMO_SA, "--target-audience", audience,
-                  "--include-email")
+    r = stack.run(
+        "id-token", *stack.as_(CI), "--service-account", DEMO_SA, "--target-audience", audience, "--include-email"
+    )
     assert r.returncode == 0, r.stderr
     token = json.loads(r.stdout)["id_token"]
     claims = jwt.decode(token, certs.get_signing_key_from_jwt(token).key, ["RS256"], audience=audience)
     assert claims["email"] == DEMO_SA and token not in r.stderr
-    r = stack.run("id-token", *stack.as_(CI), "--service-account", DEMO_SA, "--audience-of-token", audience,
-                  "--format", "env")
+    r = stack.run(
+        "id-token", *stack.as_(CI), "--service-account", DEMO_SA, "--audience-of-token", audience, "--format", "env"
+    )
     assert r.returncode == 0 and set(_exports(r.stdout)) >= {"GOOGLE_ID_TOKEN", "VENDING_EXPIRE_TIME"}
     _, env = github
-    r = stack.run("id-token", "--service-account", DEMO_SA, "--audience-of-token", audience, "--format", "github",
-                  env=env)
+    r = stack.run(
+        "id-token", "--service-account", DEMO_SA, "--audience-of-token", audience, "--format", "github", env=env
+    )
     assert r.returncode == 0, r.stderr
     token = _pairs(env["GITHUB_OUTPUT"])["id_token"]
     assert r.stdout.splitlines() == [f"::add-mask::{token}"] and token not in r.stderr
-    r = stack.run("id-token", *stack.as_(CI), "--service-account", DEMO_SA, "--audience-of-token",
-                  "https://evil.example")
+    r = stack.run(
+        "id-token", *stack.as_(CI), "--service-account", DEMO_SA, "--audience-of-token", "https://evil.example"
+    )
     assert r.returncode == 4 and "audience-not-allowed" in _one_error_line(r)
 
 
 def test_sign_jwt(stack: Stack) -> None:
     keys = jwt.PyJWKClient(stack.iam.jwk_url(DEMO_SA))
-    for args in (["--claim", "aud=https://example.com/", "--claim", "target=prod"],
-                 ["--claims", '{"aud": "https://example.com/", "target": "prod"}']):
+    for args in (
+        ["--claim", "aud=https://example.com/", "--claim", "target=prod"],
+        ["--claims", '{"aud": "https://example.com/", "target": "prod"}'],
+    ):
         r = stack.run("sign-jwt", *stack.as_(CI), "--service-account", DEMO_SA, *args)
         assert r.returncode == 0, r.stderr
         signed = json.loads(r.stdout)["signed_jwt"]
-        claims = jwt.decode(signed, keys.get_signing_key_from_jwt(signed).key, ["RS256"],
-                            audience="https://example.com/")
+        claims = jwt.decode(
+            signed, keys.get_signing_key_from_jwt(signed).key, ["RS256"], audience="https://example.com/"
+        )
         assert claims["iss"] == DEMO_SA and claims["target"] == "prod" and signed not in r.stderr
-    r = stack.run("sign-jwt", *stack.as_(CI), "--service-account", DEMO_SA, "--claim", "aud=https://example.com/",
-                  "--claim", "admin=true")
+    r = stack.run(
+        "sign-jwt",
+        *stack.as_(CI),
+        "--service-account",
+        DEMO_SA,
+        "--claim",
+        "aud=https://example.com/",
+        "--claim",
+        "admin=true",
+    )
     assert r.returncode == 4 and "claim-not-allowed" in _one_error_line(r)
     r = stack.run("sign-jwt", *stack.as_(CI), "--service-account", DEMO_SA, "--claims", "[1]")
     assert r.returncode == 2
@@ -536,6 +673,7 @@ def test_sign_blob_from_file_and_stdin(stack: Stack, tmp_path: Path) -> None:
 
 
 # -- access requests and approvals -----------------------------------------------------------------
+
 
 def test_request_wait_for_two_approvals_then_vend_once(stack: Stack) -> None:
     request_id = _new_request(stack)
@@ -568,8 +706,9 @@ def test_request_wait_for_two_approvals_then_vend_once(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize(("action", "state", "code"), [("deny", "DENIED", 20), ("revoke", "REVOKED", 21)])
-def test_wait_ends_with_the_exit_code_of_the_decision(stack: Stack, action: str, state: str, code: int,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wait_ends_with_the_exit_code_of_the_decision(
+    stack: Stack, action: str, state: str, code: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The decision comes from the example chat-ops bot's handler, in-process."""
     import importlib.util
 
@@ -577,14 +716,19 @@ def test_wait_ends_with_the_exit_code_of_the_decision(stack: Stack, action: str,
     assert spec is not None and spec.loader is not None
     bot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bot)
-    for name, value in (("VENDING_BOT_SERVICE_ACCOUNT", BOT_SA), ("VENDING_BOT_AUDIENCE", stack.url),
-                        ("VENDING_DELIVER_TO", stack.pubsub_url), ("VENDING_IAM_ENDPOINT", stack.iam.url),
-                        ("VENDING_IAM_TOKEN", LOCAL_IAM_TOKEN)):
+    for name, value in (
+        ("VENDING_BOT_SERVICE_ACCOUNT", BOT_SA),
+        ("VENDING_BOT_AUDIENCE", stack.url),
+        ("VENDING_DELIVER_TO", stack.pubsub_url),
+        ("VENDING_IAM_ENDPOINT", stack.iam.url),
+        ("VENDING_IAM_TOKEN", LOCAL_IAM_TOKEN),
+    ):
         monkeypatch.setenv(name, value)
     request_id = _new_request(stack)
     replies: list[str] = []
-    thread = threading.Timer(1.5, lambda: replies.append(bot.on_button_click("carol@example.com", request_id,
-                                                                             action, "not now")))
+    thread = threading.Timer(
+        1.5, lambda: replies.append(bot.on_button_click("carol@example.com", request_id, action, "not now"))
+    )
     thread.start()
     try:
         r = stack.run("status", request_id, *stack.as_(REQUESTER), "--wait", "--interval", "0.3", "--timeout", "60")
@@ -603,11 +747,33 @@ def test_wait_times_out(stack: Stack) -> None:
 
 
 def test_publish_approval_errors(stack: Stack) -> None:
-    r = stack.run("publish-approval", "--deliver-to", stack.pubsub_url, *stack.bot(), "--action", "approve",
-                  "--actor", "alice@example.com")
+    r = stack.run(
+        "publish-approval",
+        "--deliver-to",
+        stack.pubsub_url,
+        *stack.bot(),
+        "--action",
+        "approve",
+        "--actor",
+        "alice@example.com",
+    )
     assert r.returncode == 2 and "needs --access-request" in _one_error_line(r)
-    args = ["--deliver-to", stack.pubsub_url, "--bot-service-account", BOT_SA, "--audience", stack.url,
-            "--iam-endpoint", stack.iam.url, "--request-id", "a" * 32, "--action", "approve", "--actor", "a@b.c"]
+    args = [
+        "--deliver-to",
+        stack.pubsub_url,
+        "--bot-service-account",
+        BOT_SA,
+        "--audience",
+        stack.url,
+        "--iam-endpoint",
+        stack.iam.url,
+        "--request-id",
+        "a" * 32,
+        "--action",
+        "approve",
+        "--actor",
+        "a@b.c",
+    ]
     r = stack.run("publish-approval", *args, "--iam-token", "not-a-known-token")
     assert r.returncode == 3 and _one_error_line(r).startswith("vending: signJwt 401")
     stack.iam.add_caller("nobody-token", "nobody@local-project.iam.gserviceaccount.com")
@@ -618,16 +784,31 @@ def test_publish_approval_errors(stack: Stack) -> None:
 def test_chat_initiated_request(stack: Stack) -> None:
     events = stack.home / ".vending-local" / "events.jsonl"
     before = events.read_text() if events.exists() else ""
-    r = stack.run("publish-approval", "--deliver-to", stack.pubsub_url, *stack.bot(), "--action", "request",
-                  "--actor", "erin@example.com", "--entitlement", "prod-admin",
-                  "--justification", "INC-9: from chat", "--duration", "30m")
+    r = stack.run(
+        "publish-approval",
+        "--deliver-to",
+        stack.pubsub_url,
+        *stack.bot(),
+        "--action",
+        "request",
+        "--actor",
+        "erin@example.com",
+        "--entitlement",
+        "prod-admin",
+        "--justification",
+        "INC-9: from chat",
+        "--duration",
+        "30m",
+    )
     assert r.returncode == 0, r.stderr
-    created = [json.loads(line) for line in events.read_text()[len(before):].splitlines()]
+    created = [json.loads(line) for line in events.read_text()[len(before) :].splitlines()]
     (event,) = [e for e in created if e["type"] == "request.created" and e["requester"] == "local-dev/erin@example.com"]
     r = stack.run("status", event["request_id"], *stack.as_("erin@example.com"), "--format", "json")
     assert r.returncode == 0, r.stderr
     req = json.loads(r.stdout)
-    assert req["state"] == "APPROVAL_AWAITED" and req["duration_s"] == 1800 and req["justification"] == "INC-9: from chat"
+    assert (
+        req["state"] == "APPROVAL_AWAITED" and req["duration_s"] == 1800 and req["justification"] == "INC-9: from chat"
+    )
 
 
 @pytest.mark.emulator
@@ -645,35 +826,74 @@ def test_publish_approval_to_pubsub_emulator(stack: Stack, pubsub_emulator: Any)
     subscriber.create_subscription(name=subscription, topic=topic)
     request_id = _new_request(stack)
     env = stack.env(PUBSUB_EMULATOR_HOST=pubsub_emulator.host)
-    r = stack.run("publish-approval", "--topic", topic.rsplit("/", 1)[1], "--project", project, *stack.bot(),
-                  "--request-id", request_id, "--action", "approve", "--actor", "alice@example.com",
-                  "--comment", "lgtm", env=env)
+    r = stack.run(
+        "publish-approval",
+        "--topic",
+        topic.rsplit("/", 1)[1],
+        "--project",
+        project,
+        *stack.bot(),
+        "--request-id",
+        request_id,
+        "--action",
+        "approve",
+        "--actor",
+        "alice@example.com",
+        "--comment",
+        "lgtm",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     pulled = subscriber.pull(subscription=subscription, max_messages=5, timeout=30)
     (received,) = pulled.received_messages
     subscriber.acknowledge(subscription=subscription, ack_ids=[received.ack_id])
     assert received.message.message_id == r.stdout.strip()
     signed = received.message.data.decode()
-    verifier = BotVerifier([Bot(service_account=BOT_SA)], audience=stack.url, keys_base_url=stack.iam.url,
-                           max_ttl_s=600)
+    verifier = BotVerifier(
+        [Bot(service_account=BOT_SA)], audience=stack.url, keys_base_url=stack.iam.url, max_ttl_s=600
+    )
     bot, claims = verifier.verify(signed)
     assert bot.service_account == BOT_SA and claims["exp"] - claims["iat"] == 300 and len(claims["jti"]) == 32
     assert {k: claims[k] for k in ("iss", "sub", "action", "request_id", "actor", "comment")} == {
-        "iss": BOT_SA, "sub": BOT_SA, "action": "approve", "request_id": request_id, "actor": "alice@example.com",
-        "comment": "lgtm"}
+        "iss": BOT_SA,
+        "sub": BOT_SA,
+        "action": "approve",
+        "request_id": request_id,
+        "actor": "alice@example.com",
+        "comment": "lgtm",
+    }
     # deliver the pulled message to the function the way a push subscription would
     message = {"data": base64.b64encode(received.message.data).decode(), "messageId": received.message.message_id}
-    resp = requests.post(stack.pubsub_url, json={"message": message, "subscription": subscription}, timeout=30,
-                         headers={"ce-id": received.message.message_id, "ce-specversion": "1.0",
-                                  "ce-type": common.PUBSUB_TYPE, "ce-source": f"//pubsub.googleapis.com/{topic}"})
+    resp = requests.post(
+        stack.pubsub_url,
+        json={"message": message, "subscription": subscription},
+        timeout=30,
+        headers={
+            "ce-id": received.message.message_id,
+            "ce-specversion": "1.0",
+            "ce-type": common.PUBSUB_TYPE,
+            "ce-source": f"//pubsub.googleapis.com/{topic}",
+        },
+    )
     assert resp.status_code == 200
     r = stack.run("status", request_id, *stack.as_(REQUESTER))
     assert r.stdout == "APPROVAL_AWAITED\n" and "1/2 approvals" in r.stderr
     # the issue's exact form: the bot and its audience come from the policy file ($VENDING_CONFIG)
-    env = stack.env(PUBSUB_EMULATOR_HOST=pubsub_emulator.host, VENDING_IAM_ENDPOINT=stack.iam.url,
-                    VENDING_IAM_TOKEN=LOCAL_IAM_TOKEN)
-    r = stack.run("publish-approval", "--topic", topic, "--request-id", request_id, "--action", "approve",
-                  "--actor", "bob@example.com", env=env)
+    env = stack.env(
+        PUBSUB_EMULATOR_HOST=pubsub_emulator.host, VENDING_IAM_ENDPOINT=stack.iam.url, VENDING_IAM_TOKEN=LOCAL_IAM_TOKEN
+    )
+    r = stack.run(
+        "publish-approval",
+        "--topic",
+        topic,
+        "--request-id",
+        request_id,
+        "--action",
+        "approve",
+        "--actor",
+        "bob@example.com",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     (received,) = subscriber.pull(subscription=subscription, max_messages=5, timeout=30).received_messages
     subscriber.acknowledge(subscription=subscription, ack_ids=[received.ack_id])
@@ -682,6 +902,7 @@ def test_publish_approval_to_pubsub_emulator(stack: Stack, pubsub_emulator: Any)
 
 
 # -- the ledger ---------------------------------------------------------------------------------------
+
 
 def test_issuances_table_json_and_pages(stack: Stack) -> None:
     ids = []
@@ -694,8 +915,9 @@ def test_issuances_table_json_and_pages(stack: Stack) -> None:
     assert re.fullmatch(r"ID +KIND +STATE +SERVICE ACCOUNT +PRINCIPAL +EXPIRES", lines[0])
     for issuance_id in ids:
         (row,) = [line for line in lines if line.startswith(issuance_id)]
-        assert re.search(rf"access_token +active +{re.escape(DEMO_SA)} +local-dev/{re.escape(CI)} +\d{{4}}-.* UTC \(in [01]m",
-                         row), row
+        assert re.search(
+            rf"access_token +active +{re.escape(DEMO_SA)} +local-dev/{re.escape(CI)} +\d{{4}}-.* UTC \(in [01]m", row
+        ), row
     everything = json.loads(stack.run("issuances", *stack.as_(AUDITOR), "--format", "json").stdout)["issuances"]
     paged = json.loads(stack.run("issuances", *stack.as_(AUDITOR), "--format", "json", "--page-size", "1").stdout)
     assert len(everything) >= 2 and [i["id"] for i in paged["issuances"]] == [i["id"] for i in everything]
@@ -709,13 +931,15 @@ def test_issuances_table_json_and_pages(stack: Stack) -> None:
 
 # -- the README section ---------------------------------------------------------------------------------
 
+
 def _doc_blocks() -> list[tuple[str, str]]:
     """(environment, bash script) for each console block of README.md, in order."""
     text = (REPO / "README.md").read_text()
     blocks = re.findall(r"<!-- client-doc-test: ([a-z-]+) -->\n```console\n(.*?)```", text, re.DOTALL)
     assert len(blocks) == text.count("```console"), "every console block is tested"
-    return [(where, "\n".join(line[2:] for line in body.splitlines() if line.startswith("$ ")))
-            for where, body in blocks]
+    return [
+        (where, "\n".join(line[2:] for line in body.splitlines() if line.startswith("$ "))) for where, body in blocks
+    ]
 
 
 def test_docs_commands_run(stack: Stack, github: tuple[FakeEndpoint, dict[str, str]]) -> None:
@@ -729,7 +953,9 @@ def test_docs_commands_run(stack: Stack, github: tuple[FakeEndpoint, dict[str, s
     assert r.stdout.splitlines() == [f"::add-mask::{token}"] and token not in r.stderr
     script = "\n".join(body for _, body in blocks[1:])
     script = re.sub(r"http://127\.0\.0\.1:(8080|8081|8083)", lambda m: ports[m.group(1)], script)
-    script += '\ntest "$(cat "$CLOUDSDK_AUTH_ACCESS_TOKEN_FILE")" != ""\necho "TOKEN_FILE=$CLOUDSDK_AUTH_ACCESS_TOKEN_FILE"\n'
+    script += (
+        '\ntest "$(cat "$CLOUDSDK_AUTH_ACCESS_TOKEN_FILE")" != ""\necho "TOKEN_FILE=$CLOUDSDK_AUTH_ACCESS_TOKEN_FILE"\n'
+    )
     r = stack.bash(script, stack.env())
     assert r.returncode == 0, r.stderr
     token_file = Path(re.search(r"TOKEN_FILE=(.*)", r.stdout).group(1))  # type: ignore[union-attr]
@@ -741,6 +967,7 @@ def test_docs_commands_run(stack: Stack, github: tuple[FakeEndpoint, dict[str, s
 
 
 # -- the kill switch ------------------------------------------------------------------------------------------
+
 
 def _local_script(body: str, stack: Stack) -> str:
     ports = {"8080": stack.url, "8081": stack.iam.url, "8083": stack.pubsub_url}
@@ -759,8 +986,12 @@ def _unkill(stack: Stack, sa: str) -> None:
             store.write([Delete(KILL_SWITCHES, sa)])
     finally:
         store.close()
-    requests.post(f"{stack.iam.url}/v1/projects/-/serviceAccounts/{sa}:enable", json={}, timeout=5,
-                  headers={"Authorization": f"Bearer {LOCAL_IAM_TOKEN}"})
+    requests.post(
+        f"{stack.iam.url}/v1/projects/-/serviceAccounts/{sa}:enable",
+        json={},
+        timeout=5,
+        headers={"Authorization": f"Bearer {LOCAL_IAM_TOKEN}"},
+    )
 
 
 def test_kill_switch_docs_run(stack: Stack) -> None:
@@ -769,21 +1000,34 @@ def test_kill_switch_docs_run(stack: Stack) -> None:
     assert len(blocks) == 2
     try:
         first = stack.bash(_local_script(blocks[0], stack), stack.env())
-        second = stack.bash(_local_script(blocks[0].split("\n")[0] + "\nexport SA=" + DEMO_SA + "\n"
-                                          + "export VENDING_ID_TOKEN_COMMAND=\".venv/bin/vending dev-token "
-                                          "--subject oncall@example.com\"\n" + blocks[1], stack), stack.env())
+        second = stack.bash(
+            _local_script(
+                blocks[0].split("\n")[0]
+                + "\nexport SA="
+                + DEMO_SA
+                + "\n"
+                + 'export VENDING_ID_TOKEN_COMMAND=".venv/bin/vending dev-token '
+                '--subject oncall@example.com"\n' + blocks[1],
+                stack,
+            ),
+            stack.env(),
+        )
     finally:
         _unkill(stack, DEMO_SA)
     assert first.returncode == 0, first.stderr
     out = first.stdout
-    assert re.search(rf"{re.escape(DEMO_SA)}: kill switch ENGAGED by local-dev/oncall@example\.com at .*"
-                     r"[1-9]\d* credential\(s\) revoked; safe to release at \d{4}-.* UTC \(in \d+m\d\ds\); IAM: disabled",
-                     out), out  # the leaked token, and any other test's still live
+    assert re.search(
+        rf"{re.escape(DEMO_SA)}: kill switch ENGAGED by local-dev/oncall@example\.com at .*"
+        r"[1-9]\d* credential\(s\) revoked; safe to release at \d{4}-.* UTC \(in \d+m\d\ds\); IAM: disabled",
+        out,
+    ), out  # the leaked token, and any other test's still live
     assert "the leaked token as a bearer: HTTP 401" in out
     assert "vend refused with exit code 4" in out and "target-disabled" in first.stderr
     assert "release refused with exit code 26" in out and "409 release-not-safe: Not safe to release" in first.stderr
     assert second.returncode == 0, second.stderr
-    assert re.search(rf"{re.escape(DEMO_SA)}: kill switch RELEASED by .* EARLY: credentials issued before", second.stdout)
+    assert re.search(
+        rf"{re.escape(DEMO_SA)}: kill switch RELEASED by .* EARLY: credentials issued before", second.stdout
+    )
     assert '"old_tokens_valid_again":true' in second.stdout and re.search(r'"valid_again":[1-9]', second.stdout)
 
 
@@ -803,7 +1047,9 @@ def test_kill_switch_errors_and_json(stack: Stack) -> None:
         # status as JSON, before and after an engage with nothing live (safe at once: released without approval)
         r = stack.run("kill-switch", "status", sa, *stack.as_(AUDITOR), "--format", "json")
         assert r.returncode == 0 and json.loads(r.stdout)["state"] == "NOT_ENGAGED"
-        assert stack.run("kill-switch", "engage", sa, *stack.as_(AUDITOR), "--justification", "INC-1: x").returncode == 0
+        assert (
+            stack.run("kill-switch", "engage", sa, *stack.as_(AUDITOR), "--justification", "INC-1: x").returncode == 0
+        )
         r = stack.run("kill-switch", "release", sa, *stack.as_(AUDITOR), "--justification", "INC-1: x")
         assert r.returncode in (0, 26), r.stderr  # 26 if another test left a token of this account live
     finally:

@@ -40,8 +40,9 @@ AUDITOR = "auditor@example.com"
 WHY = "TICKET-42: rotate the database password"
 
 
-def create(h: ServiceHarness, subject: str = REQUESTER, entitlement: str = "prod-admin",
-           justification: str = WHY) -> str:
+def create(
+    h: ServiceHarness, subject: str = REQUESTER, entitlement: str = "prod-admin", justification: str = WHY
+) -> str:
     resp = h.post("/v1/requests", {"entitlement": entitlement, "justification": justification}, subject=subject)
     assert resp.status_code == 200, resp.get_json()
     return str(resp.get_json()["id"])
@@ -57,6 +58,7 @@ def reason(resp: Any) -> str:
 
 
 # -- GET /v1/requests ---------------------------------------------------------------------------------------
+
 
 def test_a_requester_lists_their_own_requests_newest_first(harness: ServiceHarness) -> None:
     # GIVEN two requests of dave and one of erin
@@ -84,8 +86,9 @@ def test_an_approver_sees_pending_requests_first_and_never_other_entitlements(ha
     # THEN the pending one comes first, then the rest newest first; no break-glass request (she decides none)
     assert listed == [pending, denied, active]
     # AND state filters narrow it
-    assert ids(harness.get("/v1/requests", subject=ALICE,
-                           query={"role": "approver", "state": "APPROVAL_AWAITED"})) == [pending]
+    assert ids(harness.get("/v1/requests", subject=ALICE, query={"role": "approver", "state": "APPROVAL_AWAITED"})) == [
+        pending
+    ]
     assert ids(harness.get("/v1/requests", subject=ALICE, query={"role": "approver", "state": "DENIED"})) == [denied]
 
 
@@ -111,8 +114,9 @@ def test_approver_paging_walks_both_phases_once(harness: ServiceHarness) -> None
 def test_auditors_list_everything_and_others_may_not(harness: ServiceHarness) -> None:
     a, b = create(harness), create(harness, OTHER)
     assert ids(harness.get("/v1/requests", subject=AUDITOR, query={"role": "auditor"})) == [b, a]
-    assert ids(harness.get("/v1/requests", subject=AUDITOR,
-                           query={"role": "auditor", "entitlement": "prod-admin"})) == [b, a]
+    assert ids(
+        harness.get("/v1/requests", subject=AUDITOR, query={"role": "auditor", "entitlement": "prod-admin"})
+    ) == [b, a]
     refused = harness.get("/v1/requests", subject=REQUESTER, query={"role": "auditor"})
     assert (refused.status_code, reason(refused)) == (403, "not-an-auditor")
 
@@ -125,20 +129,24 @@ def test_an_expired_request_lists_as_expired_before_the_sweep(harness: ServiceHa
         assert ids(harness.get("/v1/requests", subject=ALICE, query={"role": "approver"})) == [rid]
 
 
-@pytest.mark.parametrize("query,status,why", [
-    ({"role": "boss"}, 400, "invalid-role"),
-    ({"state": "PENDING"}, 400, "invalid-state"),
-    ({"page_size": "0"}, 400, "invalid-page-size"),
-    ({"page_token": "garbage"}, 400, "invalid-page-token"),
-    ({"colour": "red"}, 400, "unknown-field"),
-    ({"role": "approver", "entitlement": "prod-break-glass"}, 403, "not-an-approver"),
-])
+@pytest.mark.parametrize(
+    "query,status,why",
+    [
+        ({"role": "boss"}, 400, "invalid-role"),
+        ({"state": "PENDING"}, 400, "invalid-state"),
+        ({"page_size": "0"}, 400, "invalid-page-size"),
+        ({"page_token": "garbage"}, 400, "invalid-page-token"),
+        ({"colour": "red"}, 400, "unknown-field"),
+        ({"role": "approver", "entitlement": "prod-break-glass"}, 403, "not-an-approver"),
+    ],
+)
 def test_bad_listings_are_refused(harness: ServiceHarness, query: dict[str, str], status: int, why: str) -> None:
     resp = harness.get("/v1/requests", subject=ALICE, query=query)
     assert (resp.status_code, reason(resp)) == (status, why)
 
 
 # -- GET /v1/entitlements, GET /v1/whoami -----------------------------------------------------------------
+
 
 def test_entitlements_are_those_the_caller_matches_with_their_bounds(harness: ServiceHarness) -> None:
     ents = {e["name"]: e for e in harness.get("/v1/entitlements", subject=REQUESTER).get_json()["entitlements"]}
@@ -173,6 +181,7 @@ def test_whoami_names_the_roles_and_the_active_break_glass(harness: ServiceHarne
 
 # -- sessions ---------------------------------------------------------------------------------------------
 
+
 def browser(h: ServiceHarness) -> Any:
     """A test client without a cookie jar: each call sends exactly the cookie the test gives it."""
     return h.client.application.test_client(use_cookies=False)
@@ -190,8 +199,9 @@ def cookie_of(resp: Any) -> tuple[str, dict[str, Any]]:
     return morsel.value, {k: morsel[k] for k in ("path", "secure", "httponly", "samesite", "max-age")} | {"raw": header}
 
 
-def with_session(h: ServiceHarness, method: str, path: str, cookie: str, csrf: str | None = None,
-                 body: Any = None) -> Any:
+def with_session(
+    h: ServiceHarness, method: str, path: str, cookie: str, csrf: str | None = None, body: Any = None
+) -> Any:
     headers = {"Cookie": f"{COOKIE}={cookie}"}
     if csrf is not None:
         headers[CSRF_HEADER] = csrf
@@ -244,8 +254,9 @@ def test_a_session_never_vends_nor_works_the_kill_switch(harness: ServiceHarness
     assert (vend.status_code, reason(vend)) == (401, "missing-token")
     auditor, _ = cookie_of(sign_in(harness, AUDITOR))
     acsrf = with_session(harness, "GET", "/console/session", auditor).get_json()["csrf_token"]
-    kill = with_session(harness, "POST", f"/v1/service-accounts/{DEMO_SA}:disable", auditor, acsrf,
-                        {"justification": "INC-1: test"})
+    kill = with_session(
+        harness, "POST", f"/v1/service-accounts/{DEMO_SA}:disable", auditor, acsrf, {"justification": "INC-1: test"}
+    )
     assert (kill.status_code, reason(kill)) == (401, "missing-token")
     assert harness.standin.minted == []
 
@@ -261,9 +272,12 @@ def test_an_id_token_starts_one_session_only(harness: ServiceHarness) -> None:
 def test_a_forged_session_is_refused(harness: ServiceHarness, tamper: str) -> None:
     cookie, _ = cookie_of(sign_in(harness, ALICE))
     body, mac = cookie.split(".")
-    forged = {"signature": f"{body}.{mac[:-2]}AA", "garbage": "not-a-session",
-              "empty-mac": f"{body}.",
-              "payload": f"{body.replace(body[10], 'A' if body[10] != 'A' else 'B', 1)}.{mac}"}[tamper]
+    forged = {
+        "signature": f"{body}.{mac[:-2]}AA",
+        "garbage": "not-a-session",
+        "empty-mac": f"{body}.",
+        "payload": f"{body.replace(body[10], 'A' if body[10] != 'A' else 'B', 1)}.{mac}",
+    }[tamper]
     resp = with_session(harness, "GET", "/v1/whoami", forged)
     assert (resp.status_code, reason(resp)) == (401, "invalid-session")
     assert with_session(harness, "GET", "/console/session", forged).get_json()["signed_in"] is False
@@ -296,35 +310,39 @@ def test_a_session_lives_at_most_an_hour(make_harness: Any) -> None:
     assert int(cookie_of(resp)[1]["max-age"]) == 3600
 
 
-@pytest.mark.parametrize("headers,body,status,why", [
-    ({"Origin": "https://evil.example"}, None, 403, "cross-origin-sign-in"),
-    ({"Sec-Fetch-Site": "cross-site"}, None, 403, "cross-origin-sign-in"),
-    ({}, b"id_token=x", 400, "invalid-content-type"),
-    ({}, {"id_token": "a", "dev_subject": "b"}, 400, "invalid-sign-in"),
-    ({}, {"dev_subject": "alice@example.com"}, 403, "development-sign-in-disabled"),
-    ({}, {"id_token": "not-a-jwt"}, 401, "malformed-token"),
-])
-def test_sign_in_is_refused(harness: ServiceHarness, headers: dict[str, str], body: Any, status: int,
-                            why: str) -> None:
+@pytest.mark.parametrize(
+    "headers,body,status,why",
+    [
+        ({"Origin": "https://evil.example"}, None, 403, "cross-origin-sign-in"),
+        ({"Sec-Fetch-Site": "cross-site"}, None, 403, "cross-origin-sign-in"),
+        ({}, b"id_token=x", 400, "invalid-content-type"),
+        ({}, {"id_token": "a", "dev_subject": "b"}, 400, "invalid-sign-in"),
+        ({}, {"dev_subject": "alice@example.com"}, 403, "development-sign-in-disabled"),
+        ({}, {"id_token": "not-a-jwt"}, 401, "malformed-token"),
+    ],
+)
+def test_sign_in_is_refused(harness: ServiceHarness, headers: dict[str, str], body: Any, status: int, why: str) -> None:
     if isinstance(body, bytes):
-        resp = browser(harness).post("/console/session", data=body, headers=headers,
-                                   content_type="application/x-www-form-urlencoded")
+        resp = browser(harness).post(
+            "/console/session", data=body, headers=headers, content_type="application/x-www-form-urlencoded"
+        )
     else:
-        resp = browser(harness).post("/console/session", json=body or {"id_token": harness.token(ALICE)},
-                                   headers=headers)
+        resp = browser(harness).post(
+            "/console/session", json=body or {"id_token": harness.token(ALICE)}, headers=headers
+        )
     assert (resp.status_code, reason(resp)) == (status, why)
     assert "Set-Cookie" not in resp.headers
 
 
-def test_development_sign_in_mints_for_the_subject_where_a_development_issuer_exists(
-        harness: ServiceHarness) -> None:
+def test_development_sign_in_mints_for_the_subject_where_a_development_issuer_exists(harness: ServiceHarness) -> None:
     # GIVEN the service built with a development minter (the embedded default's DevIssuer; here the test issuer)
     from dataclasses import replace
 
     from vending import wiring
 
-    dev_policy = harness.policy.model_copy(update={"issuers": (harness.policy.issuers[0].model_copy(
-        update={"development": True}),)})
+    dev_policy = harness.policy.model_copy(
+        update={"issuers": (harness.policy.issuers[0].model_copy(update={"development": True}),)}
+    )
     harness.settings = replace(harness.settings, policy=dev_policy)
     harness.rebuild(dev_minter=lambda subject: harness.token(subject))
     assert wiring.service().console.dev_issuer == "ci"
@@ -338,14 +356,24 @@ def test_development_sign_in_mints_for_the_subject_where_a_development_issuer_ex
 
 # -- the console's files ----------------------------------------------------------------------------------
 
-CONSOLE_HEADERS = {"Content-Security-Policy": STRICT_CSP, "X-Content-Type-Options": "nosniff",
-                   "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+CONSOLE_HEADERS = {
+    "Content-Security-Policy": STRICT_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
 
 
-@pytest.mark.parametrize("path,ctype", [("/console/", "text/html"), ("/console", "text/html"),
-                                        ("/console/static/console.js", "text/javascript"),
-                                        ("/console/static/console.css", "text/css"),
-                                        ("/console/session", "application/json")])
+@pytest.mark.parametrize(
+    "path,ctype",
+    [
+        ("/console/", "text/html"),
+        ("/console", "text/html"),
+        ("/console/static/console.js", "text/javascript"),
+        ("/console/static/console.css", "text/css"),
+        ("/console/session", "application/json"),
+    ],
+)
 def test_console_responses_carry_the_security_headers(harness: ServiceHarness, path: str, ctype: str) -> None:
     resp = harness.client.get(path)
     assert resp.status_code == 200 and resp.mimetype == ctype
@@ -354,12 +382,19 @@ def test_console_responses_carry_the_security_headers(harness: ServiceHarness, p
     assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
 
 
-@pytest.mark.parametrize("method,path,status", [("GET", "/console/static/../../main.py", 404),
-                                                ("GET", "/console/static/nope.js", 404),
-                                                ("GET", "/console/static/index.html", 404),
-                                                ("GET", "/console/admin", 404), ("PUT", "/console/session", 405)])
-def test_console_refusals_are_json_with_the_headers(harness: ServiceHarness, method: str, path: str,
-                                                    status: int) -> None:
+@pytest.mark.parametrize(
+    "method,path,status",
+    [
+        ("GET", "/console/static/../../main.py", 404),
+        ("GET", "/console/static/nope.js", 404),
+        ("GET", "/console/static/index.html", 404),
+        ("GET", "/console/admin", 404),
+        ("PUT", "/console/session", 405),
+    ],
+)
+def test_console_refusals_are_json_with_the_headers(
+    harness: ServiceHarness, method: str, path: str, status: int
+) -> None:
     resp = harness.client.open(path, method=method)
     assert resp.status_code == status and resp.mimetype == "application/json"
     assert resp.headers["Content-Security-Policy"] == STRICT_CSP and resp.headers["X-Request-Id"]
@@ -368,10 +403,13 @@ def test_console_refusals_are_json_with_the_headers(harness: ServiceHarness, met
 def test_with_google_sign_in_the_policy_names_google_identity_services_and_nothing_else(make_harness: Any) -> None:
     def google(raw: dict[str, Any]) -> None:  # the policy's issuer is Google's; its audience the OAuth client id
         raw["issuers"][0].update(issuer="https://accounts.google.com", audience="1234-abc.apps.googleusercontent.com")
+
     h = make_harness(edit=google)
     info = h.client.get("/console/session")
-    assert info.get_json()["sign_in"] == {"google": {"client_id": "1234-abc.apps.googleusercontent.com",
-                                                     "issuer": "ci"}, "development": None}
+    assert info.get_json()["sign_in"] == {
+        "google": {"client_id": "1234-abc.apps.googleusercontent.com", "issuer": "ci"},
+        "development": None,
+    }
     csp = info.headers["Content-Security-Policy"]
     assert "script-src 'self' https://accounts.google.com/gsi/client;" in csp and "'unsafe-inline'" not in csp
     assert "frame-ancestors 'none'" in csp
@@ -381,15 +419,25 @@ def test_the_pages_have_no_inline_script_or_style_and_use_no_browser_storage() -
     html = (STATIC_DIR / "index.html").read_text()
     assert not re.search(r"<script(?![^>]*\bsrc=)", html) and "<style" not in html
     assert not re.search(r"\son[a-z]+=", html) and "style=" not in html
-    js = "\n".join(line for line in (STATIC_DIR / "console.js").read_text().splitlines()
-                   if not line.lstrip().startswith("//"))
-    for banned in ("localStorage", "sessionStorage", "innerHTML", "outerHTML", "document.write", "eval(",
-                   "indexedDB", "document.cookie"):
+    js = "\n".join(
+        line for line in (STATIC_DIR / "console.js").read_text().splitlines() if not line.lstrip().startswith("//")
+    )
+    for banned in (
+        "localStorage",
+        "sessionStorage",
+        "innerHTML",
+        "outerHTML",
+        "document.write",
+        "eval(",
+        "indexedDB",
+        "document.cookie",
+    ):
         assert banned not in js, banned
     assert not list(Path(STATIC_DIR).glob("*.map"))
 
 
 # -- approval.rejected -------------------------------------------------------------------------------------
+
 
 def test_a_refused_bot_approval_tells_the_bot_why(harness: ServiceHarness) -> None:
     bot = Bot(harness.standin.url, harness.policy.bot_audience or "")
@@ -401,7 +449,8 @@ def test_a_refused_bot_approval_tells_the_bot_why(harness: ServiceHarness) -> No
     rejected = [e for c, e in harness.events.published if e["type"] == "approval.rejected"]
     assert [(e["reason"], e["actor"], e["request_id"], e["action"], e["message_id"]) for e in rejected] == [
         ("self-approval", f"ci/{REQUESTER}", rid, "approve", "m-1"),
-        ("not-an-approver", f"ci/{OTHER}", rid, "approve", "m-2")]
+        ("not-an-approver", f"ci/{OTHER}", rid, "approve", "m-2"),
+    ]
     assert all(c == "notifications" for c, e in harness.events.published if e["type"] == "approval.rejected")
     assert rejected[0]["message"] == "Nobody approves or denies their own request."
     # AND a forged message names nobody: no event
@@ -414,14 +463,18 @@ def test_a_refused_bot_approval_tells_the_bot_why(harness: ServiceHarness) -> No
 PRODUCTION_POLICY = Path(__file__).resolve().parents[2] / "terraform/examples/basic/config.yaml"
 
 
-@pytest.mark.parametrize("env,ok", [
-    ({"VENDING_STORE": "firestore"}, False),                                   # production without the key
-    ({"VENDING_STORE": "firestore", "VENDING_SESSION_KEY": "k" * 31}, False),  # too short
-    ({"VENDING_STORE": "firestore", "VENDING_SESSION_KEY": "k" * 32}, True),
-    ({"VENDING_STORE": "sqlite:/tmp/x.db"}, True),                             # elsewhere: one per instance
-])
-def test_the_session_key_is_required_in_production(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
-                                                   ok: bool) -> None:
+@pytest.mark.parametrize(
+    "env,ok",
+    [
+        ({"VENDING_STORE": "firestore"}, False),  # production without the key
+        ({"VENDING_STORE": "firestore", "VENDING_SESSION_KEY": "k" * 31}, False),  # too short
+        ({"VENDING_STORE": "firestore", "VENDING_SESSION_KEY": "k" * 32}, True),
+        ({"VENDING_STORE": "sqlite:/tmp/x.db"}, True),  # elsewhere: one per instance
+    ],
+)
+def test_the_session_key_is_required_in_production(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], ok: bool
+) -> None:
     from vending.config import load_settings
     from vending.errors import ConfigError
 

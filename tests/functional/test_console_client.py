@@ -36,7 +36,8 @@ def test_every_option_of_the_new_commands_has_help(stack: Stack, command: str) -
     parser = sub.choices[command]
     for action in parser._actions:
         if action.help == argparse.SUPPRESS and any(
-                a.dest == action.dest and a.help not in (None, argparse.SUPPRESS) for a in parser._actions):
+            a.dest == action.dest and a.help not in (None, argparse.SUPPRESS) for a in parser._actions
+        ):
             continue  # the hidden old name of a documented option (--audience for --caller-audience)
         assert action.help and action.help != argparse.SUPPRESS, (command, action.dest)
     r = stack.run(command, "--help")

@@ -49,14 +49,15 @@ from vending.identity import Principal
 RUN_APP = "https://hello-7x2kq3abcd-uc.a.run.app"
 EXAMPLE_AUD = "https://example.com/"
 PUBSUB_AUD = "https://pubsub.googleapis.com/"
-DEPLOY_MAX_TTL = 7200          # tests/support/app.py: deploy.signed_jwt.max_ttl
+DEPLOY_MAX_TTL = 7200  # tests/support/app.py: deploy.signed_jwt.max_ttl
 GOOGLE_API_MAX_TTL = 3600
-GCS_MAX_PAYLOAD = 4096         # gcs-signer.signed_blob.max_payload_bytes
-DEPLOY_MAX_PAYLOAD = 65536     # deploy.signed_blob.max_payload_bytes (64 KiB)
+GCS_MAX_PAYLOAD = 4096  # gcs-signer.signed_blob.max_payload_bytes
+DEPLOY_MAX_PAYLOAD = 65536  # deploy.signed_blob.max_payload_bytes (64 KiB)
 ID_TOKENS, SIGNED_JWTS, SIGNED_BLOBS = "/v1/id-tokens", "/v1/signed-jwts", "/v1/signed-blobs"
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
 
 def error_of(resp: Any) -> dict[str, Any]:
     body = resp.get_json()
@@ -148,9 +149,11 @@ def small_blob_harness(sqlite_store: Any, oidc: Any, standin: Any, tmp_path: Pat
 
 # == ID tokens ==================================================================================
 
+
 @pytest.mark.parametrize("include_email", [True, False])
 def test_id_token_verifies_against_the_oauth_certs_and_is_recorded_by_hash(
-        any_harness: ServiceHarness, include_email: bool) -> None:
+    any_harness: ServiceHarness, include_email: bool
+) -> None:
     h = any_harness
     # GIVEN a CI caller entitled to ID tokens of demo-deployer for https://*.run.app audiences
     # WHEN it asks for one for a Cloud Run service
@@ -163,8 +166,9 @@ def test_id_token_verifies_against_the_oauth_certs_and_is_recorded_by_hash(
     assert resp.headers["Cache-Control"] == "no-store"
     token = body["id_token"]
     # AND the token verifies with google-auth against the stand-in's Google OAuth certificates (x509 map)
-    claims = google_id_token.verify_token(token, google.auth.transport.requests.Request(), audience=RUN_APP,
-                                          certs_url=h.standin.oauth_certs_url)
+    claims = google_id_token.verify_token(
+        token, google.auth.transport.requests.Request(), audience=RUN_APP, certs_url=h.standin.oauth_certs_url
+    )
     assert claims["iss"] == "https://accounts.google.com" and claims["aud"] == RUN_APP
     assert claims["exp"] - claims["iat"] == 3600
     assert abs(claims["iat"] - clock.epoch()) <= 5
@@ -173,13 +177,18 @@ def test_id_token_verifies_against_the_oauth_certs_and_is_recorded_by_hash(
     else:
         assert "email" not in claims
     # AND against the JWKS form (/oauth2/v3/certs, verified by PyJWT inside google-auth)
-    again = google_id_token.verify_token(token, google.auth.transport.requests.Request(), audience=RUN_APP,
-                                         certs_url=f"{h.standin.url}/oauth2/v3/certs")
+    again = google_id_token.verify_token(
+        token, google.auth.transport.requests.Request(), audience=RUN_APP, certs_url=f"{h.standin.url}/oauth2/v3/certs"
+    )
     assert again["sub"] == claims["sub"]
     # AND not for another audience
     with pytest.raises(ValueError):
-        google_id_token.verify_token(token, google.auth.transport.requests.Request(), audience="https://other.run.app",
-                                     certs_url=h.standin.oauth_certs_url)
+        google_id_token.verify_token(
+            token,
+            google.auth.transport.requests.Request(),
+            audience="https://other.run.app",
+            certs_url=h.standin.oauth_certs_url,
+        )
     # AND expire_time is the token's exp
     assert body["expire_time"] == clock.rfc3339(clock.from_epoch(claims["exp"]))
     # AND the stand-in minted exactly that token
@@ -193,20 +202,23 @@ def test_id_token_verifies_against_the_oauth_certs_and_is_recorded_by_hash(
     assert record["key_id"] is None
 
 
-@pytest.mark.parametrize("audience", [
-    "https://x.run.app.evil.com",       # suffix near miss
-    "http://x.run.app",                 # not https
-    "HTTPS://X.RUN.APP",                # uppercase
-    "https://X.run.app",
-    "https://x.run.app\n",              # trailing newline ($ in a careless regex)
-    "https://x.run.app/",               # trailing slash: not the same audience
-    "https://x.run.app/path",
-    "https://evil.com/?x=.run.app",
-    "https://.run.app",
-    "https://x.run.app:443",
-    " https://x.run.app",
-    "https://example.com/",             # allowed for signed JWTs, not ID tokens
-])
+@pytest.mark.parametrize(
+    "audience",
+    [
+        "https://x.run.app.evil.com",  # suffix near miss
+        "http://x.run.app",  # not https
+        "HTTPS://X.RUN.APP",  # uppercase
+        "https://X.run.app",
+        "https://x.run.app\n",  # trailing newline ($ in a careless regex)
+        "https://x.run.app/",  # trailing slash: not the same audience
+        "https://x.run.app/path",
+        "https://evil.com/?x=.run.app",
+        "https://.run.app",
+        "https://x.run.app:443",
+        " https://x.run.app",
+        "https://example.com/",  # allowed for signed JWTs, not ID tokens
+    ],
+)
 def test_id_token_audience_not_allowed(harness: ServiceHarness, audience: str) -> None:
     # GIVEN an audience that is not an anchored full match of https://*.run.app
     resp = harness.post(ID_TOKENS, id_token_body(audience=audience))
@@ -215,21 +227,25 @@ def test_id_token_audience_not_allowed(harness: ServiceHarness, audience: str) -
     assert "Audience" in err["message"]
 
 
-@pytest.mark.parametrize("body,status,reason", [
-    ({"service_account": DEMO_SA}, 400, "missing-field"),
-    (id_token_body(audience=""), 400, "invalid-audience"),
-    (id_token_body(audience=["https://x.run.app"]), 400, "invalid-audience"),
-    (id_token_body(audience="https://" + "a" * 1000 + ".run.app"), 400, "invalid-audience"),
-    (id_token_body(include_email="true"), 400, "invalid-include-email"),
-    (id_token_body(scopes=["openid"]), 400, "unknown-field"),
-    (id_token_body(service_account="not-an-email"), 400, "invalid-service-account"),
-    (id_token_body(service_account=PROD_SA), 403, "service-account-not-allowed"),
-])
+@pytest.mark.parametrize(
+    "body,status,reason",
+    [
+        ({"service_account": DEMO_SA}, 400, "missing-field"),
+        (id_token_body(audience=""), 400, "invalid-audience"),
+        (id_token_body(audience=["https://x.run.app"]), 400, "invalid-audience"),
+        (id_token_body(audience="https://" + "a" * 1000 + ".run.app"), 400, "invalid-audience"),
+        (id_token_body(include_email="true"), 400, "invalid-include-email"),
+        (id_token_body(scopes=["openid"]), 400, "unknown-field"),
+        (id_token_body(service_account="not-an-email"), 400, "invalid-service-account"),
+        (id_token_body(service_account=PROD_SA), 403, "service-account-not-allowed"),
+    ],
+)
 def test_id_token_bad_input(harness: ServiceHarness, body: dict[str, Any], status: int, reason: str) -> None:
     assert_refused(harness, harness.post(ID_TOKENS, body), status, reason)
 
 
 # == signed JWTs ================================================================================
+
 
 def test_signed_jwt_verifies_with_google_auth_and_pyjwt_and_is_recorded_by_hash(any_harness: ServiceHarness) -> None:
     h = any_harness
@@ -288,7 +304,7 @@ def test_signed_jwt_exp_at_the_limit_is_granted_and_one_second_more_is_refused(h
     assert harness.issuance_count() == 1 and harness.standin.minted == []
 
 
-@pytest.mark.parametrize("exp_offset", [DEPLOY_MAX_TTL + 1, 43200, 43201, 10 ** 9])
+@pytest.mark.parametrize("exp_offset", [DEPLOY_MAX_TTL + 1, 43200, 43201, 10**9])
 def test_signed_jwt_exp_too_far(harness: ServiceHarness, exp_offset: int) -> None:
     with freeze_time("2026-11-28T12:00:00Z"):
         resp = harness.post(SIGNED_JWTS, jwt_body({"aud": EXAMPLE_AUD, "exp": int(clock.epoch()) + exp_offset}))
@@ -320,8 +336,14 @@ def test_google_api_audience_is_capped_at_one_hour(harness: ServiceHarness) -> N
 def test_signed_jwt_exp_in_the_past_or_not_an_integer(harness: ServiceHarness, exp: str) -> None:
     with freeze_time("2026-11-28T12:00:00Z"):
         now = int(clock.epoch())
-        value = {"past": now - 1, "now": now, "string": str(now + 60), "float": now + 60.0, "true": True,
-                 "list": [now + 60]}[exp]
+        value = {
+            "past": now - 1,
+            "now": now,
+            "string": str(now + 60),
+            "float": now + 60.0,
+            "true": True,
+            "list": [now + 60],
+        }[exp]
         resp = harness.post(SIGNED_JWTS, jwt_body({"aud": EXAMPLE_AUD, "exp": value}))
     assert_refused(harness, resp, 400, "invalid-exp")
 
@@ -335,44 +357,53 @@ def test_signed_jwt_claim_not_allowed(harness: ServiceHarness, claim: str) -> No
     assert repr(claim) in err["message"]
 
 
-@pytest.mark.parametrize("claims", [
-    {},                                          # aud is required
-    {"aud": None},
-    {"aud": [EXAMPLE_AUD]},                      # a list, even of an allowed value
-    {"aud": "https://example.com"},              # no trailing slash
-    {"aud": "https://example.com/\n"},
-    {"aud": "HTTPS://EXAMPLE.COM/"},
-    {"aud": "http://example.com/"},
-    {"aud": "https://example.com/.evil.com"},
-    {"aud": "https://storage.googleapis.com/"},  # a Google API the entitlement does not list
-    {"aud": RUN_APP},
-])
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {},  # aud is required
+        {"aud": None},
+        {"aud": [EXAMPLE_AUD]},  # a list, even of an allowed value
+        {"aud": "https://example.com"},  # no trailing slash
+        {"aud": "https://example.com/\n"},
+        {"aud": "HTTPS://EXAMPLE.COM/"},
+        {"aud": "http://example.com/"},
+        {"aud": "https://example.com/.evil.com"},
+        {"aud": "https://storage.googleapis.com/"},  # a Google API the entitlement does not list
+        {"aud": RUN_APP},
+    ],
+)
 def test_signed_jwt_audience_not_allowed(harness: ServiceHarness, claims: dict[str, Any]) -> None:
     assert_refused(harness, harness.post(SIGNED_JWTS, jwt_body(claims)), 403, "audience-not-allowed")
 
 
-@pytest.mark.parametrize("body,status,reason", [
-    ({"service_account": DEMO_SA}, 400, "missing-field"),
-    (jwt_body([EXAMPLE_AUD]), 400, "invalid-claims"),                     # type: ignore[arg-type]
-    (jwt_body("aud=x"), 400, "invalid-claims"),                           # type: ignore[arg-type]
-    (jwt_body({"aud": EXAMPLE_AUD}, payload="x"), 400, "unknown-field"),
-    (jwt_body({"aud": EXAMPLE_AUD}, service_account=PROD_SA), 403, "service-account-not-allowed"),
-])
+@pytest.mark.parametrize(
+    "body,status,reason",
+    [
+        ({"service_account": DEMO_SA}, 400, "missing-field"),
+        (jwt_body([EXAMPLE_AUD]), 400, "invalid-claims"),  # type: ignore[arg-type]
+        (jwt_body("aud=x"), 400, "invalid-claims"),  # type: ignore[arg-type]
+        (jwt_body({"aud": EXAMPLE_AUD}, payload="x"), 400, "unknown-field"),
+        (jwt_body({"aud": EXAMPLE_AUD}, service_account=PROD_SA), 403, "service-account-not-allowed"),
+    ],
+)
 def test_signed_jwt_bad_input(harness: ServiceHarness, body: dict[str, Any], status: int, reason: str) -> None:
     assert_refused(harness, harness.post(SIGNED_JWTS, body), status, reason)
 
 
 def test_signed_jwt_duplicate_claim_is_refused(harness: ServiceHarness) -> None:
     # GIVEN a body whose claims repeat aud (parsers disagree on which one wins)
-    raw = (f'{{"service_account": "{DEMO_SA}", '
-           f'"claims": {{"aud": "{EXAMPLE_AUD}", "aud": "https://evil.example/"}}}}').encode()
+    raw = (
+        f'{{"service_account": "{DEMO_SA}", "claims": {{"aud": "{EXAMPLE_AUD}", "aud": "https://evil.example/"}}}}'
+    ).encode()
     assert_refused(harness, harness.post(SIGNED_JWTS, raw=raw), 400, "duplicate-field")
 
 
 # == signed blobs ===============================================================================
 
+
 def test_signed_blob_verifies_with_the_published_certificate_and_records_the_key_id(
-        any_harness: ServiceHarness) -> None:
+    any_harness: ServiceHarness,
+) -> None:
     h = any_harness
     # GIVEN a CI caller entitled to signed blobs of demo-deployer up to 64 KiB
     payload = secrets.token_bytes(1000) + b"\x00\xff"
@@ -424,16 +455,19 @@ def test_deploy_signs_64_kib_blobs_but_not_one_byte_more(harness: ServiceHarness
     assert harness.issuance_count() == 1 and harness.standin.minted == []
 
 
-@pytest.mark.parametrize("payload", [
-    "not base64!",
-    "YWJj ZGVm",          # whitespace
-    "YWJjZA",             # missing padding
-    "-_-_",               # URL-safe alphabet
-    "YWJjZA==\n",
-    "",                   # empty
-    12345,
-    None,
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "not base64!",
+        "YWJj ZGVm",  # whitespace
+        "YWJjZA",  # missing padding
+        "-_-_",  # URL-safe alphabet
+        "YWJjZA==\n",
+        "",  # empty
+        12345,
+        None,
+    ],
+)
 def test_signed_blob_payload_not_base64(harness: ServiceHarness, payload: Any) -> None:
     resp = harness.post(SIGNED_BLOBS, {"service_account": DEMO_SA, "payload": payload})
     assert_refused(harness, resp, 400, "missing-field" if payload is None else "invalid-payload")
@@ -441,13 +475,13 @@ def test_signed_blob_payload_not_base64(harness: ServiceHarness, payload: Any) -
 
 # -- Cloud Storage V4 signed URLs (gcs-signer: gcs_v4_only, buckets [allowed-bucket], 4096 bytes) --
 
+
 @pytest.mark.parametrize("virtual_host", [False, True])
 def test_v4_signed_url_for_allowed_bucket(any_harness: ServiceHarness, virtual_host: bool) -> None:
     h = any_harness
     # GIVEN a job entitled to sign Cloud Storage V4 URLs for allowed-bucket only
     # AND a real V4 canonical request and string-to-sign for a GET of an object, valid 15 min
-    v4 = v4_now(bucket="allowed-bucket", obj="releases/v1.2.3/app.tar.gz", expires_s=900,
-                virtual_host=virtual_host)
+    v4 = v4_now(bucket="allowed-bucket", obj="releases/v1.2.3/app.tar.gz", expires_s=900, virtual_host=virtual_host)
     # WHEN it asks the service to sign the string-to-sign
     resp = h.post(SIGNED_BLOBS, v4_body(v4), subject=GCS_SUBJECT)
     # THEN the signature verifies against the published certificate
@@ -466,13 +500,16 @@ def test_v4_signed_url_for_allowed_bucket(any_harness: ServiceHarness, virtual_h
     assert record["entitlement"] == "gcs-signer"
 
 
-@pytest.mark.parametrize("bucket,virtual_host", [
-    ("other-bucket", False),
-    ("other-bucket", True),
-    ("allowed-bucket-2", False),
-    ("allowed-bucket.evil", True),
-    ("xallowed-bucket", False),
-])
+@pytest.mark.parametrize(
+    "bucket,virtual_host",
+    [
+        ("other-bucket", False),
+        ("other-bucket", True),
+        ("allowed-bucket-2", False),
+        ("allowed-bucket.evil", True),
+        ("xallowed-bucket", False),
+    ],
+)
 def test_v4_bucket_not_allowed(any_harness: ServiceHarness, bucket: str, virtual_host: bool) -> None:
     v4 = v4_now(bucket=bucket, obj="a.txt", virtual_host=virtual_host)
     resp = any_harness.post(SIGNED_BLOBS, v4_body(v4), subject=GCS_SUBJECT)
@@ -492,8 +529,9 @@ def test_v4_hash_mismatch(harness: ServiceHarness) -> None:
 @pytest.mark.parametrize("skew_s", [-901, -3600, 901])
 def test_v4_stale_or_future_timestamp(harness: ServiceHarness, skew_s: int) -> None:
     v4 = v4_request(signer=DEMO_SA, at=clock.now() + _dt.timedelta(seconds=skew_s), expires_s=7200)
-    err = assert_refused(harness, harness.post(SIGNED_BLOBS, v4_body(v4), subject=GCS_SUBJECT),
-                         400, "invalid-string-to-sign")
+    err = assert_refused(
+        harness, harness.post(SIGNED_BLOBS, v4_body(v4), subject=GCS_SUBJECT), 400, "invalid-string-to-sign"
+    )
     assert "900 seconds" in err["message"]
 
 
@@ -516,8 +554,7 @@ def test_v4_only_entitlement_payload_too_large(harness: ServiceHarness) -> None:
 
 def test_v4_expires_beyond_seven_days(harness: ServiceHarness) -> None:
     v4 = v4_now(expires_s=604801)
-    assert_refused(harness, harness.post(SIGNED_BLOBS, v4_body(v4), subject=GCS_SUBJECT), 400,
-                   "invalid-string-to-sign")
+    assert_refused(harness, harness.post(SIGNED_BLOBS, v4_body(v4), subject=GCS_SUBJECT), 400, "invalid-string-to-sign")
 
 
 @pytest.mark.parametrize("canonical_request", [123, "", "GET\r\n/allowed-bucket/o", "a" * 16385])
@@ -528,11 +565,15 @@ def test_v4_malformed_canonical_request_field(harness: ServiceHarness, canonical
 
 # == the policy: kinds and delegation =============================================================
 
-@pytest.mark.parametrize("path,body", [
-    (ID_TOKENS, id_token_body()),
-    (SIGNED_JWTS, jwt_body({"aud": EXAMPLE_AUD})),
-    ("/v1/access-tokens", {"service_account": DEMO_SA, "lifetime": 600}),
-])
+
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        (ID_TOKENS, id_token_body()),
+        (SIGNED_JWTS, jwt_body({"aud": EXAMPLE_AUD})),
+        ("/v1/access-tokens", {"service_account": DEMO_SA, "lifetime": 600}),
+    ],
+)
 def test_kind_not_in_the_entitlement(harness: ServiceHarness, path: str, body: dict[str, Any]) -> None:
     # GIVEN gcs-signer, whose entitlement on demo-deployer lists only signed_blob
     resp = harness.post(path, body, subject=GCS_SUBJECT)
@@ -540,35 +581,46 @@ def test_kind_not_in_the_entitlement(harness: ServiceHarness, path: str, body: d
     assert_refused(harness, resp, 403, "credential-kind-not-allowed")
 
 
-@pytest.mark.parametrize("path,body", [
-    (ID_TOKENS, {"service_account": PROD_SA, "audience": RUN_APP}),
-    (SIGNED_JWTS, {"service_account": PROD_SA, "claims": {"aud": EXAMPLE_AUD}}),
-    (SIGNED_BLOBS, {"service_account": PROD_SA, "payload": b64(b"x")}),
-])
-def test_access_token_only_entitlement_refuses_other_kinds(harness: ServiceHarness, path: str,
-                                                           body: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        (ID_TOKENS, {"service_account": PROD_SA, "audience": RUN_APP}),
+        (SIGNED_JWTS, {"service_account": PROD_SA, "claims": {"aud": EXAMPLE_AUD}}),
+        (SIGNED_BLOBS, {"service_account": PROD_SA, "payload": b64(b"x")}),
+    ],
+)
+def test_access_token_only_entitlement_refuses_other_kinds(
+    harness: ServiceHarness, path: str, body: dict[str, Any]
+) -> None:
     # GIVEN the chain entitlement on prod-admin, which lists no kinds (access tokens by default)
     assert_refused(harness, harness.post(path, body, subject=CHAIN_SUBJECT), 403, "credential-kind-not-allowed")
 
 
-@pytest.mark.parametrize("path,body", [
-    (ID_TOKENS, id_token_body()),
-    (SIGNED_JWTS, jwt_body({"aud": EXAMPLE_AUD})),
-    (SIGNED_BLOBS, blob_body(b"payload")),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        (ID_TOKENS, id_token_body()),
+        (SIGNED_JWTS, jwt_body({"aud": EXAMPLE_AUD})),
+        (SIGNED_BLOBS, blob_body(b"payload")),
+    ],
+)
 @pytest.mark.parametrize("delegates", [[HOP_SA], [f"projects/-/serviceAccounts/{HOP_SA}"], [DEMO_SA]])
-def test_delegates_differing_from_the_entitlement(harness: ServiceHarness, path: str, body: dict[str, Any],
-                                                  delegates: list[str]) -> None:
+def test_delegates_differing_from_the_entitlement(
+    harness: ServiceHarness, path: str, body: dict[str, Any], delegates: list[str]
+) -> None:
     # GIVEN deploy, whose chain is empty, and a caller naming a delegate
     resp = harness.post(path, {**body, "delegates": delegates})
     assert_refused(harness, resp, 403, "delegates-not-allowed")
 
 
-@pytest.mark.parametrize("path,body", [
-    (ID_TOKENS, id_token_body()),
-    (SIGNED_JWTS, jwt_body({"aud": EXAMPLE_AUD})),
-    (SIGNED_BLOBS, blob_body(b"payload")),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        (ID_TOKENS, id_token_body()),
+        (SIGNED_JWTS, jwt_body({"aud": EXAMPLE_AUD})),
+        (SIGNED_BLOBS, blob_body(b"payload")),
+    ],
+)
 def test_empty_delegates_equal_the_empty_chain(harness: ServiceHarness, path: str, body: dict[str, Any]) -> None:
     resp = harness.post(path, {**body, "delegates": []})
     assert resp.status_code == 200, resp.get_json()
@@ -654,27 +706,36 @@ def test_example_configuration_still_vends_the_core_access_token() -> None:
 
 # == signed JWT rules, directly =====================================================================
 
+
 def _jwt_entitlement(max_ttl: int = 7200) -> Any:
     from vending.config import Entitlement
 
-    return Entitlement.model_validate({
-        "name": "any-aud", "principals": [{"issuer": "local-dev", "claims": {"sub": DEMO_SUBJECT}}],
-        "service_account": DEMO_SA, "credentials": ["signed_jwt"],
-        "signed_jwt": {"audiences": [{"pattern": "https?://.*"}], "max_ttl": max_ttl, "allowed_claims": ["scope"]}})
+    return Entitlement.model_validate(
+        {
+            "name": "any-aud",
+            "principals": [{"issuer": "local-dev", "claims": {"sub": DEMO_SUBJECT}}],
+            "service_account": DEMO_SA,
+            "credentials": ["signed_jwt"],
+            "signed_jwt": {"audiences": [{"pattern": "https?://.*"}], "max_ttl": max_ttl, "allowed_claims": ["scope"]},
+        }
+    )
 
 
-@pytest.mark.parametrize("aud,ttl", [
-    ("https://pubsub.googleapis.com/", 3600),
-    ("https://PubSub.GoogleAPIs.com/", 3600),                           # host case does not escape the cap
-    ("https://pubsub.googleapis.com", 3600),
-    ("https://pubsub.googleapis.com/google.pubsub.v1.Publisher", 3600),  # the older API_NAME form
-    ("https://storage.googleapis.com:443/", 3600),
-    ("https://us-central1-aiplatform.googleapis.com/", 3600),
-    ("https://googleapis.com/", 3600),
-    ("https://googleapis.com.evil.example/", 7200),                     # not Google
-    ("https://evil.example/pubsub.googleapis.com/", 7200),
-    ("https://example.com/", 7200),
-])
+@pytest.mark.parametrize(
+    "aud,ttl",
+    [
+        ("https://pubsub.googleapis.com/", 3600),
+        ("https://PubSub.GoogleAPIs.com/", 3600),  # host case does not escape the cap
+        ("https://pubsub.googleapis.com", 3600),
+        ("https://pubsub.googleapis.com/google.pubsub.v1.Publisher", 3600),  # the older API_NAME form
+        ("https://storage.googleapis.com:443/", 3600),
+        ("https://us-central1-aiplatform.googleapis.com/", 3600),
+        ("https://googleapis.com/", 3600),
+        ("https://googleapis.com.evil.example/", 7200),  # not Google
+        ("https://evil.example/pubsub.googleapis.com/", 7200),
+        ("https://example.com/", 7200),
+    ],
+)
 def test_google_api_audiences_are_recognised(aud: str, ttl: int) -> None:
     from vending.kinds import signed_jwt
 

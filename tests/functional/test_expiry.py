@@ -46,6 +46,7 @@ def expired_events(h: ServiceHarness) -> list[dict[str, Any]]:
 
 # -- expire_time boundary --------------------------------------------------------------------------
 
+
 def test_sixty_second_token_is_active_then_expired_with_and_without_sweep(any_harness: ServiceHarness) -> None:
     h = any_harness
     with freeze_time(T0) as frozen:
@@ -81,11 +82,18 @@ def test_sweep_summary_counts_live_credentials(harness: ServiceHarness) -> None:
 
 # -- reservation timeout ------------------------------------------------------------------------------
 
+
 def reserve(h: ServiceHarness, *, max_lifetime_s: int = 900) -> str:
     issuance_id = ledger.new_id()
-    h.service.ledger.reserve(issuance_id, access_grant(), reason=None, details={},
-                             reserved_until=clock.now() + _dt.timedelta(seconds=max_lifetime_s),
-                             replay_key=None, replay_until=None)
+    h.service.ledger.reserve(
+        issuance_id,
+        access_grant(),
+        reason=None,
+        details={},
+        reserved_until=clock.now() + _dt.timedelta(seconds=max_lifetime_s),
+        replay_key=None,
+        replay_until=None,
+    )
     return issuance_id
 
 
@@ -119,6 +127,7 @@ def test_unconfirmed_expires_at_reserved_until(harness: ServiceHarness, offset: 
 
 
 # -- requests and replay records --------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("offset,expected", [(-1, "ACTIVE"), (0, "EXPIRED"), (1, "EXPIRED")])
 def test_sweep_expires_requests_at_window_end(any_harness: ServiceHarness, offset: int, expected: str) -> None:
@@ -159,17 +168,31 @@ def test_sweep_deletes_used_jti_only_once_the_token_is_no_longer_accepted(any_ha
 
 # -- concurrency and scale --------------------------------------------------------------------------
 
+
 def seed(h: ServiceHarness, *, history: int, due: int, now: _dt.datetime) -> None:
     """``history`` long-expired records and ``due`` active records past their expiry."""
     writes = []
     for i in range(history + due):
         is_due = i >= history
         created = now - _dt.timedelta(hours=2, seconds=i)
-        writes.append(Create(ISSUANCES, ledger.new_id(), {
-            "kind": "access_token", "state": "active" if is_due else "expired", "principal": CI_SUBJECT,
-            "service_account": DEMO_SA if i % 2 else PROD_SA, "entitlement": "deploy", "created_at": created,
-            "expire_time": now - _dt.timedelta(seconds=1 + i % 50), "reserved_until": created,
-            "break_glass": False, "purge_at": now + _dt.timedelta(days=90)}))
+        writes.append(
+            Create(
+                ISSUANCES,
+                ledger.new_id(),
+                {
+                    "kind": "access_token",
+                    "state": "active" if is_due else "expired",
+                    "principal": CI_SUBJECT,
+                    "service_account": DEMO_SA if i % 2 else PROD_SA,
+                    "entitlement": "deploy",
+                    "created_at": created,
+                    "expire_time": now - _dt.timedelta(seconds=1 + i % 50),
+                    "reserved_until": created,
+                    "break_glass": False,
+                    "purge_at": now + _dt.timedelta(days=90),
+                },
+            )
+        )
         if len(writes) == 500:
             h.store.write(writes)
             writes = []
@@ -239,6 +262,7 @@ def test_two_sweeps_at_once_expire_each_record_once(any_harness: ServiceHarness)
 
 # -- GET /v1/issuances ---------------------------------------------------------------------------
 
+
 def test_listing_filters_pagination_and_no_token(any_harness: ServiceHarness) -> None:
     h = any_harness
     tokens = []
@@ -276,12 +300,18 @@ def test_callers_list_only_their_own(harness: ServiceHarness) -> None:
     assert (denied.status_code, denied.get_json()["error"]["reason"]) == (403, "not-a-reader")
 
 
-@pytest.mark.parametrize("query,why", [
-    ({"state": "alive"}, "invalid-state"), ({"since": "yesterday"}, "invalid-since"),
-    ({"page_size": "0"}, "invalid-page-size"), ({"page_size": "501"}, "invalid-page-size"),
-    ({"page_token": "garbage!"}, "invalid-page-token"), ({"colour": "red"}, "unknown-field"),
-    ({"service_account": "nope"}, "invalid-service-account"),
-])
+@pytest.mark.parametrize(
+    "query,why",
+    [
+        ({"state": "alive"}, "invalid-state"),
+        ({"since": "yesterday"}, "invalid-since"),
+        ({"page_size": "0"}, "invalid-page-size"),
+        ({"page_size": "501"}, "invalid-page-size"),
+        ({"page_token": "garbage!"}, "invalid-page-token"),
+        ({"colour": "red"}, "unknown-field"),
+        ({"service_account": "nope"}, "invalid-service-account"),
+    ],
+)
 def test_listing_bad_queries(harness: ServiceHarness, query: dict[str, str], why: str) -> None:
     resp = harness.get("/v1/issuances", subject="auditor@example.com", query=query)
     assert (resp.status_code, resp.get_json()["error"]["reason"]) == (400, why)
@@ -294,10 +324,13 @@ def test_unknown_issuance(harness: ServiceHarness) -> None:
 
 # -- entry points -----------------------------------------------------------------------------------
 
+
 def test_sweep_expired_entry_point(harness: ServiceHarness) -> None:
     seed(harness, history=0, due=3, now=clock.now())
-    event = CloudEvent({"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//scheduler",
-                        "id": "1"}, {"message": {"data": ""}})
+    event = CloudEvent(
+        {"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//scheduler", "id": "1"},
+        {"message": {"data": ""}},
+    )
     main.sweep_expired(event)
     assert len(expired_events(harness)) == 3
 
@@ -308,15 +341,33 @@ def test_sweep_command_on_the_embedded_store(tmp_path: Path) -> None:
     db = tmp_path / "vending.db"
     store = SqliteStore(str(db))
     now = clock.now()
-    store.write([Create(ISSUANCES, "b" * 32, {
-        "kind": "access_token", "state": "active", "principal": CI_SUBJECT, "service_account": DEMO_SA,
-        "created_at": now - _dt.timedelta(minutes=2), "expire_time": now - _dt.timedelta(minutes=1),
-        "break_glass": False})])
+    store.write(
+        [
+            Create(
+                ISSUANCES,
+                "b" * 32,
+                {
+                    "kind": "access_token",
+                    "state": "active",
+                    "principal": CI_SUBJECT,
+                    "service_account": DEMO_SA,
+                    "created_at": now - _dt.timedelta(minutes=2),
+                    "expire_time": now - _dt.timedelta(minutes=1),
+                    "break_glass": False,
+                },
+            )
+        ]
+    )
     store.close()
-    env = {**os.environ, "VENDING_STORE": f"sqlite:{db}", "VENDING_CONFIG": "config/example.yaml",
-           "VENDING_EVENTS_FILE": str(tmp_path / "events.jsonl")}
-    out = subprocess.run([sys.executable, "-m", "vending", "sweep"], env=env, capture_output=True, text=True,
-                         timeout=60, check=True)
+    env = {
+        **os.environ,
+        "VENDING_STORE": f"sqlite:{db}",
+        "VENDING_CONFIG": "config/example.yaml",
+        "VENDING_EVENTS_FILE": str(tmp_path / "events.jsonl"),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "vending", "sweep"], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
     summary = json.loads(out.stdout)
     assert summary["counts"]["issuances_expired_from_active"] == 1
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]

@@ -69,17 +69,31 @@ class Copy:
         return re.sub(r"127\.0\.0\.1:(808[0-3])\b", lambda m: f"127.0.0.1:{use[m.group(1)]}", text)
 
     def bash(self, script: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=self.root, env={**self.env, **extra},
-                              capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=self.root,
+            env={**self.env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def serve_argv(self, ports: dict[str, int]) -> list[str]:
         """``vending serve`` as ``make run`` runs it (``.venv/bin/python -m vending serve ARGS``)."""
-        return [sys.executable, "-m", "vending", "serve", *(x for k in DEFAULT_PORTS for x in (FLAGS[k], str(ports[k])))]
+        return [
+            sys.executable,
+            "-m",
+            "vending",
+            "serve",
+            *(x for k in DEFAULT_PORTS for x in (FLAGS[k], str(ports[k]))),
+        ]
 
     def policy_for(self, ports: dict[str, int], name: str) -> str:
         """A copy of the example policy for another launcher on ``ports``; its path relative to the root."""
-        original = subprocess.run(["git", "show", "HEAD:config/example.yaml"], cwd=self.root, capture_output=True,
-                                  text=True, check=True).stdout
+        original = subprocess.run(
+            ["git", "show", "HEAD:config/example.yaml"], cwd=self.root, capture_output=True, text=True, check=True
+        ).stdout
         (self.root / "config" / name).write_text(self.rewrite(original, ports))
         return f"config/{name}"
 
@@ -91,8 +105,11 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Copy:
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(root)], check=True, timeout=120)
     (root / ".venv").symlink_to(REPO / ".venv")  # the copy's code, this checkout's installed packages
     (base / "run").mkdir(mode=0o700)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("VENDING_", "FIRESTORE_", "PUBSUB_", "GITHUB_", "ACTIONS_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("VENDING_", "FIRESTORE_", "PUBSUB_", "GITHUB_", "ACTIONS_"))
+    }
     env.update(PYTHONPATH=str(root), XDG_RUNTIME_DIR=str(base / "run"))
     copy = Copy(root, env, dict(zip(DEFAULT_PORTS, free_ports(4), strict=True)))
     policy = root / "config" / "example.yaml"
@@ -107,9 +124,15 @@ class Launcher:
         self.ports = ports
         self.lines: list[str] = []
         self.ready = threading.Event()
-        self.proc = subprocess.Popen(copy.serve_argv(ports), cwd=copy.root, env={**copy.env, **env},
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            copy.serve_argv(ports),
+            cwd=copy.root,
+            env={**copy.env, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -172,6 +195,7 @@ def _gone(processes: list[psutil.Process]) -> bool:
 
 # -- the README as written ---------------------------------------------------------------------
 
+
 def test_the_readme_calls_the_client_one_way_and_saves_no_credential(fresh: Copy) -> None:
     text = (fresh.root / "README.md").read_text()
     blocks = re.findall(r"(<!-- client-doc-test: ([a-z-]+) -->\n)?```(?:console|bash|sh)\n(.*?)```", text, re.DOTALL)
@@ -202,8 +226,12 @@ def test_quick_start_and_credential_blocks_run_as_written(fresh: Copy, served: L
     kinds = [b for b in _readme_blocks(fresh, "sh") if "curl -s -X POST" in b]
     assert len(kinds) == 3
     secrets = [first["access_token"]]
-    for block, field_name in ((quick, "access_token"), (kinds[0], "id_token"), (kinds[1], "signed_jwt"),
-                              (kinds[2], "signed_blob")):
+    for block, field_name in (
+        (quick, "access_token"),
+        (kinds[0], "id_token"),
+        (kinds[1], "signed_jwt"),
+        (kinds[2], "signed_blob"),
+    ):
         r = fresh.bash(fresh.rewrite(block))
         assert r.returncode == 0, (block, r.stderr)
         body = json.loads(r.stdout)
@@ -212,8 +240,13 @@ def test_quick_start_and_credential_blocks_run_as_written(fresh: Copy, served: L
         if field_name == "access_token":
             assert body["expires_in"] == 600  # "lifetime": "600s"
     # THEN nothing new is in the working tree but ignored local state, and no file there holds a credential
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=fresh.root,
-                            capture_output=True, text=True, check=True).stdout.splitlines()
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=fresh.root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     ours = (" M config/", "?? config/", "?? .venv")  # the rewritten ports, the other policies, the .venv link
     assert all(line.startswith(ours) for line in status), status
     for path in fresh.root.rglob("*"):
@@ -225,6 +258,7 @@ def test_quick_start_and_credential_blocks_run_as_written(fresh: Copy, served: L
 
 # -- the mistakes ---------------------------------------------------------------------------------
 
+
 def test_a_policy_typo_is_one_line_with_file_line_column_name_and_did_you_mean(fresh: Copy) -> None:
     # GIVEN the policy with max_lifetime misspelt in demo-deploy
     ports = dict(zip(DEFAULT_PORTS, free_ports(4), strict=True))
@@ -233,12 +267,18 @@ def test_a_policy_typo_is_one_line_with_file_line_column_name_and_did_you_mean(f
     assert "    max_lifetime: 900s\n" in text
     (fresh.root / path).write_text(text.replace("    max_lifetime: 900s\n", "    max_lifetme: 900s\n", 1))
     line = next(n for n, t in enumerate((fresh.root / path).read_text().splitlines(), 1) if "max_lifetme" in t)
-    expected = (f"{path}:{line}:5: entitlement 'demo-deploy': unknown key 'max_lifetme' "
-                "(did you mean 'max_lifetime'?)\n")
+    expected = f"{path}:{line}:5: entitlement 'demo-deploy': unknown key 'max_lifetme' (did you mean 'max_lifetime'?)\n"
     # WHEN the service is started, and when a caller token is asked for
     start = time.monotonic()
-    serve = subprocess.run(fresh.serve_argv(ports), cwd=fresh.root, env={**fresh.env, "VENDING_CONFIG": path},
-                           capture_output=True, text=True, timeout=60, check=False)
+    serve = subprocess.run(
+        fresh.serve_argv(ports),
+        cwd=fresh.root,
+        env={**fresh.env, "VENDING_CONFIG": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     elapsed = time.monotonic() - start
     token = fresh.bash(f".venv/bin/vending dev-token --subject {CI_SUBJECT}", VENDING_CONFIG=path)
     # THEN each says it in one line, printed once, exit 2, at once, and nothing was started
@@ -252,8 +292,15 @@ def test_a_bad_setting_is_one_line_printed_once_and_nothing_starts(fresh: Copy) 
     ports = dict(zip(DEFAULT_PORTS, free_ports(4), strict=True))
     path = fresh.policy_for(ports, "setting.yaml")
     start = time.monotonic()
-    r = subprocess.run(fresh.serve_argv(ports), cwd=fresh.root, capture_output=True, text=True, timeout=60,
-                       env={**fresh.env, "VENDING_CONFIG": path, "VENDING_IAM_TIMEOUT": "soon"}, check=False)
+    r = subprocess.run(
+        fresh.serve_argv(ports),
+        cwd=fresh.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**fresh.env, "VENDING_CONFIG": path, "VENDING_IAM_TIMEOUT": "soon"},
+        check=False,
+    )
     assert (r.returncode, r.stderr, r.stdout) == (2, "VENDING_IAM_TIMEOUT: 'soon' is not a number\n", "")
     assert time.monotonic() - start < 20  # no wait for a service that will never answer
     assert not any(listening(p) for p in ports.values())
@@ -268,8 +315,15 @@ def test_a_busy_port_is_named_with_the_flag_that_moves_it(fresh: Copy, default: 
         other.bind(("127.0.0.1", ports[default]))
         other.listen()
         # WHEN the service is started
-        r = subprocess.run(fresh.serve_argv(ports), cwd=fresh.root, env={**fresh.env, "VENDING_CONFIG": path},
-                           capture_output=True, text=True, timeout=60, check=False)
+        r = subprocess.run(
+            fresh.serve_argv(ports),
+            cwd=fresh.root,
+            env={**fresh.env, "VENDING_CONFIG": path},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     # THEN it says which port, which flag moves it, and how; nothing else was started
     flag = FLAGS[default]
     assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr, r.stderr
@@ -283,14 +337,25 @@ def test_issuances_json_into_head_ends_without_a_traceback(fresh: Copy, served: 
     url = f"http://127.0.0.1:{fresh.ports['8080']}"
     env = {"VENDING_URL": url}
     for _ in range(3):
-        r = fresh.bash(".venv/bin/vending token --service-account demo-deployer@local-project.iam.gserviceaccount.com "
-                       f"--id-token-command '.venv/bin/vending dev-token --subject {CI_SUBJECT}'", **env)
+        r = fresh.bash(
+            ".venv/bin/vending token --service-account demo-deployer@local-project.iam.gserviceaccount.com "
+            f"--id-token-command '.venv/bin/vending dev-token --subject {CI_SUBJECT}'",
+            **env,
+        )
         assert r.returncode == 0, r.stderr
     auditor = "--id-token-command '.venv/bin/vending dev-token --subject auditor@example.com'"
+
     # WHEN the listing goes into `head`, and into a reader that closes at once
     def shell(script: str) -> subprocess.CompletedProcess[str]:  # as typed at a prompt: no pipefail
-        return subprocess.run(["bash", "-c", script], cwd=fresh.root, env={**fresh.env, **env},
-                              capture_output=True, text=True, timeout=60, check=False)
+        return subprocess.run(
+            ["bash", "-c", script],
+            cwd=fresh.root,
+            env={**fresh.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     head = shell(f".venv/bin/vending issuances --format json {auditor} | head -n 2")
     closed = shell(f'.venv/bin/vending issuances --format json {auditor} | :; echo "exit ${{PIPESTATUS[0]}}"')
@@ -302,6 +367,7 @@ def test_issuances_json_into_head_ends_without_a_traceback(fresh: Copy, served: 
 
 
 # -- how it ends ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
 def test_closing_the_terminal_or_a_kill_stops_every_process(fresh: Copy, signum: int) -> None:
@@ -332,8 +398,11 @@ def test_a_function_process_that_dies_stops_the_launcher_at_once(fresh: Copy) ->
     try:
         launcher.wait_ready()
         processes = launcher.processes()
-        vend_http = next(p for p in psutil.Process(launcher.proc.pid).children()
-                         if any(c.laddr.port == ports["8080"] for c in p.net_connections(kind="tcp")))
+        vend_http = next(
+            p
+            for p in psutil.Process(launcher.proc.pid).children()
+            if any(c.laddr.port == ports["8080"] for c in p.net_connections(kind="tcp"))
+        )
         # WHEN the vend_http function process dies
         os.killpg(vend_http.pid, signal.SIGKILL)
         start = time.monotonic()
@@ -352,20 +421,31 @@ def test_a_function_process_that_dies_stops_the_launcher_at_once(fresh: Copy) ->
 
 # -- make run, for real -------------------------------------------------------------------------------
 
+
 @pytest.mark.long
 def test_make_run_from_a_fresh_clone(tmp_path: Path) -> None:
     """Clone to first token with `make run` installing for real: the runtime only, in seconds."""
     root = tmp_path / "token-vending"
     ports = dict(zip(DEFAULT_PORTS, free_ports(4), strict=True))
-    copy = Copy(root, {k: v for k, v in os.environ.items()
-                       if not k.startswith(("VENDING_", "PYTHONPATH", "VIRTUAL_ENV"))}, ports)
+    copy = Copy(
+        root,
+        {k: v for k, v in os.environ.items() if not k.startswith(("VENDING_", "PYTHONPATH", "VIRTUAL_ENV"))},
+        ports,
+    )
     start = time.monotonic()
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(root)], check=True, timeout=120)
     policy = root / "config" / "example.yaml"
     policy.write_text(copy.rewrite(policy.read_text()))
     args = " ".join(x for k in DEFAULT_PORTS for x in (FLAGS[k], str(ports[k])))
-    proc = subprocess.Popen(["make", "run", f"ARGS={args}"], cwd=root, env=copy.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["make", "run", f"ARGS={args}"],
+        cwd=root,
+        env=copy.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     output = ""
     try:
         assert proc.stdout is not None

@@ -69,8 +69,12 @@ def issuances(h: ServiceHarness) -> dict[str, dict[str, Any]]:
 
 def bearer_works(h: ServiceHarness, access_token: str) -> bool:
     """Whether the stand-in accepts a minted access token as a bearer (it checks bearers on every API call)."""
-    resp = requests.post(h.standin.endpoint(DEMO_SA, "generateAccessToken"), timeout=5,
-                         headers={"Authorization": f"Bearer {access_token}"}, json={"scope": ["x"]})
+    resp = requests.post(
+        h.standin.endpoint(DEMO_SA, "generateAccessToken"),
+        timeout=5,
+        headers={"Authorization": f"Bearer {access_token}"},
+        json={"scope": ["x"]},
+    )
     return resp.status_code != 401
 
 
@@ -87,6 +91,7 @@ def factory(request: pytest.FixtureRequest) -> Any:
 
 # -- engaged under load ----------------------------------------------------------------------------------------
 
+
 def test_engage_during_20_concurrent_vends_leaves_no_credential_out(any_harness: ServiceHarness) -> None:
     """GIVEN 20 callers vending without pause (IAM answers in ~15 ms) / WHEN an operator engages the switch /
     THEN every vend that started after the engage answered is refused 403 target-disabled, every credential
@@ -94,7 +99,7 @@ def test_engage_during_20_concurrent_vends_leaves_no_credential_out(any_harness:
     h = any_harness
     h.standin.set_latency(15)
     answered, enough = threading.Event(), threading.Event()
-    results: list[tuple[bool, int, str, dict[str, Any]]] = []   # (started after the answer, status, reason, body)
+    results: list[tuple[bool, int, str, dict[str, Any]]] = []  # (started after the answer, status, reason, body)
     lock = threading.Lock()
 
     def caller() -> None:
@@ -165,6 +170,7 @@ def test_concurrent_engages_make_one_engagement_and_one_alert(any_harness: Servi
 
 # -- releasing ---------------------------------------------------------------------------------------------------
 
+
 def test_release_is_refused_while_tokens_live_and_allowed_at_safe_at(any_harness: ServiceHarness) -> None:
     """GIVEN a 600 s token and the switch engaged / WHEN released before, just before and at safe_at /
     THEN 409 release-not-safe naming the time twice, then RELEASED, not early, and vends work again."""
@@ -221,10 +227,13 @@ def test_release_early_needs_the_quorum_and_says_old_tokens_are_valid_again(any_
     assert bearer_works(h, token["access_token"])
     assert h.get(f"/v1/requests/{rid}", subject=AUDITOR).get_json()["state"] == "ENDED"
     # the request vends nothing, and a release request needs a kill switch operator
-    assert error(h.post("/v1/access-tokens", {"service_account": DEMO_SA, "request_id": rid},
-                        subject=KILL_SWITCH_OPERATOR)) == (403, "not-a-vend-request")
+    assert error(
+        h.post("/v1/access-tokens", {"service_account": DEMO_SA, "request_id": rid}, subject=KILL_SWITCH_OPERATOR)
+    ) == (403, "not-a-vend-request")
     assert error(h.post("/v1/requests", {"kill_switch": DEMO_SA, **WHY}, subject=APPROVERS[0])) == (
-        403, "not-a-kill-switch-operator")
+        403,
+        "not-a-kill-switch-operator",
+    )
 
 
 def test_the_asker_of_a_release_never_approves_it(make_harness: Any) -> None:
@@ -238,6 +247,7 @@ def test_the_asker_of_a_release_never_approves_it(make_harness: Any) -> None:
 
 
 # -- IAM failing ---------------------------------------------------------------------------------------------
+
 
 def test_iam_failing_mid_engage_is_recorded_and_a_retry_resumes(any_harness: ServiceHarness) -> None:
     """GIVEN a live token and IAM answering 503 to disable / WHEN engaged / THEN an error answer, the record
@@ -255,7 +265,11 @@ def test_iam_failing_mid_engage_is_recorded_and_a_retry_resumes(any_harness: Ser
     # THEN the failure is said, and said only
     assert error(failed) == (502, "iam-error") and "ENGAGE_FAILED" in failed.get_json()["error"]["message"]
     assert (ks_failed["state"], ks_failed["failure"], ks_failed["engaged_at"], ks_failed["revoked_at"]) == (
-        "ENGAGE_FAILED", "iam-error", None, None)
+        "ENGAGE_FAILED",
+        "iam-error",
+        None,
+        None,
+    )
     assert ks_failed["iam_disabled"] is False and ks_failed["vends_refused"] is True
     assert error(vend_meanwhile) == (403, "target-disabled")
     assert record_meanwhile["state"] == "active"
@@ -290,14 +304,19 @@ def test_a_failed_engage_whose_disable_landed_after_all_is_not_released(any_harn
     h.standin.set_fault(503, count=20, methods={"disable"})
     assert engage(h).status_code == 502
     h.standin.clear_faults()
-    requests.post(h.standin.endpoint(DEMO_SA, "disable"), json={}, timeout=5,
-                  headers={"Authorization": "Bearer local-vending-service-token"})
+    requests.post(
+        h.standin.endpoint(DEMO_SA, "disable"),
+        json={},
+        timeout=5,
+        headers={"Authorization": "Bearer local-vending-service-token"},
+    )
     refused = release(h, subject=AUDITOR)
     assert error(refused) == (409, "kill-switch-busy") and "engage again" in refused.get_json()["error"]["message"]
     assert status(h)["state"] == "ENGAGE_FAILED"
 
 
 # -- Pub/Sub ---------------------------------------------------------------------------------------------------
+
 
 def _bot_may_disable(raw: dict[str, Any]) -> None:
     raw["bots"][0]["actions"] = ["request", "approve", "deny", "revoke", "disable"]
@@ -309,8 +328,7 @@ def test_a_bot_message_delivered_three_times_engages_once(factory: Any) -> None:
     h = factory(edit=_bot_may_disable)
     h.vend()
     bot = Bot(h.standin.url, h.policy.bot_audience or "")
-    message = bot.message("disable", KILL_SWITCH_OPERATOR, service_account=DEMO_SA,
-                          justification="INC-13: from chat")
+    message = bot.message("disable", KILL_SWITCH_OPERATOR, service_account=DEMO_SA, justification="INC-13: from chat")
     for _ in range(3):
         main.handle_pubsub(cloud_event(message, message_id="m-1"))
     ks = status(h)
@@ -332,8 +350,9 @@ def test_a_bot_whose_actions_do_not_list_disable_engages_nothing(harness: Servic
     THEN nothing is engaged."""
     h = harness
     bot = Bot(h.standin.url, h.policy.bot_audience or "")
-    main.handle_pubsub(cloud_event(bot.message("disable", KILL_SWITCH_OPERATOR, service_account=DEMO_SA,
-                                               justification="INC-13")))
+    main.handle_pubsub(
+        cloud_event(bot.message("disable", KILL_SWITCH_OPERATOR, service_account=DEMO_SA, justification="INC-13"))
+    )
     assert status(h)["state"] == "NOT_ENGAGED" and h.standin.disabled == frozenset()
 
 
@@ -341,8 +360,9 @@ def test_a_bot_actor_who_is_no_operator_engages_nothing(make_harness: Any) -> No
     """GIVEN a bot allowed to send disable / WHEN the acting human is no operator / THEN nothing is engaged."""
     h = make_harness(edit=_bot_may_disable)
     bot = Bot(h.standin.url, h.policy.bot_audience or "")
-    main.handle_pubsub(cloud_event(bot.message("disable", "mallory@example.com", service_account=DEMO_SA,
-                                               justification="INC-13")))
+    main.handle_pubsub(
+        cloud_event(bot.message("disable", "mallory@example.com", service_account=DEMO_SA, justification="INC-13"))
+    )
     assert status(h)["state"] == "NOT_ENGAGED" and h.standin.disabled == frozenset()
 
 
@@ -365,6 +385,7 @@ def _two_issuers(other: TestIssuer) -> Any:
         raw["groups"] = {"approvers": ["ci/alice@example.com", "ci/bob@example.com", "ci/carol@example.com"]}
         raw["auditors"] = ["ci/auditor@example.com"]
         raw["bots"][0]["actor_issuer"] = "ci"
+
     return edit
 
 
@@ -376,7 +397,9 @@ def test_only_operators_and_auditors_use_the_switch(any_harness: ServiceHarness)
         assert error(h.get(f"{KS}/{DEMO_SA}", subject=subject)) == (403, "not-a-kill-switch-operator")
         assert error(release(h, subject=subject)) == (403, "not-a-kill-switch-operator")
     assert error(engage(h, sa="other@local-project.iam.gserviceaccount.com", subject=AUDITOR)) == (
-        404, "service-account-not-managed")
+        404,
+        "service-account-not-managed",
+    )
     assert "kill_switches" not in dump_store(h.store) and h.standin.disabled == frozenset()
 
 
@@ -399,6 +422,7 @@ def test_state_changing_calls_consume_the_caller_token(any_harness: ServiceHarne
 
 
 # -- what the switch costs a vend --------------------------------------------------------------------------------
+
 
 class CountingStore:
     """The store as the service sees it, counting reads per kind and timing them."""
@@ -423,8 +447,9 @@ class CountingStore:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("firestore", marks=pytest.mark.emulator)])
-def test_a_vend_reads_the_switch_twice_and_a_refused_one_once(request: pytest.FixtureRequest, backend: str,
-                                                               suite_figures: Any) -> None:
+def test_a_vend_reads_the_switch_twice_and_a_refused_one_once(
+    request: pytest.FixtureRequest, backend: str, suite_figures: Any
+) -> None:
     """GIVEN the service reading through a counting store / WHEN 20 vends succeed, then the switch is engaged and
     20 are refused / THEN exactly 2 kill switch reads per vend that succeeds, 1 per vend refused, and no other
     extra read; the cost of one read is printed (p50, p90), never asserted."""
@@ -453,6 +478,8 @@ def test_a_vend_reads_the_switch_twice_and_a_refused_one_once(request: pytest.Fi
     reads = sorted(counting.seconds["kill_switches"])
     p50, p90 = reads[len(reads) // 2] * 1000, reads[int(len(reads) * 0.9)] * 1000
     vend_p50 = {k: sorted(v)[len(v) // 2] * 1000 for k, v in timed.items()}
-    suite_figures.add(f"kill switch reads per vend ({backend}): 2 when it succeeds, 1 when refused; "
-                      f"one read p50 {p50:.2f} ms, p90 {p90:.2f} ms over {len(reads)} reads; vend p50 "
-                      f"{vend_p50['with the reads']:.1f} ms with them, {vend_p50['without']:.1f} ms without")
+    suite_figures.add(
+        f"kill switch reads per vend ({backend}): 2 when it succeeds, 1 when refused; "
+        f"one read p50 {p50:.2f} ms, p90 {p90:.2f} ms over {len(reads)} reads; vend p50 "
+        f"{vend_p50['with the reads']:.1f} ms with them, {vend_p50['without']:.1f} ms without"
+    )

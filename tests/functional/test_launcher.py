@@ -46,9 +46,27 @@ def test_serve_prints_a_command_that_vends_and_ctrl_c_stops_everything(workdir: 
     env["PYTHONPATH"] = str(REPO)
     # GIVEN `vending serve` started as `make run` does
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vending", "serve", "--port", str(ports["8080"]), "--iam-port", str(ports["8081"]),
-         "--issuer-port", str(ports["8082"]), "--pubsub-port", str(ports["8083"])],
-        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "vending",
+            "serve",
+            "--port",
+            str(ports["8080"]),
+            "--iam-port",
+            str(ports["8081"]),
+            "--issuer-port",
+            str(ports["8082"]),
+            "--pubsub-port",
+            str(ports["8083"]),
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     output = ""
     try:
         deadline = time.monotonic() + 60
@@ -60,8 +78,9 @@ def test_serve_prints_a_command_that_vends_and_ctrl_c_stops_everything(workdir: 
         assert "Press Ctrl-C to stop." in output, output
         # WHEN the printed command is run as-is
         command = next(line.strip() for line in output.splitlines() if line.strip().startswith("curl "))
-        result = subprocess.run(["bash", "-c", command], cwd=workdir, env=env, capture_output=True, text=True,
-                                timeout=60, check=False)
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=workdir, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
         # THEN it returns a token whose expire_time matches the requested lifetime (600 s)
         body = json.loads(result.stdout)
         assert body["token_type"] == "Bearer" and body["access_token"].startswith("ya29.")

@@ -52,8 +52,9 @@ def iam(server: IamStandIn) -> IamStandIn:
     return server
 
 
-def call(iam: IamStandIn, verb: str, email: str, method: str | None = None, *, token: str | None = TOKEN,
-         body: Any = None) -> requests.Response:
+def call(
+    iam: IamStandIn, verb: str, email: str, method: str | None = None, *, token: str | None = TOKEN, body: Any = None
+) -> requests.Response:
     url = f"{iam.url}/v1/projects/-/serviceAccounts/{email}" + (f":{method}" if method else "")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return requests.request(verb, url, headers=headers, json=body, timeout=5)
@@ -63,13 +64,19 @@ def mint(iam: IamStandIn, email: str, delegates: list[str] | None = None) -> req
     body: dict[str, Any] = {"scope": [CLOUD], "lifetime": "600s"}
     if delegates:
         body["delegates"] = [f"projects/-/serviceAccounts/{d}" for d in delegates]
-    return requests.post(iam.endpoint(email, "generateAccessToken"), json=body, timeout=5,
-                         headers={"Authorization": f"Bearer {TOKEN}"})
+    return requests.post(
+        iam.endpoint(email, "generateAccessToken"), json=body, timeout=5, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
 
 
 def admin(iam: IamStandIn, **kw: Any) -> IamAdmin:
-    return IamAdmin(iam.url, StaticToken(kw.pop("token", TOKEN)), timeout_s=kw.pop("timeout_s", 3.0),
-                    retries=kw.pop("retries", 2), backoff_s=0.001)
+    return IamAdmin(
+        iam.url,
+        StaticToken(kw.pop("token", TOKEN)),
+        timeout_s=kw.pop("timeout_s", 3.0),
+        retries=kw.pop("retries", 2),
+        backoff_s=0.001,
+    )
 
 
 def test_get_is_the_service_account_resource(iam: IamStandIn) -> None:
@@ -93,15 +100,23 @@ def test_disable_then_enable_round_trip(iam: IamStandIn) -> None:
     refused = mint(iam, DEMO)
     assert refused.status_code == 400 and refused.json()["error"]["status"] == "FAILED_PRECONDITION"
     assert DEMO in refused.json()["error"]["message"]
-    as_bearer = requests.post(iam.endpoint(PROD, "generateAccessToken"), json={"scope": [CLOUD]}, timeout=5,
-                              headers={"Authorization": f"Bearer {token}"})
+    as_bearer = requests.post(
+        iam.endpoint(PROD, "generateAccessToken"),
+        json={"scope": [CLOUD]},
+        timeout=5,
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert as_bearer.status_code == 401
     assert as_bearer.json()["error"]["details"][0]["reason"] == "ACCOUNT_STATE_INVALID"
     # WHEN enabled again  THEN the old token authenticates again (403: it holds no role, but it is accepted)
     assert call(iam, "POST", DEMO, "enable").json() == {}
     assert "disabled" not in call(iam, "GET", DEMO).json()
-    again = requests.post(iam.endpoint(PROD, "generateAccessToken"), json={"scope": [CLOUD]}, timeout=5,
-                          headers={"Authorization": f"Bearer {token}"})
+    again = requests.post(
+        iam.endpoint(PROD, "generateAccessToken"),
+        json={"scope": [CLOUD]},
+        timeout=5,
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert again.status_code == 403
     assert mint(iam, DEMO).status_code == 200
 
@@ -113,19 +128,23 @@ def test_a_disabled_delegate_breaks_the_chain(iam: IamStandIn) -> None:
     assert resp.status_code == 400 and HOP in resp.json()["error"]["message"]
 
 
-@pytest.mark.parametrize(("verb", "email", "method", "token", "status", "needle"), [
-    ("POST", GHOST, "disable", TOKEN, 404, "not found"),
-    ("GET", GHOST, None, TOKEN, 404, "not found"),
-    ("POST", PROD, "disable", TOKEN, 403, "iam.serviceAccounts.disable"),
-    ("POST", PROD, "enable", TOKEN, 403, "iam.serviceAccounts.enable"),
-    ("GET", PROD, None, TOKEN, 403, "iam.serviceAccounts.get"),
-    ("POST", DEMO, "disable", NOBODY, 403, "iam.serviceAccounts.disable"),
-    ("POST", DEMO, "disable", None, 401, "missing required authentication"),
-    ("GET", DEMO, "disable", TOKEN, 405, "POST"),
-    ("POST", DEMO, None, TOKEN, 405, "GET"),
-])
-def test_errors_have_the_google_envelope(iam: IamStandIn, verb: str, email: str, method: str | None,
-                                         token: str | None, status: int, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("verb", "email", "method", "token", "status", "needle"),
+    [
+        ("POST", GHOST, "disable", TOKEN, 404, "not found"),
+        ("GET", GHOST, None, TOKEN, 404, "not found"),
+        ("POST", PROD, "disable", TOKEN, 403, "iam.serviceAccounts.disable"),
+        ("POST", PROD, "enable", TOKEN, 403, "iam.serviceAccounts.enable"),
+        ("GET", PROD, None, TOKEN, 403, "iam.serviceAccounts.get"),
+        ("POST", DEMO, "disable", NOBODY, 403, "iam.serviceAccounts.disable"),
+        ("POST", DEMO, "disable", None, 401, "missing required authentication"),
+        ("GET", DEMO, "disable", TOKEN, 405, "POST"),
+        ("POST", DEMO, None, TOKEN, 405, "GET"),
+    ],
+)
+def test_errors_have_the_google_envelope(
+    iam: IamStandIn, verb: str, email: str, method: str | None, token: str | None, status: int, needle: str
+) -> None:
     resp = call(iam, verb, email, method, token=token)
     error = resp.json()["error"]
     assert (resp.status_code, error["code"]) == (status, status)
@@ -146,6 +165,7 @@ def test_reset_enables_every_account(iam: IamStandIn) -> None:
 
 
 # -- vending.iam_admin against the stand-in ------------------------------------------------------------
+
 
 def test_the_client_disables_reads_and_enables(iam: IamStandIn) -> None:
     client = admin(iam)

@@ -159,8 +159,12 @@ def call(
 ) -> requests.Response:
     auth = {"Authorization": f"Bearer {token}"} if token is not None else {}
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return http.post(server.endpoint(target, method), data=data,
-                     headers={**auth, "Content-Type": "application/json", **(headers or {})}, timeout=timeout)
+    return http.post(
+        server.endpoint(target, method),
+        data=data,
+        headers={**auth, "Content-Type": "application/json", **(headers or {})},
+        timeout=timeout,
+    )
 
 
 def error_of(response: requests.Response) -> dict[str, Any]:
@@ -235,7 +239,10 @@ def test_unique_id_is_derived_stably_from_the_email() -> None:
         (lambda d: d.update(extra=1), "unknown key(s) ['extra']"),
         (lambda d: d.update(project=""), "project: must be a non-empty string"),
         (lambda d: d.update(service_accounts=[{"email": "not-an-email"}]), "service_accounts[0].email"),
-        (lambda d: d.update(service_accounts=[{"email": DEPLOYER, "unique_id": "12"}]), "service_accounts[0].unique_id"),
+        (
+            lambda d: d.update(service_accounts=[{"email": DEPLOYER, "unique_id": "12"}]),
+            "service_accounts[0].unique_id",
+        ),
         (lambda d: d.update(service_accounts=[{"email": DEPLOYER}, {"email": DEPLOYER}]), "duplicate service account"),
         (lambda d: d.update(token_creators={RUNTIME: [sa("ghost")]}), "is not listed under service_accounts"),
         (lambda d: d.update(token_creators={RUNTIME: DEPLOYER}), "must be a list"),
@@ -314,7 +321,11 @@ def test_command_line_entry_point_serves_the_policy_file() -> None:
     # GIVEN the module started as a process on a free port
     proc = subprocess.Popen(
         [sys.executable, "-m", "vending.local.iamcredentials", "--policy", "config/local-iam.yaml", "--port", "0"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
@@ -323,7 +334,9 @@ def test_command_line_entry_point_serves_the_policy_file() -> None:
         # WHEN it is asked for a token over HTTP, then sent SIGTERM
         response = requests.post(
             f"{url}/v1/projects/-/serviceAccounts/{DEPLOYER}:generateAccessToken",
-            json={"scope": [CLOUD_PLATFORM]}, headers={"Authorization": f"Bearer {SERVICE_TOKEN}"}, timeout=10,
+            json={"scope": [CLOUD_PLATFORM]},
+            headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
+            timeout=10,
         )
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=10)
@@ -346,7 +359,11 @@ def test_command_line_rejects_a_bad_policy_file(tmp_path: Path) -> None:
     # WHEN the module is started with it
     result = subprocess.run(
         [sys.executable, "-m", "vending.local.iamcredentials", "--policy", str(bad), "--port", "0"],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
     # THEN it exits 2 naming the file and the key
@@ -394,14 +411,25 @@ def test_unknown_target_is_404_gaia_id_not_found(server: IamStandIn, http: reque
     ghost = sa("ghost")
 
     # WHEN any method targets it
-    response = call(http, server, method, ghost, {"scope": [CLOUD_PLATFORM]} if method == "generateAccessToken" else
-                    {"audience": "a"} if method == "generateIdToken" else {"payload": "e30="})
+    response = call(
+        http,
+        server,
+        method,
+        ghost,
+        {"scope": [CLOUD_PLATFORM]}
+        if method == "generateAccessToken"
+        else {"audience": "a"}
+        if method == "generateIdToken"
+        else {"payload": "e30="},
+    )
 
     # THEN 404 with the verbatim Gaia text
     assert_error(response, 404, "NOT_FOUND", f"Not found; Gaia id not found for email {ghost}")
 
 
-def test_percent_encoded_email_numeric_id_and_query_params_are_accepted(server: IamStandIn, http: requests.Session) -> None:
+def test_percent_encoded_email_numeric_id_and_query_params_are_accepted(
+    server: IamStandIn, http: requests.Session
+) -> None:
     # GIVEN the target named three ways, with the query params GAPIC REST adds
     headers = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
     urls = [
@@ -449,8 +477,11 @@ def test_chunked_request_body_is_read(server: IamStandIn, http: requests.Session
         yield b'auth/cloud-platform"], "lifetime": "60s"}'
 
     # WHEN it is posted, then a second request reuses the session
-    response = http.post(server.endpoint(DEPLOYER, "generateAccessToken"), data=chunks(),
-                         headers={"Authorization": f"Bearer {SERVICE_TOKEN}", "Content-Type": "application/json"})
+    response = http.post(
+        server.endpoint(DEPLOYER, "generateAccessToken"),
+        data=chunks(),
+        headers={"Authorization": f"Bearer {SERVICE_TOKEN}", "Content-Type": "application/json"},
+    )
     again = call(http, server, "signBlob", DEPLOYER, {"payload": "aGk="})
 
     # THEN both succeed
@@ -468,7 +499,9 @@ def test_unknown_json_field_is_400_with_google_text(server: IamStandIn, http: re
     response = call(http, server, method, DEPLOYER, {"foo": 1})
 
     # THEN 400 with the verbatim text and a BadRequest detail
-    error = assert_error(response, 400, "INVALID_ARGUMENT", 'Invalid JSON payload received. Unknown name "foo": Cannot find field.')
+    error = assert_error(
+        response, 400, "INVALID_ARGUMENT", 'Invalid JSON payload received. Unknown name "foo": Cannot find field.'
+    )
     assert error["details"][0]["@type"] == "type.googleapis.com/google.rpc.BadRequest"
 
 
@@ -479,7 +512,12 @@ def test_use_email_azp_is_accepted_only_by_generate_id_token(server: IamStandIn,
 
     # THEN only generateIdToken knows the field
     assert id_response.status_code == 200
-    assert_error(at_response, 400, "INVALID_ARGUMENT", 'Invalid JSON payload received. Unknown name "useEmailAzp": Cannot find field.')
+    assert_error(
+        at_response,
+        400,
+        "INVALID_ARGUMENT",
+        'Invalid JSON payload received. Unknown name "useEmailAzp": Cannot find field.',
+    )
 
 
 @pytest.mark.parametrize(
@@ -488,11 +526,18 @@ def test_use_email_azp_is_accepted_only_by_generate_id_token(server: IamStandIn,
         ("{not json", "Invalid JSON payload received. Unexpected token."),
         ("[1, 2]", "Invalid JSON payload received. Expected an object."),
         ({"scope": CLOUD_PLATFORM}, f"Invalid value at 'scope' (TYPE_STRING), \"{CLOUD_PLATFORM}\""),
-        ({"scope": [CLOUD_PLATFORM], "lifetime": 300}, "Invalid value at 'lifetime' (type.googleapis.com/google.protobuf.Duration), 300"),
-        ({"scope": [CLOUD_PLATFORM], "lifetime": "1h"},
-         "Invalid value at 'lifetime' (type.googleapis.com/google.protobuf.Duration), \"1h\""),
-        ({"scope": [CLOUD_PLATFORM], "lifetime": "1.0000000001s"},
-         "Invalid value at 'lifetime' (type.googleapis.com/google.protobuf.Duration), \"1.0000000001s\""),
+        (
+            {"scope": [CLOUD_PLATFORM], "lifetime": 300},
+            "Invalid value at 'lifetime' (type.googleapis.com/google.protobuf.Duration), 300",
+        ),
+        (
+            {"scope": [CLOUD_PLATFORM], "lifetime": "1h"},
+            "Invalid value at 'lifetime' (type.googleapis.com/google.protobuf.Duration), \"1h\"",
+        ),
+        (
+            {"scope": [CLOUD_PLATFORM], "lifetime": "1.0000000001s"},
+            "Invalid value at 'lifetime' (type.googleapis.com/google.protobuf.Duration), \"1.0000000001s\"",
+        ),
         ({"scope": [CLOUD_PLATFORM], "delegates": "x"}, "Invalid value at 'delegates' (TYPE_STRING), \"x\""),
     ],
 )
@@ -535,28 +580,41 @@ def test_string_booleans_are_accepted_and_bad_booleans_rejected(server: IamStand
 
 
 @pytest.mark.parametrize("method", sorted(PERMISSIONS))
-def test_caller_without_token_creator_is_403_with_verbatim_text(server: IamStandIn, http: requests.Session, method: str) -> None:
+def test_caller_without_token_creator_is_403_with_verbatim_text(
+    server: IamStandIn, http: requests.Session, method: str
+) -> None:
     # GIVEN a known caller with no grant on the target
-    body = {"scope": [CLOUD_PLATFORM]} if method == "generateAccessToken" else \
-        {"audience": "a"} if method == "generateIdToken" else {"payload": "e30="}
+    body = (
+        {"scope": [CLOUD_PLATFORM]}
+        if method == "generateAccessToken"
+        else {"audience": "a"}
+        if method == "generateIdToken"
+        else {"payload": "e30="}
+    )
 
     # WHEN it calls the method
     response = call(http, server, method, DEPLOYER, body, token=NOBODY_TOKEN)
 
     # THEN 403 with the method's permission in the text and the ErrorInfo
     permission = PERMISSIONS[method]
-    error = assert_error(response, 403, "PERMISSION_DENIED", f"Permission '{permission}' denied on resource (or it may not exist).")
+    error = assert_error(
+        response, 403, "PERMISSION_DENIED", f"Permission '{permission}' denied on resource (or it may not exist)."
+    )
     info = error_info(error)
-    assert (info["reason"], info["domain"], info["metadata"]) == ("IAM_PERMISSION_DENIED", "iam.googleapis.com", {"permission": permission})
+    assert (info["reason"], info["domain"], info["metadata"]) == (
+        "IAM_PERMISSION_DENIED",
+        "iam.googleapis.com",
+        {"permission": permission},
+    )
     assert server.minted == []
 
 
 @pytest.mark.parametrize(
     ("delegates", "target"),
     [
-        ([HOP], PROD),                                                        # bare email
-        ([f"projects/-/serviceAccounts/{HOP}"], PROD),                        # resource name
-        ([HOP, f"projects/-/serviceAccounts/{HOP2}"], DEPLOYER),              # two hops
+        ([HOP], PROD),  # bare email
+        ([f"projects/-/serviceAccounts/{HOP}"], PROD),  # resource name
+        ([HOP, f"projects/-/serviceAccounts/{HOP2}"], DEPLOYER),  # two hops
     ],
 )
 def test_delegation_chain_with_every_hop_granted_succeeds(
@@ -564,8 +622,9 @@ def test_delegation_chain_with_every_hop_granted_succeeds(
 ) -> None:
     # GIVEN ci-runner -> delegates -> target, each hop holding Token Creator on the next
     # WHEN ci-runner asks for an access token of the target through the chain
-    response = call(http, server, "generateAccessToken", target, {"scope": [CLOUD_PLATFORM], "delegates": delegates},
-                    token=CI_TOKEN)
+    response = call(
+        http, server, "generateAccessToken", target, {"scope": [CLOUD_PLATFORM], "delegates": delegates}, token=CI_TOKEN
+    )
 
     # THEN it is minted and recorded with the canonical delegate names
     assert response.status_code == 200, response.text
@@ -589,22 +648,37 @@ def test_delegation_chain_with_a_missing_hop_is_403(
 ) -> None:
     # GIVEN a chain with one hop lacking Token Creator (see ``why``)
     body: dict[str, Any] = {"delegates": delegates}
-    body.update({"scope": [CLOUD_PLATFORM]} if method == "generateAccessToken" else
-                {"audience": "a"} if method == "generateIdToken" else {"payload": "e30="})
+    body.update(
+        {"scope": [CLOUD_PLATFORM]}
+        if method == "generateAccessToken"
+        else {"audience": "a"}
+        if method == "generateIdToken"
+        else {"payload": "e30="}
+    )
 
     # WHEN ci-runner calls through it
     response = call(http, server, method, target, body, token=CI_TOKEN)
 
     # THEN 403 naming the method's permission, and nothing is minted
-    assert_error(response, 403, "PERMISSION_DENIED", f"Permission '{PERMISSIONS[method]}' denied on resource (or it may not exist).")
+    assert_error(
+        response,
+        403,
+        "PERMISSION_DENIED",
+        f"Permission '{PERMISSIONS[method]}' denied on resource (or it may not exist).",
+    )
     assert server.minted == []
 
 
 def test_unknown_or_malformed_delegate_is_rejected(server: IamStandIn, http: requests.Session) -> None:
     # GIVEN a delegate that does not exist and one with a project id instead of "-"
     ghost = call(http, server, "generateAccessToken", PROD, {"scope": [CLOUD_PLATFORM], "delegates": [sa("ghost")]})
-    project = call(http, server, "generateAccessToken", PROD,
-                   {"scope": [CLOUD_PLATFORM], "delegates": [f"projects/{PROJECT}/serviceAccounts/{HOP}"]})
+    project = call(
+        http,
+        server,
+        "generateAccessToken",
+        PROD,
+        {"scope": [CLOUD_PLATFORM], "delegates": [f"projects/{PROJECT}/serviceAccounts/{HOP}"]},
+    )
 
     # THEN 404 (like an unknown target) and 400
     assert_error(ghost, 404, "NOT_FOUND", f"Not found; Gaia id not found for email {sa('ghost')}")
@@ -642,11 +716,15 @@ def test_caller_added_at_runtime_is_recognised(server: IamStandIn, http: request
 def test_minted_access_token_authenticates_as_its_service_account(server: IamStandIn, http: requests.Session) -> None:
     # GIVEN an access token of delegate-hop (which holds Token Creator on prod-admin), and one without cloud-platform
     hop_token = call(http, server, "generateAccessToken", HOP, {"scope": [CLOUD_PLATFORM]}).json()["accessToken"]
-    narrow = call(http, server, "generateAccessToken", HOP, {"scope": ["https://www.googleapis.com/auth/devstorage.read_only"]})
+    narrow = call(
+        http, server, "generateAccessToken", HOP, {"scope": ["https://www.googleapis.com/auth/devstorage.read_only"]}
+    )
 
     # WHEN each is used as the bearer to mint for prod-admin
     allowed = call(http, server, "generateAccessToken", PROD, {"scope": [CLOUD_PLATFORM]}, token=hop_token)
-    scoped_out = call(http, server, "generateAccessToken", PROD, {"scope": [CLOUD_PLATFORM]}, token=narrow.json()["accessToken"])
+    scoped_out = call(
+        http, server, "generateAccessToken", PROD, {"scope": [CLOUD_PLATFORM]}, token=narrow.json()["accessToken"]
+    )
 
     # THEN the first acts as delegate-hop, the second lacks the scope
     assert allowed.status_code == 200
@@ -726,7 +804,9 @@ def test_lifetime_within_limits_sets_expire_time(
         (LONG, "43201s", TOO_LONG.format(LONG)),
     ],
 )
-def test_lifetime_out_of_limits_is_400(server: IamStandIn, http: requests.Session, target: str, lifetime: str, message: str) -> None:
+def test_lifetime_out_of_limits_is_400(
+    server: IamStandIn, http: requests.Session, target: str, lifetime: str, message: str
+) -> None:
     # GIVEN a lifetime of zero or above the target's maximum (3600 s, or 43200 s with the extension)
     # WHEN an access token is requested
     response = call(http, server, "generateAccessToken", target, {"scope": [CLOUD_PLATFORM], "lifetime": lifetime})
@@ -760,7 +840,9 @@ def test_google_auth_impersonated_credentials_surface_403_as_refresh_error(serve
     # GIVEN impersonated credentials for a caller without a grant
     creds = impersonated_credentials.Credentials(
         source_credentials=google.oauth2.credentials.Credentials(token=NOBODY_TOKEN),
-        target_principal=DEPLOYER, target_scopes=[CLOUD_PLATFORM], lifetime=500,
+        target_principal=DEPLOYER,
+        target_scopes=[CLOUD_PLATFORM],
+        lifetime=500,
         iam_endpoint_override=server.endpoint(DEPLOYER, "generateAccessToken"),
     )
 
@@ -773,17 +855,26 @@ def test_google_auth_impersonated_credentials_surface_403_as_refresh_error(serve
     assert json.loads(caught.value.args[1])["error"]["status"] == "PERMISSION_DENIED"
 
 
-def test_google_auth_sign_bytes_and_id_token_credentials_work(server: IamStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_google_auth_sign_bytes_and_id_token_credentials_work(
+    server: IamStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # GIVEN google-auth's signBlob and generateIdToken endpoint templates pointed at the stand-in
-    monkeypatch.setattr(google.auth.iam, "_IAM_SIGN_ENDPOINT", f"{server.url}/v1/projects/-/serviceAccounts/{{}}:signBlob")
-    monkeypatch.setattr(google.auth.iam, "_IAM_IDTOKEN_ENDPOINT",
-                        f"{server.url}/v1/projects/-/serviceAccounts/{{}}:generateIdToken")
+    monkeypatch.setattr(
+        google.auth.iam, "_IAM_SIGN_ENDPOINT", f"{server.url}/v1/projects/-/serviceAccounts/{{}}:signBlob"
+    )
+    monkeypatch.setattr(
+        google.auth.iam, "_IAM_IDTOKEN_ENDPOINT", f"{server.url}/v1/projects/-/serviceAccounts/{{}}:generateIdToken"
+    )
     target = impersonated_credentials.Credentials(
         source_credentials=google.oauth2.credentials.Credentials(token=SERVICE_TOKEN),
-        target_principal=BOT, target_scopes=[CLOUD_PLATFORM], lifetime=500,
+        target_principal=BOT,
+        target_scopes=[CLOUD_PLATFORM],
+        lifetime=500,
         iam_endpoint_override=server.endpoint(BOT, "generateAccessToken"),
     )
-    id_creds = impersonated_credentials.IDTokenCredentials(target, target_audience="https://svc.example", include_email=True)
+    id_creds = impersonated_credentials.IDTokenCredentials(
+        target, target_audience="https://svc.example", include_email=True
+    )
 
     # WHEN google-auth signs bytes and fetches an ID token
     signature = target.sign_bytes(b"message")
@@ -806,8 +897,12 @@ def test_id_token_verifies_against_the_oauth_certs(server: IamStandIn, http: req
     token = response.json()["token"]
 
     # WHEN it is verified with google-auth against /oauth2/v1/certs
-    claims = id_token.verify_token(token, google.auth.transport.requests.Request(), audience="https://svc.example",
-                                   certs_url=server.oauth_certs_url)
+    claims = id_token.verify_token(
+        token,
+        google.auth.transport.requests.Request(),
+        audience="https://svc.example",
+        certs_url=server.oauth_certs_url,
+    )
 
     # THEN the claims are Google's: numeric sub/azp, 1 h, no email
     assert set(response.json()) == {"token"}
@@ -823,8 +918,9 @@ def test_id_token_verifies_against_the_oauth_certs(server: IamStandIn, http: req
 
 def test_id_token_with_email_and_email_azp_verifies_with_pyjwt_jwks(server: IamStandIn, http: requests.Session) -> None:
     # GIVEN an ID token with includeEmail and useEmailAzp
-    token = call(http, server, "generateIdToken", PROD,
-                 {"audience": "aud-1", "includeEmail": True, "useEmailAzp": True}).json()["token"]
+    token = call(
+        http, server, "generateIdToken", PROD, {"audience": "aud-1", "includeEmail": True, "useEmailAzp": True}
+    ).json()["token"]
 
     # WHEN it is verified with PyJWT against /oauth2/v3/certs (JWKS)
     key = pyjwt.PyJWKClient(f"{server.url}/oauth2/v3/certs").get_signing_key_from_jwt(token)
@@ -863,7 +959,9 @@ def test_id_token_without_audience_is_400(server: IamStandIn, http: requests.Ses
 def test_signed_jwt_verifies_with_google_auth_x509_and_pyjwt_jwk(server: IamStandIn, http: requests.Session) -> None:
     # GIVEN a claim set with iat and exp
     now = int(time.time())
-    payload = json.dumps({"iss": DEPLOYER, "aud": "https://example.test", "iat": now, "exp": now + 600, "x": [1, "two"]})
+    payload = json.dumps(
+        {"iss": DEPLOYER, "aud": "https://example.test", "iat": now, "exp": now + 600, "x": [1, "two"]}
+    )
 
     # WHEN signJwt signs it
     response = call(http, server, "signJwt", DEPLOYER, {"payload": payload})
@@ -875,7 +973,9 @@ def test_signed_jwt_verifies_with_google_auth_x509_and_pyjwt_jwk(server: IamStan
     claims = google.auth.jwt.decode(signed, certs=certs, audience="https://example.test")
     assert claims == json.loads(payload)
     jwk_key = pyjwt.PyJWKClient(server.jwk_url(DEPLOYER)).get_signing_key_from_jwt(signed)
-    assert pyjwt.decode(signed, jwk_key.key, algorithms=["RS256"], audience="https://example.test") == json.loads(payload)
+    assert pyjwt.decode(signed, jwk_key.key, algorithms=["RS256"], audience="https://example.test") == json.loads(
+        payload
+    )
     header, _ = jwt_parts(signed)
     assert header == {"alg": "RS256", "kid": body["keyId"], "typ": "JWT"}
     assert re.fullmatch(r"[0-9a-f]{40}", body["keyId"])
@@ -908,7 +1008,9 @@ def test_signed_jwt_exp_boundaries(server: IamStandIn, http: requests.Session, o
     "payload",
     ["not json", "[1, 2]", '"a string"', '{"exp": "1772359200"}', '{"exp": 1772359200.5}', '{"exp": true}'],
 )
-def test_signed_jwt_rejects_non_object_payloads_and_non_integer_exp(server: IamStandIn, http: requests.Session, payload: str) -> None:
+def test_signed_jwt_rejects_non_object_payloads_and_non_integer_exp(
+    server: IamStandIn, http: requests.Session, payload: str
+) -> None:
     # GIVEN a payload that is not a JSON object, or whose exp is not an integer
     # WHEN signJwt is called
     with freeze_time(FROZEN, tick=False):
@@ -1013,7 +1115,9 @@ def test_keys_persist_in_key_dir_across_restarts(policy: StandInPolicy, tmp_path
     assert pem.stat().st_mode & 0o077 == 0
 
 
-def test_rotated_key_signs_new_requests_while_the_old_stays_published(server: IamStandIn, http: requests.Session) -> None:
+def test_rotated_key_signs_new_requests_while_the_old_stays_published(
+    server: IamStandIn, http: requests.Session
+) -> None:
     # GIVEN a key id used before a rotation (the runtime granted Token Creator on second-hop for this test)
     server.grant_token_creator(RUNTIME, HOP2)
     before = call(http, server, "signBlob", HOP2, {"payload": "aGk="}).json()["keyId"]
@@ -1029,8 +1133,10 @@ def test_rotated_key_signs_new_requests_while_the_old_stays_published(server: Ia
 
 def test_allowed_locations_is_unrestricted(server: IamStandIn, http: requests.Session) -> None:
     # GIVEN the trust-boundary lookup / WHEN called for an existing account
-    response = http.get(f"{server.url}/v1/projects/-/serviceAccounts/{DEPLOYER}/allowedLocations",
-                        headers={"Authorization": f"Bearer {SERVICE_TOKEN}"})
+    response = http.get(
+        f"{server.url}/v1/projects/-/serviceAccounts/{DEPLOYER}/allowedLocations",
+        headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
+    )
 
     # THEN no restriction
     assert response.json() == {"locations": [], "encodedLocations": "0x0"}
@@ -1051,8 +1157,11 @@ def test_quota_fault_is_429_with_retry_after_then_recovers(server: IamStandIn, h
     error = error_of(first)
     assert (first.status_code, error["status"]) == (429, "RESOURCE_EXHAUSTED")
     assert first.headers["Retry-After"] == "7"
-    assert re.fullmatch(r"Quota exceeded for quota metric '.+' and limit '.+' of service "
-                        r"'iamcredentials\.googleapis\.com' for consumer 'project_number:\d+'\.", error["message"])
+    assert re.fullmatch(
+        r"Quota exceeded for quota metric '.+' and limit '.+' of service "
+        r"'iamcredentials\.googleapis\.com' for consumer 'project_number:\d+'\.",
+        error["message"],
+    )
     info = error_info(error)
     assert (info["reason"], info["domain"]) == ("RATE_LIMIT_EXCEEDED", "googleapis.com")
     assert info["metadata"]["service"] == "iamcredentials.googleapis.com"
@@ -1061,11 +1170,16 @@ def test_quota_fault_is_429_with_retry_after_then_recovers(server: IamStandIn, h
     assert len(server.minted) == 1
 
 
-@pytest.mark.parametrize(("status", "name", "message"), [
-    (500, "INTERNAL", "Internal error encountered."),
-    (503, "UNAVAILABLE", "The service is currently unavailable."),
-])
-def test_server_fault_for_count_then_recovery(server: IamStandIn, http: requests.Session, status: int, name: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "name", "message"),
+    [
+        (500, "INTERNAL", "Internal error encountered."),
+        (503, "UNAVAILABLE", "The service is currently unavailable."),
+    ],
+)
+def test_server_fault_for_count_then_recovery(
+    server: IamStandIn, http: requests.Session, status: int, name: str, message: str
+) -> None:
     # GIVEN two failures armed
     server.set_fault(status=status, count=2)
 
@@ -1138,8 +1252,14 @@ def test_hang_closes_without_answering_and_does_not_block_stop(policy: StandInPo
 
     def client() -> None:
         try:
-            outcome.append(requests.post(server.endpoint(DEPLOYER, "signBlob"), json={"payload": "aGk="},
-                                         headers={"Authorization": f"Bearer {SERVICE_TOKEN}"}, timeout=20))
+            outcome.append(
+                requests.post(
+                    server.endpoint(DEPLOYER, "signBlob"),
+                    json={"payload": "aGk="},
+                    headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
+                    timeout=20,
+                )
+            )
         except requests.RequestException as exc:
             outcome.append(exc)
 
@@ -1195,9 +1315,15 @@ def test_faults_calls_minted_and_reset_over_http(server: IamStandIn, http: reque
 def test_minted_records_every_credential_with_its_hash(server: IamStandIn, http: requests.Session) -> None:
     # GIVEN one credential of each kind, one through a delegate
     with freeze_time(FROZEN, tick=False):
-        at = call(http, server, "generateAccessToken", PROD, {"scope": [CLOUD_PLATFORM], "lifetime": "600s",
-                                                              "delegates": [HOP]}, token=CI_TOKEN,
-                  headers={"X-Goog-Request-Reason": "issuance 42"}).json()
+        at = call(
+            http,
+            server,
+            "generateAccessToken",
+            PROD,
+            {"scope": [CLOUD_PLATFORM], "lifetime": "600s", "delegates": [HOP]},
+            token=CI_TOKEN,
+            headers={"X-Goog-Request-Reason": "issuance 42"},
+        ).json()
         idt = call(http, server, "generateIdToken", DEPLOYER, {"audience": "a"}).json()
         blob = call(http, server, "signBlob", DEPLOYER, {"payload": "aGk="}).json()
         sjwt = call(http, server, "signJwt", DEPLOYER, {"payload": '{"exp": 1772359500}'}).json()
@@ -1217,11 +1343,17 @@ def test_minted_records_every_credential_with_its_hash(server: IamStandIn, http:
     assert all(m.sha256 == hashlib.sha256(m.credential.encode()).hexdigest() for m in minted)
     assert all(m.issued_at.isoformat() == frozen for m in minted)
     assert [m.expire_time.isoformat() if m.expire_time else None for m in minted] == [
-        "2026-03-01T10:10:00+00:00", "2026-03-01T11:00:00+00:00", None, "2026-03-01T10:05:00+00:00",
+        "2026-03-01T10:10:00+00:00",
+        "2026-03-01T11:00:00+00:00",
+        None,
+        "2026-03-01T10:05:00+00:00",
     ]
     assert [m.key_id for m in minted][2:] == [blob["keyId"], sjwt["keyId"]]
     assert [(m.scopes, m.audience, m.request_reason) for m in minted] == [
-        ((CLOUD_PLATFORM,), None, "issuance 42"), ((), "a", None), ((), None, None), ((), None, None),
+        ((CLOUD_PLATFORM,), None, "issuance 42"),
+        ((), "a", None),
+        ((), None, None),
+        ((), None, None),
     ]
     assert all(m.credential not in repr(m) for m in minted)
     assert isinstance(minted[0], MintedCredential)

@@ -38,8 +38,10 @@ def pubsub(pubsub_emulator: Any) -> Iterator[tuple[Any, Any]]:
 def make_topic(publisher: Any, subscriber: Any, name: str) -> tuple[str, str]:
     topic = publisher.topic_path(PROJECT, name)
     sub = subscriber.subscription_path(PROJECT, name + "-sub")
-    for call in (lambda: publisher.create_topic(name=topic),
-                 lambda: subscriber.create_subscription(name=sub, topic=topic, ack_deadline_seconds=10)):
+    for call in (
+        lambda: publisher.create_topic(name=topic),
+        lambda: subscriber.create_subscription(name=sub, topic=topic, ack_deadline_seconds=10),
+    ):
         try:
             call()
         except Exception as exc:  # AlreadyExists from an earlier test in the session
@@ -63,21 +65,27 @@ def pull_all(subscriber: Any, sub: str, expected: int) -> list[Any]:
 def as_cloud_event(received: Any, sub: str) -> CloudEvent:
     msg = received.message
     return CloudEvent(
-        {"id": msg.message_id, "source": f"//pubsub.googleapis.com/{sub}",
-         "type": "google.cloud.pubsub.topic.v1.messagePublished", "specversion": "1.0"},
-        {"message": {"data": base64.b64encode(msg.data).decode(), "messageId": msg.message_id},
-         "subscription": sub})
+        {
+            "id": msg.message_id,
+            "source": f"//pubsub.googleapis.com/{sub}",
+            "type": "google.cloud.pubsub.topic.v1.messagePublished",
+            "specversion": "1.0",
+        },
+        {"message": {"data": base64.b64encode(msg.data).decode(), "messageId": msg.message_id}, "subscription": sub},
+    )
 
 
-def test_bot_messages_through_pubsub_redelivered_and_shuffled(fs_harness: ServiceHarness,
-                                                              pubsub: tuple[Any, Any]) -> None:
+def test_bot_messages_through_pubsub_redelivered_and_shuffled(
+    fs_harness: ServiceHarness, pubsub: tuple[Any, Any]
+) -> None:
     h = fs_harness
     publisher, subscriber = pubsub
     topic, sub = make_topic(publisher, subscriber, "approvals")
     bot = Bot(h.standin.url, h.policy.bot_audience or "")
     # GIVEN dave's request, filed in chat
-    request = h.post("/v1/requests", {"entitlement": "prod-admin", "justification": "INC-9: disk full"},
-                     subject=REQUESTER).get_json()
+    request = h.post(
+        "/v1/requests", {"entitlement": "prod-admin", "justification": "INC-9: disk full"}, subject=REQUESTER
+    ).get_json()
     # WHEN two approvers click approve and the bot publishes signed messages
     for actor in ("alice@example.com", "bob@example.com"):
         publisher.publish(topic, bot.message("approve", actor, request_id=request["id"]).encode()).result(10)
@@ -96,8 +104,7 @@ def test_bot_messages_through_pubsub_redelivered_and_shuffled(fs_harness: Servic
     assert vend.status_code == 200, vend.get_json()
 
 
-def test_lifecycle_events_reach_the_notifications_topic(fs_harness: ServiceHarness,
-                                                        pubsub: tuple[Any, Any]) -> None:
+def test_lifecycle_events_reach_the_notifications_topic(fs_harness: ServiceHarness, pubsub: tuple[Any, Any]) -> None:
     h = fs_harness
     publisher, subscriber = pubsub
     topic, sub = make_topic(publisher, subscriber, "notifications")
@@ -105,10 +112,14 @@ def test_lifecycle_events_reach_the_notifications_topic(fs_harness: ServiceHarne
     h.events = PubSubEvents({"notifications": topic, "alerts": alerts_topic}, PROJECT)
     h.rebuild()
     # GIVEN a break-glass request and a token vended against it
-    req = h.post("/v1/requests", {"entitlement": "prod-break-glass", "justification": "INC-1: outage"},
-                 subject="oncall@example.com").get_json()
-    token = h.post("/v1/access-tokens", {"service_account": PROD_SA, "request_id": req["id"]},
-                   subject="oncall@example.com")
+    req = h.post(
+        "/v1/requests",
+        {"entitlement": "prod-break-glass", "justification": "INC-1: outage"},
+        subject="oncall@example.com",
+    ).get_json()
+    token = h.post(
+        "/v1/access-tokens", {"service_account": PROD_SA, "request_id": req["id"]}, subject="oncall@example.com"
+    )
     assert token.status_code == 200
     # THEN chat bots see the lifecycle, and the alert arrives on its own topic; never a token
     events = [json.loads(m.message.data) for m in pull_all(subscriber, sub, 3)]

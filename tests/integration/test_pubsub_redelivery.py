@@ -56,25 +56,55 @@ def _request(bot: Bot) -> tuple[str, str]:
 
 # name -> (follow-up messages, expected state, expected approvers or None when order decides them)
 SCENARIOS: dict[str, tuple[Build, str, frozenset[str] | None]] = {
-    "two approvals": (lambda b, r: [b.message("approve", "alice@example.com", request_id=r),
-                                    b.message("approve", "bob@example.com", request_id=r)],
-                      ap.ACTIVE, frozenset({"ci/alice@example.com", "ci/bob@example.com"})),
-    "one approver twice": (lambda b, r: [b.message("approve", "alice@example.com", request_id=r),
-                                         b.message("approve", "alice@example.com", request_id=r, comment="again")],
-                           ap.AWAITED, frozenset({"ci/alice@example.com"})),
-    "self-approval counts for nothing": (lambda b, r: [b.message("approve", "alice@example.com", request_id=r),
-                                                       b.message("approve", REQUESTER, request_id=r)],
-                                         ap.AWAITED, frozenset({"ci/alice@example.com"})),
-    "a revoke ends it whatever the order": (lambda b, r: [b.message("approve", "alice@example.com", request_id=r),
-                                                          b.message("approve", "bob@example.com", request_id=r),
-                                                          b.message("revoke", "carol@example.com", request_id=r)],
-                                            ap.REVOKED, None),
-    "a deny before quorum ends it": (lambda b, r: [b.message("approve", "alice@example.com", request_id=r),
-                                                   b.message("deny", "carol@example.com", request_id=r)],
-                                     ap.DENIED, None),
-    "an outsider changes nothing": (lambda b, r: [b.message("approve", "eve@example.com", request_id=r),
-                                                  b.message("revoke", "eve@example.com", request_id=r)],
-                                    ap.AWAITED, frozenset()),
+    "two approvals": (
+        lambda b, r: [
+            b.message("approve", "alice@example.com", request_id=r),
+            b.message("approve", "bob@example.com", request_id=r),
+        ],
+        ap.ACTIVE,
+        frozenset({"ci/alice@example.com", "ci/bob@example.com"}),
+    ),
+    "one approver twice": (
+        lambda b, r: [
+            b.message("approve", "alice@example.com", request_id=r),
+            b.message("approve", "alice@example.com", request_id=r, comment="again"),
+        ],
+        ap.AWAITED,
+        frozenset({"ci/alice@example.com"}),
+    ),
+    "self-approval counts for nothing": (
+        lambda b, r: [
+            b.message("approve", "alice@example.com", request_id=r),
+            b.message("approve", REQUESTER, request_id=r),
+        ],
+        ap.AWAITED,
+        frozenset({"ci/alice@example.com"}),
+    ),
+    "a revoke ends it whatever the order": (
+        lambda b, r: [
+            b.message("approve", "alice@example.com", request_id=r),
+            b.message("approve", "bob@example.com", request_id=r),
+            b.message("revoke", "carol@example.com", request_id=r),
+        ],
+        ap.REVOKED,
+        None,
+    ),
+    "a deny before quorum ends it": (
+        lambda b, r: [
+            b.message("approve", "alice@example.com", request_id=r),
+            b.message("deny", "carol@example.com", request_id=r),
+        ],
+        ap.DENIED,
+        None,
+    ),
+    "an outsider changes nothing": (
+        lambda b, r: [
+            b.message("approve", "eve@example.com", request_id=r),
+            b.message("revoke", "eve@example.com", request_id=r),
+        ],
+        ap.AWAITED,
+        frozenset(),
+    ),
 }
 
 
@@ -95,10 +125,15 @@ def approvals_topic(pubsub_emulator: Any) -> Iterator[tuple[Any, Any, str, str]]
 
 def _event(received: Any, sub: str) -> CloudEvent:
     msg = received.message
-    return CloudEvent({"id": msg.message_id, "source": f"//pubsub.googleapis.com/{sub}",
-                       "type": "google.cloud.pubsub.topic.v1.messagePublished", "specversion": "1.0"},
-                      {"message": {"data": base64.b64encode(msg.data).decode(), "messageId": msg.message_id},
-                       "subscription": sub})
+    return CloudEvent(
+        {
+            "id": msg.message_id,
+            "source": f"//pubsub.googleapis.com/{sub}",
+            "type": "google.cloud.pubsub.topic.v1.messagePublished",
+            "specversion": "1.0",
+        },
+        {"message": {"data": base64.b64encode(msg.data).decode(), "messageId": msg.message_id}, "subscription": sub},
+    )
 
 
 def push(subscriber: Any, sub: str, expected: int, rng: random.Random) -> Counter[str]:
@@ -127,9 +162,9 @@ def push(subscriber: Any, sub: str, expected: int, rng: random.Random) -> Counte
 
 @pytest.mark.emulator
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_three_deliveries_in_any_order_reach_the_stated_state(fs_harness: ServiceHarness,
-                                                               approvals_topic: tuple[Any, Any, str, str],
-                                                               suite_figures: Any, name: str) -> None:
+def test_three_deliveries_in_any_order_reach_the_stated_state(
+    fs_harness: ServiceHarness, approvals_topic: tuple[Any, Any, str, str], suite_figures: Any, name: str
+) -> None:
     """GIVEN a scenario's messages, each published three times to the emulator / WHEN delivered in shuffled
     batches, redelivering only what raised a retryable error / THEN the request reaches the stated state."""
     h = fs_harness
@@ -148,15 +183,22 @@ def test_three_deliveries_in_any_order_reach_the_stated_state(fs_harness: Servic
     if expected_approvers is not None:
         assert approvers == expected_approvers
     assert approvers <= {"ci/alice@example.com", "ci/bob@example.com", "ci/carol@example.com"}
-    suite_figures.add(f"pubsub redelivery ({name}): {len(messages) * 3} deliveries, "
-                      f"{outcome['redelivered']} redelivered after a retryable error -> {expected_state}")
+    suite_figures.add(
+        f"pubsub redelivery ({name}): {len(messages) * 3} deliveries, "
+        f"{outcome['redelivered']} redelivered after a retryable error -> {expected_state}"
+    )
 
 
 # -- malformed messages: acknowledged, nothing changes, the reason is logged ------------------------------
 
+
 def _raw_event(data: Any, message_id: str = "m-1") -> CloudEvent:
-    attributes = {"id": message_id, "source": "//pubsub.googleapis.com/projects/vending-test/topics/approvals",
-                  "type": "google.cloud.pubsub.topic.v1.messagePublished", "specversion": "1.0"}
+    attributes = {
+        "id": message_id,
+        "source": "//pubsub.googleapis.com/projects/vending-test/topics/approvals",
+        "type": "google.cloud.pubsub.topic.v1.messagePublished",
+        "specversion": "1.0",
+    }
     return CloudEvent(attributes, data)
 
 
@@ -192,16 +234,30 @@ def _malformed(bot: Bot, request_id: str, case: str) -> tuple[CloudEvent, str]:
     return cloud_event(bot.sign({k: v for k, v in approve().items() if k != "actor"})), "invalid-message"
 
 
-@pytest.mark.parametrize("case", ["bad base64", "no message", "data not a string", "not a JWT", "unknown action",
-                                  "unsigned", "wrong audience", "expired", "oversized", "no actor"])
-def test_a_malformed_message_is_acknowledged_and_changes_nothing(harness: ServiceHarness,
-                                                                 capsys: pytest.CaptureFixture[str],
-                                                                 case: str) -> None:
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bad base64",
+        "no message",
+        "data not a string",
+        "not a JWT",
+        "unknown action",
+        "unsigned",
+        "wrong audience",
+        "expired",
+        "oversized",
+        "no actor",
+    ],
+)
+def test_a_malformed_message_is_acknowledged_and_changes_nothing(
+    harness: ServiceHarness, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
     """GIVEN an open request / WHEN a malformed message arrives / THEN the handler returns (acknowledged:
     redelivering it cannot help), the store is unchanged, and the log names the reason."""
     h = harness
-    request_id = h.post("/v1/requests", {"entitlement": "prod-admin", "justification": JUSTIFICATION},
-                        subject=REQUESTER).get_json()["id"]
+    request_id = h.post(
+        "/v1/requests", {"entitlement": "prod-admin", "justification": JUSTIFICATION}, subject=REQUESTER
+    ).get_json()["id"]
     bot = Bot(h.standin.url, h.policy.bot_audience or "")
     event, reason = _malformed(bot, request_id, case)
     before = dump_store(h.store)

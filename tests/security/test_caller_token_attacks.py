@@ -53,8 +53,7 @@ GENERIC = AuthenticationError.GENERIC
 @pytest.fixture(scope="module")
 def evil() -> Iterator[TestIssuer]:
     """The attacker's issuer: other keys, the same kids, a live JWKS endpoint that must never be fetched."""
-    with TestIssuer(issuer="https://evil.example", audience="https://vending.test", name="evil",
-                    key_set=7) as issuer:
+    with TestIssuer(issuer="https://evil.example", audience="https://vending.test", name="evil", key_set=7) as issuer:
         yield issuer
 
 
@@ -78,7 +77,7 @@ def _with_sig(token: str, signature: bytes | str) -> str:
 
 
 def _flip(data: bytes, index: int) -> bytes:
-    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1:]
+    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1 :]
 
 
 def _now() -> int:
@@ -89,8 +88,7 @@ def snapshot(h: ServiceHarness) -> dict[str, Any]:
     return dump_store(h.store)
 
 
-def send(h: ServiceHarness, authorization: str | None, path: str = "/v1/access-tokens",
-         body: Any = BODY) -> Any:
+def send(h: ServiceHarness, authorization: str | None, path: str = "/v1/access-tokens", body: Any = BODY) -> Any:
     headers = {"Authorization": authorization} if authorization is not None else {}
     return h.client.post(path, data=json.dumps(body), headers={**headers, "Content-Type": "application/json"})
 
@@ -111,8 +109,14 @@ def assert_unchanged(h: ServiceHarness, before: dict[str, Any], evil: TestIssuer
         assert evil.fetches == 0, "the attacker's JWKS was fetched"
 
 
-def assert_unauthenticated(h: ServiceHarness, resp: Any, reason: str, before: dict[str, Any],
-                           evil: TestIssuer | None = None, token: str | None = None) -> None:
+def assert_unauthenticated(
+    h: ServiceHarness,
+    resp: Any,
+    reason: str,
+    before: dict[str, Any],
+    evil: TestIssuer | None = None,
+    token: str | None = None,
+) -> None:
     err = error_of(resp)
     assert (resp.status_code, err["status"], err["reason"]) == (401, "UNAUTHENTICATED", reason), err
     assert err["message"] == GENERIC
@@ -154,129 +158,249 @@ ATTACKS: list[Attack] = [
     # alg none and HMAC key confusion
     Attack("alg-none", bearer(lambda i, e: i.mint(alg="none", sub=CI_SUBJECT)), "disallowed-algorithm"),
     Attack("alg-None-capitalized", bearer(lambda i, e: i.mint(alg="None", sub=CI_SUBJECT)), "disallowed-algorithm"),
-    Attack("alg-none-keeping-a-real-signature",
-           bearer(lambda i, e: _with_sig(tamper_header(i.mint(sub=CI_SUBJECT), alg="none"),
-                                         _sig(i.mint(sub=CI_SUBJECT)))), "disallowed-algorithm"),
-    Attack("hs256-signed-with-issuer-public-key-pem", bearer(lambda i, e: i.mint(alg="HS256", sub=CI_SUBJECT)),
-           "disallowed-algorithm"),
-    Attack("hs512-signed-with-issuer-public-key-pem", bearer(lambda i, e: i.mint(alg="HS512", sub=CI_SUBJECT)),
-           "disallowed-algorithm"),
-    Attack("hs256-signed-with-issuer-public-jwk-json",
-           bearer(lambda i, e: i.mint(alg="HS256", sub=CI_SUBJECT,
-                                      hs_secret=json.dumps(i.rsa.public_jwk()).encode())), "disallowed-algorithm"),
-    Attack("hs256-signed-with-ec-public-key", bearer(lambda i, e: i.mint(key="ec", alg="HS256", sub=CI_SUBJECT)),
-           "disallowed-algorithm"),
-    Attack("rs512-not-listed-for-issuer", bearer(lambda i, e: i.mint(alg="RS512", sub=CI_SUBJECT)),
-           "disallowed-algorithm"),
+    Attack(
+        "alg-none-keeping-a-real-signature",
+        bearer(lambda i, e: _with_sig(tamper_header(i.mint(sub=CI_SUBJECT), alg="none"), _sig(i.mint(sub=CI_SUBJECT)))),
+        "disallowed-algorithm",
+    ),
+    Attack(
+        "hs256-signed-with-issuer-public-key-pem",
+        bearer(lambda i, e: i.mint(alg="HS256", sub=CI_SUBJECT)),
+        "disallowed-algorithm",
+    ),
+    Attack(
+        "hs512-signed-with-issuer-public-key-pem",
+        bearer(lambda i, e: i.mint(alg="HS512", sub=CI_SUBJECT)),
+        "disallowed-algorithm",
+    ),
+    Attack(
+        "hs256-signed-with-issuer-public-jwk-json",
+        bearer(lambda i, e: i.mint(alg="HS256", sub=CI_SUBJECT, hs_secret=json.dumps(i.rsa.public_jwk()).encode())),
+        "disallowed-algorithm",
+    ),
+    Attack(
+        "hs256-signed-with-ec-public-key",
+        bearer(lambda i, e: i.mint(key="ec", alg="HS256", sub=CI_SUBJECT)),
+        "disallowed-algorithm",
+    ),
+    Attack(
+        "rs512-not-listed-for-issuer", bearer(lambda i, e: i.mint(alg="RS512", sub=CI_SUBJECT)), "disallowed-algorithm"
+    ),
     # valid signatures from keys the issuer never published
-    Attack("untrusted-issuer-copies-trusted-iss-and-kid",
-           bearer(lambda i, e: e.mint(iss=i.issuer, aud=i.audience, sub=CI_SUBJECT)), "invalid-signature"),
-    Attack("untrusted-issuer-copies-trusted-iss-own-kid",
-           bearer(lambda i, e: e.mint(key="attacker", iss=i.issuer, aud=i.audience, sub=CI_SUBJECT)),
-           "unknown-key"),
-    Attack("untrusted-ec-key-with-trusted-kid",
-           bearer(lambda i, e: i.mint(key=SigningKey("ec-1", "ES256", ec_key(5)), sub=CI_SUBJECT)),
-           "invalid-signature"),
+    Attack(
+        "untrusted-issuer-copies-trusted-iss-and-kid",
+        bearer(lambda i, e: e.mint(iss=i.issuer, aud=i.audience, sub=CI_SUBJECT)),
+        "invalid-signature",
+    ),
+    Attack(
+        "untrusted-issuer-copies-trusted-iss-own-kid",
+        bearer(lambda i, e: e.mint(key="attacker", iss=i.issuer, aud=i.audience, sub=CI_SUBJECT)),
+        "unknown-key",
+    ),
+    Attack(
+        "untrusted-ec-key-with-trusted-kid",
+        bearer(lambda i, e: i.mint(key=SigningKey("ec-1", "ES256", ec_key(5)), sub=CI_SUBJECT)),
+        "invalid-signature",
+    ),
     Attack("attacker-issuer-self-signed", bearer(lambda i, e: e.mint(sub=CI_SUBJECT)), "untrusted-issuer"),
-    Attack("jku-header-points-at-attacker-jwks",
-           bearer(lambda i, e: e.mint(key="attacker", iss=i.issuer, aud=i.audience, sub=CI_SUBJECT,
-                                      header={"jku": e.jwks_uri})), "unknown-key"),
-    Attack("x5u-header-points-at-attacker-jwks",
-           bearer(lambda i, e: e.mint(iss=i.issuer, aud=i.audience, sub=CI_SUBJECT, header={"x5u": e.jwks_uri})),
-           "invalid-signature"),
-    Attack("embedded-jwk-of-attacker-key",
-           bearer(lambda i, e: i.mint(key="attacker", kid="rsa-1", sub=CI_SUBJECT,
-                                      header={"jwk": i.attacker.public_jwk()})), "invalid-signature"),
+    Attack(
+        "jku-header-points-at-attacker-jwks",
+        bearer(
+            lambda i, e: e.mint(
+                key="attacker", iss=i.issuer, aud=i.audience, sub=CI_SUBJECT, header={"jku": e.jwks_uri}
+            )
+        ),
+        "unknown-key",
+    ),
+    Attack(
+        "x5u-header-points-at-attacker-jwks",
+        bearer(lambda i, e: e.mint(iss=i.issuer, aud=i.audience, sub=CI_SUBJECT, header={"x5u": e.jwks_uri})),
+        "invalid-signature",
+    ),
+    Attack(
+        "embedded-jwk-of-attacker-key",
+        bearer(
+            lambda i, e: i.mint(key="attacker", kid="rsa-1", sub=CI_SUBJECT, header={"jwk": i.attacker.public_jwk()})
+        ),
+        "invalid-signature",
+    ),
     Attack("unknown-kid", bearer(lambda i, e: i.mint(kid="no-such-key", sub=CI_SUBJECT)), "unknown-key"),
     Attack("kid-not-a-string", bearer(lambda i, e: i.mint(kid=12, sub=CI_SUBJECT)), "malformed-token"),
     # time
-    Attack("expired", bearer(lambda i, e: i.mint(iat=_now() - 3600, exp=_now() - 600, sub=CI_SUBJECT)),
-           "token-expired"),
-    Attack("expired-just-past-leeway", bearer(lambda i, e: i.mint(iat=_now() - 600, exp=_now() - 31, sub=CI_SUBJECT)),
-           "token-expired"),
+    Attack(
+        "expired", bearer(lambda i, e: i.mint(iat=_now() - 3600, exp=_now() - 600, sub=CI_SUBJECT)), "token-expired"
+    ),
+    Attack(
+        "expired-just-past-leeway",
+        bearer(lambda i, e: i.mint(iat=_now() - 600, exp=_now() - 31, sub=CI_SUBJECT)),
+        "token-expired",
+    ),
     Attack("nbf-in-the-future", bearer(lambda i, e: i.mint(nbf=_now() + 600, sub=CI_SUBJECT)), "token-not-yet-valid"),
-    Attack("iat-in-the-future", bearer(lambda i, e: i.mint(iat=_now() + 600, exp=_now() + 1200, sub=CI_SUBJECT)),
-           "issued-in-future"),
+    Attack(
+        "iat-in-the-future",
+        bearer(lambda i, e: i.mint(iat=_now() + 600, exp=_now() + 1200, sub=CI_SUBJECT)),
+        "issued-in-future",
+    ),
     Attack("missing-exp", bearer(lambda i, e: i.mint(drop=["exp"], sub=CI_SUBJECT)), "missing-claim"),
     Attack("missing-iat", bearer(lambda i, e: i.mint(drop=["iat"], sub=CI_SUBJECT)), "missing-claim"),
     Attack("exp-as-string", bearer(lambda i, e: i.mint(exp=str(_now() + 600), sub=CI_SUBJECT)), "invalid-claim"),
-    Attack("lifetime-above-issuer-maximum",
-           bearer(lambda i, e: i.mint(iat=_now(), exp=_now() + 86401, sub=CI_SUBJECT)), "token-lifetime-too-long"),
+    Attack(
+        "lifetime-above-issuer-maximum",
+        bearer(lambda i, e: i.mint(iat=_now(), exp=_now() + 86401, sub=CI_SUBJECT)),
+        "token-lifetime-too-long",
+    ),
     # audience
-    Attack("wrong-audience", bearer(lambda i, e: i.mint(aud="https://other-service.example", sub=CI_SUBJECT)),
-           "wrong-audience"),
+    Attack(
+        "wrong-audience",
+        bearer(lambda i, e: i.mint(aud="https://other-service.example", sub=CI_SUBJECT)),
+        "wrong-audience",
+    ),
     Attack("missing-audience", bearer(lambda i, e: i.mint(drop=["aud"], sub=CI_SUBJECT)), "missing-claim"),
-    Attack("extra-audience", bearer(lambda i, e: i.mint(aud=[i.audience, "https://other.example"], sub=CI_SUBJECT)),
-           "wrong-audience"),
-    Attack("extra-audience-first", bearer(lambda i, e: i.mint(aud=["https://other.example", i.audience],
-                                                             sub=CI_SUBJECT)), "wrong-audience"),
-    Attack("audience-trailing-slash", bearer(lambda i, e: i.mint(aud=i.audience + "/", sub=CI_SUBJECT)),
-           "wrong-audience"),
-    Attack("audience-cyrillic-look-alike",
-           bearer(lambda i, e: i.mint(aud=i.audience.replace("e", "\u0435"), sub=CI_SUBJECT)), "wrong-audience"),
+    Attack(
+        "extra-audience",
+        bearer(lambda i, e: i.mint(aud=[i.audience, "https://other.example"], sub=CI_SUBJECT)),
+        "wrong-audience",
+    ),
+    Attack(
+        "extra-audience-first",
+        bearer(lambda i, e: i.mint(aud=["https://other.example", i.audience], sub=CI_SUBJECT)),
+        "wrong-audience",
+    ),
+    Attack(
+        "audience-trailing-slash", bearer(lambda i, e: i.mint(aud=i.audience + "/", sub=CI_SUBJECT)), "wrong-audience"
+    ),
+    Attack(
+        "audience-cyrillic-look-alike",
+        bearer(lambda i, e: i.mint(aud=i.audience.replace("e", "\u0435"), sub=CI_SUBJECT)),
+        "wrong-audience",
+    ),
     # issuer
     Attack("issuer-missing", bearer(lambda i, e: i.mint(drop=["iss"], sub=CI_SUBJECT)), "missing-claim"),
-    Attack("issuer-trailing-slash", bearer(lambda i, e: i.mint(iss=i.issuer + "/", sub=CI_SUBJECT)),
-           "untrusted-issuer"),
-    Attack("issuer-case-changed", bearer(lambda i, e: i.mint(iss=i.issuer.upper(), sub=CI_SUBJECT)),
-           "untrusted-issuer"),
-    Attack("issuer-cyrillic-look-alike",
-           bearer(lambda i, e: i.mint(iss=i.issuer.replace("a", "\u0430"), sub=CI_SUBJECT)), "untrusted-issuer"),
+    Attack(
+        "issuer-trailing-slash", bearer(lambda i, e: i.mint(iss=i.issuer + "/", sub=CI_SUBJECT)), "untrusted-issuer"
+    ),
+    Attack(
+        "issuer-case-changed", bearer(lambda i, e: i.mint(iss=i.issuer.upper(), sub=CI_SUBJECT)), "untrusted-issuer"
+    ),
+    Attack(
+        "issuer-cyrillic-look-alike",
+        bearer(lambda i, e: i.mint(iss=i.issuer.replace("a", "\u0430"), sub=CI_SUBJECT)),
+        "untrusted-issuer",
+    ),
     # header tampering after signing
-    Attack("header-kid-swapped-to-other-rsa-key",
-           bearer(lambda i, e: tamper_header(i.mint(sub=CI_SUBJECT), kid="rsa-2")), "invalid-signature",
-           setup=_publish_second_rsa),
-    Attack("header-kid-swapped-to-ec-key", bearer(lambda i, e: tamper_header(i.mint(sub=CI_SUBJECT), kid="ec-1")),
-           "disallowed-algorithm"),
-    Attack("header-alg-swapped-to-hs256", bearer(lambda i, e: tamper_header(i.mint(sub=CI_SUBJECT), alg="HS256")),
-           "disallowed-algorithm"),
-    Attack("header-typ-changed", bearer(lambda i, e: tamper_header(i.mint(sub=CI_SUBJECT), typ="at+jwt")),
-           "invalid-signature"),
-    Attack("header-crit-extension", bearer(lambda i, e: i.mint(header={"crit": ["x"], "x": 1}, sub=CI_SUBJECT)),
-           "unsupported-header"),
+    Attack(
+        "header-kid-swapped-to-other-rsa-key",
+        bearer(lambda i, e: tamper_header(i.mint(sub=CI_SUBJECT), kid="rsa-2")),
+        "invalid-signature",
+        setup=_publish_second_rsa,
+    ),
+    Attack(
+        "header-kid-swapped-to-ec-key",
+        bearer(lambda i, e: tamper_header(i.mint(sub=CI_SUBJECT), kid="ec-1")),
+        "disallowed-algorithm",
+    ),
+    Attack(
+        "header-alg-swapped-to-hs256",
+        bearer(lambda i, e: tamper_header(i.mint(sub=CI_SUBJECT), alg="HS256")),
+        "disallowed-algorithm",
+    ),
+    Attack(
+        "header-typ-changed",
+        bearer(lambda i, e: tamper_header(i.mint(sub=CI_SUBJECT), typ="at+jwt")),
+        "invalid-signature",
+    ),
+    Attack(
+        "header-crit-extension",
+        bearer(lambda i, e: i.mint(header={"crit": ["x"], "x": 1}, sub=CI_SUBJECT)),
+        "unsupported-header",
+    ),
     # payload tampering after signing
-    Attack("payload-sub-rewritten", bearer(lambda i, e: tamper_payload(i.mint(sub="repo:evil/app"), sub=CI_SUBJECT)),
-           "invalid-signature"),
-    Attack("payload-exp-extended", bearer(lambda i, e: tamper_payload(
-        i.mint(iat=_now() - 3600, exp=_now() - 600, sub=CI_SUBJECT), exp=_now() + 3600)), "invalid-signature"),
-    Attack("payload-aud-rewritten", bearer(lambda i, e: tamper_payload(
-        i.mint(aud="https://other.example", sub=CI_SUBJECT), aud=i.audience)), "invalid-signature"),
+    Attack(
+        "payload-sub-rewritten",
+        bearer(lambda i, e: tamper_payload(i.mint(sub="repo:evil/app"), sub=CI_SUBJECT)),
+        "invalid-signature",
+    ),
+    Attack(
+        "payload-exp-extended",
+        bearer(
+            lambda i, e: tamper_payload(i.mint(iat=_now() - 3600, exp=_now() - 600, sub=CI_SUBJECT), exp=_now() + 3600)
+        ),
+        "invalid-signature",
+    ),
+    Attack(
+        "payload-aud-rewritten",
+        bearer(lambda i, e: tamper_payload(i.mint(aud="https://other.example", sub=CI_SUBJECT), aud=i.audience)),
+        "invalid-signature",
+    ),
     Attack("signature-stripped", bearer(lambda i, e: _with_sig(i.mint(sub=CI_SUBJECT), "")), "invalid-signature"),
-    Attack("signature-bit-flipped",
-           bearer(lambda i, e: _with_sig(t := i.mint(sub=CI_SUBJECT), _flip(_sig(t), 17))), "invalid-signature"),
-    Attack("signature-of-another-token",
-           bearer(lambda i, e: _with_sig(i.mint(sub=CI_SUBJECT), _sig(i.mint(sub="repo:evil/app")))),
-           "invalid-signature"),
+    Attack(
+        "signature-bit-flipped",
+        bearer(lambda i, e: _with_sig(t := i.mint(sub=CI_SUBJECT), _flip(_sig(t), 17))),
+        "invalid-signature",
+    ),
+    Attack(
+        "signature-of-another-token",
+        bearer(lambda i, e: _with_sig(i.mint(sub=CI_SUBJECT), _sig(i.mint(sub="repo:evil/app")))),
+        "invalid-signature",
+    ),
     # structure
     Attack("truncated-mid-payload", bearer(lambda i, e: _truncate(i.mint(sub=CI_SUBJECT), 0.4)), "malformed-token"),
-    Attack("truncated-signature", bearer(lambda i, e: _with_sig(t := i.mint(sub=CI_SUBJECT), _sig(t)[:-4])),
-           "invalid-signature"),
+    Attack(
+        "truncated-signature",
+        bearer(lambda i, e: _with_sig(t := i.mint(sub=CI_SUBJECT), _sig(t)[:-4])),
+        "invalid-signature",
+    ),
     Attack("two-segments", bearer(lambda i, e: ".".join(i.mint(sub=CI_SUBJECT).split(".")[:2])), "malformed-token"),
     Attack("empty-authorization-header", lambda h, i, e: "", "missing-token"),
     Attack("no-authorization-header", lambda h, i, e: None, "missing-token"),
     Attack("bearer-with-empty-token", lambda h, i, e: "Bearer ", "malformed-authorization"),
     Attack("basic-scheme", lambda h, i, e: "Basic " + b64url("user:pass"), "malformed-authorization"),
-    Attack("two-tokens", lambda h, i, e: f"Bearer {i.mint(sub=CI_SUBJECT)} {i.mint(sub=CI_SUBJECT)}",
-           "malformed-authorization"),
+    Attack(
+        "two-tokens",
+        lambda h, i, e: f"Bearer {i.mint(sub=CI_SUBJECT)} {i.mint(sub=CI_SUBJECT)}",
+        "malformed-authorization",
+    ),
     Attack("oversized-1-mib-token", lambda h, i, e: "Bearer " + "a" * (1024 * 1024), "token-too-large"),
-    Attack("oversized-1-mib-valid-signature", bearer(lambda i, e: i.mint(pad="x" * (1024 * 1024), sub=CI_SUBJECT)),
-           "token-too-large"),
-    Attack("non-utf8-payload-bytes",
-           bearer(lambda i, e: i.mint(raw_payload=json.dumps(i.claims(sub=CI_SUBJECT)).encode()[:-1] + b',"x":"\xff"}')),
-           "malformed-token"),
-    Attack("non-utf8-header-bytes",
-           bearer(lambda i, e: i.mint(raw_header=b'{"alg":"RS256","kid":"rsa-1","x":"\xc3\x28"}', sub=CI_SUBJECT)),
-           "malformed-token"),
-    Attack("non-ascii-latin1-in-authorization", lambda h, i, e: "Bearer " + i.mint(sub=CI_SUBJECT)[:-3] + "\xe9\xff\xfe",
-           "malformed-token"),
-    Attack("payload-json-array", bearer(lambda i, e: i.mint(raw_payload=json.dumps([i.claims(sub=CI_SUBJECT)]))),
-           "malformed-token"),
-    Attack("duplicate-sub-claim", bearer(lambda i, e: i.mint(sub="repo:evil/app", duplicate={"sub": CI_SUBJECT})),
-           "duplicate-claim"),
-    Attack("duplicate-iss-claim", bearer(lambda i, e: i.mint(sub=CI_SUBJECT, duplicate={"iss": "https://evil.example"})),
-           "duplicate-claim"),
-    Attack("duplicate-alg-in-header", bearer(lambda i, e: i.mint(sub=CI_SUBJECT, header_duplicate={"alg": "none"})),
-           "duplicate-header"),
+    Attack(
+        "oversized-1-mib-valid-signature",
+        bearer(lambda i, e: i.mint(pad="x" * (1024 * 1024), sub=CI_SUBJECT)),
+        "token-too-large",
+    ),
+    Attack(
+        "non-utf8-payload-bytes",
+        bearer(lambda i, e: i.mint(raw_payload=json.dumps(i.claims(sub=CI_SUBJECT)).encode()[:-1] + b',"x":"\xff"}')),
+        "malformed-token",
+    ),
+    Attack(
+        "non-utf8-header-bytes",
+        bearer(lambda i, e: i.mint(raw_header=b'{"alg":"RS256","kid":"rsa-1","x":"\xc3\x28"}', sub=CI_SUBJECT)),
+        "malformed-token",
+    ),
+    Attack(
+        "non-ascii-latin1-in-authorization",
+        lambda h, i, e: "Bearer " + i.mint(sub=CI_SUBJECT)[:-3] + "\xe9\xff\xfe",
+        "malformed-token",
+    ),
+    Attack(
+        "payload-json-array",
+        bearer(lambda i, e: i.mint(raw_payload=json.dumps([i.claims(sub=CI_SUBJECT)]))),
+        "malformed-token",
+    ),
+    Attack(
+        "duplicate-sub-claim",
+        bearer(lambda i, e: i.mint(sub="repo:evil/app", duplicate={"sub": CI_SUBJECT})),
+        "duplicate-claim",
+    ),
+    Attack(
+        "duplicate-iss-claim",
+        bearer(lambda i, e: i.mint(sub=CI_SUBJECT, duplicate={"iss": "https://evil.example"})),
+        "duplicate-claim",
+    ),
+    Attack(
+        "duplicate-alg-in-header",
+        bearer(lambda i, e: i.mint(sub=CI_SUBJECT, header_duplicate={"alg": "none"})),
+        "duplicate-header",
+    ),
     # identity claims
     Attack("missing-sub", bearer(lambda i, e: i.mint(drop=["sub"])), "missing-claim"),
     Attack("sub-not-a-string", bearer(lambda i, e: i.mint(sub=[CI_SUBJECT])), "invalid-claim"),
@@ -301,14 +425,17 @@ def test_the_catalogue_has_at_least_forty_distinct_attacks(suite_figures: Any) -
     ids = [a.id for a in ATTACKS] + [f"sub-{n}" for n, _ in NEWLINE_INJECTIONS]
     assert len(ids) == len(set(ids))
     assert len(ids) >= 40
-    suite_figures.add(f"caller-token attacks: {len(ATTACKS)} forged/malformed + {len(NEWLINE_INJECTIONS)} "
-                      f"newline injections (401), {len(NEAR_MISSES) + len(PATTERN_NEAR_MISSES)} near-misses (403), "
-                      f"{len(REPLAYS)} replays, 2 JWKS floods (1,000 and 200 unknown kids)")
+    suite_figures.add(
+        f"caller-token attacks: {len(ATTACKS)} forged/malformed + {len(NEWLINE_INJECTIONS)} "
+        f"newline injections (401), {len(NEAR_MISSES) + len(PATTERN_NEAR_MISSES)} near-misses (403), "
+        f"{len(REPLAYS)} replays, 2 JWKS floods (1,000 and 200 unknown kids)"
+    )
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.id for a in ATTACKS])
-def test_attack_is_refused_with_401_and_changes_nothing(attack: Attack, harness: ServiceHarness,
-                                                        evil: TestIssuer) -> None:
+def test_attack_is_refused_with_401_and_changes_nothing(
+    attack: Attack, harness: ServiceHarness, evil: TestIssuer
+) -> None:
     h = harness
     # GIVEN the service with an empty ledger and a forged caller token
     if attack.setup is not None:
@@ -383,8 +510,7 @@ PATTERN_NEAR_MISSES: list[tuple[str, str]] = [
 
 
 @pytest.mark.parametrize(("name", "subject"), NEAR_MISSES, ids=[n for n, _ in NEAR_MISSES])
-def test_near_miss_of_the_exact_subject_is_refused_by_policy(name: str, subject: str,
-                                                             harness: ServiceHarness) -> None:
+def test_near_miss_of_the_exact_subject_is_refused_by_policy(name: str, subject: str, harness: ServiceHarness) -> None:
     h = harness
     # GIVEN a genuine token whose sub almost equals the entitlement's exact subject
     before = snapshot(h)
@@ -395,8 +521,11 @@ def test_near_miss_of_the_exact_subject_is_refused_by_policy(name: str, subject:
 
     # THEN authentication succeeds but the policy matches nothing: 403 service-account-not-allowed, no change
     err = error_of(resp)
-    assert (resp.status_code, err["status"], err["reason"]) == (403, "PERMISSION_DENIED",
-                                                               "service-account-not-allowed"), err
+    assert (resp.status_code, err["status"], err["reason"]) == (
+        403,
+        "PERMISSION_DENIED",
+        "service-account-not-allowed",
+    ), err
     assert_unchanged(h, before)
 
 
@@ -419,8 +548,11 @@ def test_near_miss_of_a_pattern_is_refused_by_policy(name: str, subject: str, ha
 def test_pattern_control_a_full_match_reaches_the_approval_rule(harness: ServiceHarness) -> None:
     # GIVEN a sub that fully matches prod-admin's pattern (the control for the near-misses above)
     before = snapshot(harness)
-    resp = send(harness, f"Bearer {harness.issuer.mint(sub='alice@example.com')}",
-                body={"service_account": PROD_SA, "scopes": [CLOUD]})
+    resp = send(
+        harness,
+        f"Bearer {harness.issuer.mint(sub='alice@example.com')}",
+        body={"service_account": PROD_SA, "scopes": [CLOUD]},
+    )
     # THEN the entitlement is found and its approval rule answers (a different reason)
     assert (resp.status_code, error_of(resp)["reason"]) == (403, "approval-required")
     assert_unchanged(harness, before)
@@ -465,7 +597,11 @@ def test_replayed_jti_is_refused_and_changes_nothing_more(case: str, harness: Se
     calls = h.standin.calls
 
     # WHEN the same jti is presented again
-    body = BODY if second_path == "/v1/access-tokens" else {"service_account": DEMO_SA, "payload": base64.b64encode(b"hello").decode()}
+    body = (
+        BODY
+        if second_path == "/v1/access-tokens"
+        else {"service_account": DEMO_SA, "payload": base64.b64encode(b"hello").decode()}
+    )
     resp = send(h, f"Bearer {second_token}", path=second_path, body=body)
 
     # THEN 401 token-replayed and nothing more was recorded or minted
@@ -505,8 +641,9 @@ def test_concurrent_replays_of_one_token_mint_once(harness: ServiceHarness) -> N
 # Unknown-kid floods: bounded JWKS fetches
 
 
-def test_flood_of_1000_unknown_kids_is_bounded_to_one_fetch_per_cooldown(harness: ServiceHarness,
-                                                                          suite_figures: Any) -> None:
+def test_flood_of_1000_unknown_kids_is_bounded_to_one_fetch_per_cooldown(
+    harness: ServiceHarness, suite_figures: Any
+) -> None:
     h = harness
     cooldown = h.policy.issuers[0].jwks_cooldown_seconds
     with freeze_time("2026-11-28T12:00:00Z") as frozen:
@@ -567,20 +704,30 @@ def test_concurrent_flood_of_unknown_kids_shares_one_fetch(harness: ServiceHarne
 # Every authenticated endpoint refuses the same way
 
 ENDPOINTS = [
-    ("POST", "/v1/access-tokens"), ("POST", "/v1/id-tokens"), ("POST", "/v1/signed-jwts"),
-    ("POST", "/v1/signed-blobs"), ("POST", "/v1/requests"), ("GET", "/v1/requests/" + "a" * 32),
-    ("POST", "/v1/requests/" + "a" * 32 + ":approve"), ("POST", "/v1/requests/" + "a" * 32 + ":withdraw"),
-    ("GET", "/v1/issuances"), ("GET", "/v1/issuances/" + "a" * 32),
+    ("POST", "/v1/access-tokens"),
+    ("POST", "/v1/id-tokens"),
+    ("POST", "/v1/signed-jwts"),
+    ("POST", "/v1/signed-blobs"),
+    ("POST", "/v1/requests"),
+    ("GET", "/v1/requests/" + "a" * 32),
+    ("POST", "/v1/requests/" + "a" * 32 + ":approve"),
+    ("POST", "/v1/requests/" + "a" * 32 + ":withdraw"),
+    ("GET", "/v1/issuances"),
+    ("GET", "/v1/issuances/" + "a" * 32),
 ]
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS, ids=[f"{m} {p[:24]}" for m, p in ENDPOINTS])
-def test_unsigned_token_is_refused_on_every_endpoint(method: str, path: str, harness: ServiceHarness,
-                                                     evil: TestIssuer) -> None:
+def test_unsigned_token_is_refused_on_every_endpoint(
+    method: str, path: str, harness: ServiceHarness, evil: TestIssuer
+) -> None:
     h = harness
     before = snapshot(h)
     token = h.issuer.mint(alg="none", sub="alice@example.com")
-    resp = h.client.open(path, method=method, data=json.dumps({}) if method == "POST" else None,
-                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    resp = h.client.open(
+        path,
+        method=method,
+        data=json.dumps({}) if method == "POST" else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     assert_unauthenticated(h, resp, "disallowed-algorithm", before, evil, token=token)
-

@@ -93,8 +93,9 @@ def _race(h: ServiceHarness, request_id: str, n: int) -> list[tuple[int, str | N
     def one(token: str) -> tuple[int, str | None, float]:
         barrier.wait()
         started = time.monotonic()
-        resp = h.post("/v1/access-tokens", {"service_account": PROD_SA, "scopes": [CLOUD], "request_id": request_id},
-                      token=token)
+        resp = h.post(
+            "/v1/access-tokens", {"service_account": PROD_SA, "scopes": [CLOUD], "request_id": request_id}, token=token
+        )
         body = resp.get_json()
         return resp.status_code, (body.get("error") or {}).get("reason"), time.monotonic() - started
 
@@ -107,8 +108,11 @@ def check_race(h: ServiceHarness, request_id: str, results: list[tuple[int, str 
     assert not [s for s, _, _ in results if s >= 500], statuses
     assert statuses == Counter({(200, None): winners, (409, "approval-consumed"): len(results) - winners}), statuses
     dump = dump_store(h.store)
-    mine = [m for m in vended(h.standin.minted)
-            if dump["issuances"].get(m.request_reason.rsplit(" ", 1)[-1], {}).get("request_id") == request_id]
+    mine = [
+        m
+        for m in vended(h.standin.minted)
+        if dump["issuances"].get(m.request_reason.rsplit(" ", 1)[-1], {}).get("request_id") == request_id
+    ]
     assert len(mine) == winners
     assert dump["requests"][request_id]["state"] == "ENDED"
     assert dump["requests"][request_id]["uses"] == winners
@@ -125,20 +129,24 @@ def _single_use_races(h: ServiceHarness, repetitions: int, suite_figures: Any, l
         # THEN exactly one token, 49 clean 409s, no 5xx, and the ledger agrees with the stand-in
         check_race(h, request_id, results, winners=1)
         slowest = max(slowest, max(t for _, _, t in results))
-    suite_figures.add(f"concurrency ({label}): {repetitions} x 50 vends on a single-use approval -> 1 token each, "
-                      f"{repetitions * 49} x 409, 0 x 5xx; slowest answer {slowest:.2f}s")
+    suite_figures.add(
+        f"concurrency ({label}): {repetitions} x 50 vends on a single-use approval -> 1 token each, "
+        f"{repetitions * 49} x 409, 0 x 5xx; slowest answer {slowest:.2f}s"
+    )
 
 
 @pytest.mark.emulator
-def test_fifty_concurrent_vends_on_a_single_use_approval_three_times(fs_harness: ServiceHarness,
-                                                                     suite_figures: Any) -> None:
+def test_fifty_concurrent_vends_on_a_single_use_approval_three_times(
+    fs_harness: ServiceHarness, suite_figures: Any
+) -> None:
     _single_use_races(fs_harness, 3, suite_figures, "default")
 
 
 @pytest.mark.long
 @pytest.mark.emulator
-def test_fifty_concurrent_vends_on_a_single_use_approval_twenty_times(fs_harness: ServiceHarness,
-                                                                       suite_figures: Any) -> None:
+def test_fifty_concurrent_vends_on_a_single_use_approval_twenty_times(
+    fs_harness: ServiceHarness, suite_figures: Any
+) -> None:
     _single_use_races(fs_harness, 20, suite_figures, "long")
 
 
@@ -150,8 +158,9 @@ def _three_uses(raw: dict[str, Any]) -> None:
 
 @pytest.mark.emulator
 @pytest.mark.parametrize("repetitions", [pytest.param(2, id="x2"), pytest.param(10, id="x10", marks=pytest.mark.long)])
-def test_thirty_concurrent_vends_on_a_three_use_approval(make_fs_harness: Any, suite_figures: Any,
-                                                         repetitions: int) -> None:
+def test_thirty_concurrent_vends_on_a_three_use_approval(
+    make_fs_harness: Any, suite_figures: Any, repetitions: int
+) -> None:
     h = make_fs_harness(edit=_three_uses)
     for _ in range(repetitions):
         # GIVEN an approval good for three tokens / WHEN 30 vends race for it
@@ -177,18 +186,22 @@ Scenario = Callable[[Bot, str], list[str]]
 SCENARIOS: dict[str, Scenario] = {
     "two-approvals": lambda bot, rid: [
         bot.message("approve", "alice@example.com", request_id=rid),
-        bot.message("approve", "bob@example.com", request_id=rid)],
+        bot.message("approve", "bob@example.com", request_id=rid),
+    ],
     "same-approver-twice-then-another": lambda bot, rid: [
         bot.message("approve", "alice@example.com", request_id=rid),
         bot.message("approve", "alice@example.com", request_id=rid, comment="again"),
-        bot.message("approve", "bob@example.com", request_id=rid)],
+        bot.message("approve", "bob@example.com", request_id=rid),
+    ],
     "approvals-and-a-revoke": lambda bot, rid: [
         bot.message("approve", "alice@example.com", request_id=rid),
         bot.message("approve", "bob@example.com", request_id=rid),
-        bot.message("revoke", "carol@example.com", request_id=rid)],
+        bot.message("revoke", "carol@example.com", request_id=rid),
+    ],
     "one-approval-and-a-self-approval": lambda bot, rid: [
         bot.message("approve", "alice@example.com", request_id=rid),
-        bot.message("approve", REQUESTER, request_id=rid)],
+        bot.message("approve", REQUESTER, request_id=rid),
+    ],
 }
 
 
@@ -254,9 +267,9 @@ SEEDS = [0, 1, 2, 3, 4, 5]
 
 @pytest.mark.emulator
 @pytest.mark.parametrize("concurrent", [False, True], ids=["sequential", "concurrent"])
-def test_each_message_three_times_shuffled_ends_like_one_ordered_delivery(fs_harness: ServiceHarness,
-                                                                          suite_figures: Any,
-                                                                          concurrent: bool) -> None:
+def test_each_message_three_times_shuffled_ends_like_one_ordered_delivery(
+    fs_harness: ServiceHarness, suite_figures: Any, concurrent: bool
+) -> None:
     h = fs_harness
     bot = Bot(h.standin.url, h.policy.bot_audience or "")
     deliveries = redelivered = runs = 0
@@ -273,9 +286,11 @@ def test_each_message_three_times_shuffled_ends_like_one_ordered_delivery(fs_har
             runs += 1
     assert vended(h.standin.minted) == []
     mode = "concurrently" if concurrent else "sequentially"
-    suite_figures.add(f"pubsub redelivery ({mode}): {len(SCENARIOS)} scenarios x {len(SEEDS)} seeds = {runs} runs, "
-                      f"{deliveries} deliveries (+{redelivered} redeliveries after a raise), all equal to the ordered "
-                      "delivery")
+    suite_figures.add(
+        f"pubsub redelivery ({mode}): {len(SCENARIOS)} scenarios x {len(SEEDS)} seeds = {runs} runs, "
+        f"{deliveries} deliveries (+{redelivered} redeliveries after a raise), all equal to the ordered "
+        "delivery"
+    )
 
 
 def test_a_busy_request_makes_pubsub_redeliver(harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -283,8 +298,11 @@ def test_a_busy_request_makes_pubsub_redeliver(harness: ServiceHarness, monkeypa
 
     h = harness
     bot = Bot(h.standin.url, h.policy.bot_audience or "")
-    request_id = str(h.post("/v1/requests", {"entitlement": "prod-admin", "justification": JUSTIFICATION},
-                            subject=REQUESTER).get_json()["id"])
+    request_id = str(
+        h.post(
+            "/v1/requests", {"entitlement": "prod-admin", "justification": JUSTIFICATION}, subject=REQUESTER
+        ).get_json()["id"]
+    )
     message = bot.message("approve", "alice@example.com", request_id=request_id)
     # GIVEN the request keeps changing under the approval (its optimistic retries all lose)
     monkeypatch.setattr(approvals, "MAX_RETRIES", 0)
@@ -298,8 +316,7 @@ def test_a_busy_request_makes_pubsub_redeliver(harness: ServiceHarness, monkeypa
     assert [a["approver"] for a in h.store.get("requests", request_id).data["approvals"]] == ["ci/alice@example.com"]
 
 
-def test_a_message_for_a_request_that_never_appears_is_redelivered_only_until_its_exp(
-        harness: ServiceHarness) -> None:
+def test_a_message_for_a_request_that_never_appears_is_redelivered_only_until_its_exp(harness: ServiceHarness) -> None:
     from freezegun import freeze_time
 
     from tests.support.oidc import split

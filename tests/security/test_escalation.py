@@ -136,8 +136,7 @@ def test_extra_scope_is_refused(harness: ServiceHarness, scopes: list[str]) -> N
 
 
 @pytest.mark.parametrize(("lifetime", "maximum"), [(901, 900), ("901s", 900)])
-def test_lifetime_one_second_above_the_maximum_is_refused(harness: ServiceHarness, lifetime: Any,
-                                                          maximum: int) -> None:
+def test_lifetime_one_second_above_the_maximum_is_refused(harness: ServiceHarness, lifetime: Any, maximum: int) -> None:
     err = assert_refused(harness, harness.vend(lifetime=lifetime), 400, "lifetime-too-long")
     assert f"{maximum}s" in err["message"]
 
@@ -151,8 +150,11 @@ def test_delegates_injected_on_an_entitlement_without_chain(harness: ServiceHarn
     assert_refused(harness, resp, 403, "delegates-not-allowed")
 
 
-@pytest.mark.parametrize("delegates", [[HOP_SA, HOP_SA], [DEMO_SA], [DEMO_SA, HOP_SA], [HOP_SA, DEMO_SA]],
-                         ids=["hop-twice", "other-hop", "injected-before", "injected-after"])
+@pytest.mark.parametrize(
+    "delegates",
+    [[HOP_SA, HOP_SA], [DEMO_SA], [DEMO_SA, HOP_SA], [HOP_SA, DEMO_SA]],
+    ids=["hop-twice", "other-hop", "injected-before", "injected-after"],
+)
 def test_delegates_injected_into_a_chain(harness: ServiceHarness, delegates: list[str]) -> None:
     resp = harness.vend(service_account=PROD_SA, delegates=delegates, subject=CHAIN_SUBJECT)
     assert_refused(harness, resp, 403, "delegates-not-allowed")
@@ -160,19 +162,36 @@ def test_delegates_injected_into_a_chain(harness: ServiceHarness, delegates: lis
 
 def _two_hop_chain(raw: dict[str, Any]) -> None:
     raw["entitlements"].append(
-        {"name": "chain2", "principals": [{"issuer": raw["issuers"][0]["name"], "claims": {"sub": CHAIN2_SUBJECT}}],
-         "service_account": PROD_SA, "scopes": [CLOUD], "max_lifetime": 600, "delegates": [HOP_SA, BOT_SA]})
+        {
+            "name": "chain2",
+            "principals": [{"issuer": raw["issuers"][0]["name"], "claims": {"sub": CHAIN2_SUBJECT}}],
+            "service_account": PROD_SA,
+            "scopes": [CLOUD],
+            "max_lifetime": 600,
+            "delegates": [HOP_SA, BOT_SA],
+        }
+    )
 
 
-@pytest.mark.parametrize("delegates", [
-    [BOT_SA, HOP_SA],
-    [HOP_SA],
-    [BOT_SA],
-    [HOP_SA, BOT_SA, DEMO_SA],
-    [DEMO_SA, HOP_SA, BOT_SA],
-    [f"projects/-/serviceAccounts/{BOT_SA}", f"projects/-/serviceAccounts/{HOP_SA}"],
-], ids=["reordered", "first-hop-only", "last-hop-only", "extra-hop-appended", "extra-hop-prepended",
-        "reordered-canonical-form"])
+@pytest.mark.parametrize(
+    "delegates",
+    [
+        [BOT_SA, HOP_SA],
+        [HOP_SA],
+        [BOT_SA],
+        [HOP_SA, BOT_SA, DEMO_SA],
+        [DEMO_SA, HOP_SA, BOT_SA],
+        [f"projects/-/serviceAccounts/{BOT_SA}", f"projects/-/serviceAccounts/{HOP_SA}"],
+    ],
+    ids=[
+        "reordered",
+        "first-hop-only",
+        "last-hop-only",
+        "extra-hop-appended",
+        "extra-hop-prepended",
+        "reordered-canonical-form",
+    ],
+)
 def test_reordered_or_partial_delegation_chain_is_refused(make_harness: Any, delegates: list[str]) -> None:
     # GIVEN an entitlement whose chain is [delegate-hop, chatops-bot]
     h = make_harness(edit=_two_hop_chain)
@@ -183,9 +202,16 @@ def test_reordered_or_partial_delegation_chain_is_refused(make_harness: Any, del
     assert "in order" in err["message"]
 
 
-@pytest.mark.parametrize("delegates", [["projects/other-project/serviceAccounts/" + HOP_SA], ["serviceAccounts/" + HOP_SA],
-                                       [HOP_SA.upper()], [HOP_SA + "\n"]],
-                         ids=["other-project", "partial-resource-name", "upper-case", "newline"])
+@pytest.mark.parametrize(
+    "delegates",
+    [
+        ["projects/other-project/serviceAccounts/" + HOP_SA],
+        ["serviceAccounts/" + HOP_SA],
+        [HOP_SA.upper()],
+        [HOP_SA + "\n"],
+    ],
+    ids=["other-project", "partial-resource-name", "upper-case", "newline"],
+)
 def test_malformed_delegate_names_are_refused(harness: ServiceHarness, delegates: list[str]) -> None:
     resp = harness.vend(service_account=PROD_SA, delegates=delegates, subject=CHAIN_SUBJECT)
     assert_refused(harness, resp, 400, "invalid-delegates")
@@ -262,28 +288,33 @@ def test_approval_lifetime_one_second_above_the_entitlement_maximum(harness: Ser
 
 
 def test_break_glass_lifetime_one_second_above_its_maximum(harness: ServiceHarness) -> None:
-    request_id = pending(harness, subject="oncall@example.com", entitlement="prod-break-glass",
-                         justification="INC-7: primary down")
+    request_id = pending(
+        harness, subject="oncall@example.com", entitlement="prod-break-glass", justification="INC-7: primary down"
+    )
     resp = vend(harness, request_id, subject="oncall@example.com", lifetime=1801)
     err = assert_refused(harness, resp, 400, "lifetime-too-long")
     assert "1800s" in err["message"]
 
 
 def test_break_glass_by_a_non_principal_is_refused(harness: ServiceHarness) -> None:
-    resp = create(harness, subject="mallory@example.com", entitlement="prod-break-glass",
-                  justification="INC-7: primary down")
+    resp = create(
+        harness, subject="mallory@example.com", entitlement="prod-break-glass", justification="INC-7: primary down"
+    )
     assert_refused(harness, resp, 403, "entitlement-not-allowed")
 
 
-@pytest.mark.parametrize(("case", "status", "reason"), [
-    ("pending", 403, "approval-pending"),
-    ("denied", 403, "approval-denied"),
-    ("revoked", 403, "approval-revoked"),
-    ("withdrawn", 403, "approval-withdrawn"),
-    ("consumed", 409, "approval-consumed"),
-    ("window-over", 403, "approval-expired"),
-    ("pending-time-over", 403, "approval-expired"),
-])
+@pytest.mark.parametrize(
+    ("case", "status", "reason"),
+    [
+        ("pending", 403, "approval-pending"),
+        ("denied", 403, "approval-denied"),
+        ("revoked", 403, "approval-revoked"),
+        ("withdrawn", 403, "approval-withdrawn"),
+        ("consumed", 409, "approval-consumed"),
+        ("window-over", 403, "approval-expired"),
+        ("pending-time-over", 403, "approval-expired"),
+    ],
+)
 def test_unusable_approval_is_refused(harness: ServiceHarness, case: str, status: int, reason: str) -> None:
     h = harness
     with freeze_time(T0) as frozen:
@@ -315,8 +346,9 @@ def test_unusable_approval_is_refused(harness: ServiceHarness, case: str, status
 
 
 def test_break_glass_fourth_use_is_refused(harness: ServiceHarness) -> None:
-    request_id = pending(harness, subject="oncall@example.com", entitlement="prod-break-glass",
-                         justification="INC-7: primary down")
+    request_id = pending(
+        harness, subject="oncall@example.com", entitlement="prod-break-glass", justification="INC-7: primary down"
+    )
     for _ in range(3):
         assert vend(harness, request_id, subject="oncall@example.com").status_code == 200
     resp = vend(harness, request_id, subject="oncall@example.com")
@@ -413,8 +445,11 @@ def test_approver_of_another_entitlement_by_message(harness: ServiceHarness, bot
 
 
 def test_bot_cannot_file_a_request_for_someone_else(harness: ServiceHarness, bot: Bot, leak_audit: LeakAudit) -> None:
-    deliver(bot.message("request", "alice@example.com", requester=REQUESTER, entitlement="prod-admin",
-                        justification=JUSTIFICATION))
+    deliver(
+        bot.message(
+            "request", "alice@example.com", requester=REQUESTER, entitlement="prod-admin", justification=JUSTIFICATION
+        )
+    )
     assert rejections(leak_audit) == ["not-requester"]
     assert [e for _, e in harness.events.published if e["type"] == "request.created"] == []
 
@@ -446,8 +481,9 @@ def _unsigned(h: ServiceHarness, bot: Bot, request_id: str) -> str:
 
 
 def _wrong_audience(h: ServiceHarness, bot: Bot, request_id: str) -> str:
-    return bot.sign({**bot.claims("approve", "alice@example.com", request_id=request_id),
-                     "aud": "https://elsewhere.example"})
+    return bot.sign(
+        {**bot.claims("approve", "alice@example.com", request_id=request_id), "aud": "https://elsewhere.example"}
+    )
 
 
 def _sub_not_the_signer(h: ServiceHarness, bot: Bot, request_id: str) -> str:
@@ -465,8 +501,9 @@ FORGED: dict[str, tuple[Callable[[ServiceHarness, Bot, str], str], str]] = {
 
 
 @pytest.mark.parametrize("case", list(FORGED))
-def test_forged_or_untrusted_approval_message_changes_nothing(harness: ServiceHarness, bot: Bot,
-                                                              leak_audit: LeakAudit, case: str) -> None:
+def test_forged_or_untrusted_approval_message_changes_nothing(
+    harness: ServiceHarness, bot: Bot, leak_audit: LeakAudit, case: str
+) -> None:
     make, reason = FORGED[case]
     # GIVEN alice has approved, so one more approval would activate the request
     request_id = pending(harness)
@@ -479,8 +516,9 @@ def test_forged_or_untrusted_approval_message_changes_nothing(harness: ServiceHa
     assert rejections(leak_audit) == [reason]
 
 
-def test_message_replayed_after_its_exp_changes_nothing(harness: ServiceHarness, bot: Bot,
-                                                        leak_audit: LeakAudit) -> None:
+def test_message_replayed_after_its_exp_changes_nothing(
+    harness: ServiceHarness, bot: Bot, leak_audit: LeakAudit
+) -> None:
     with freeze_time(T0) as frozen:
         request_id = pending(harness)
         act(harness, request_id, "approve", "bob@example.com")

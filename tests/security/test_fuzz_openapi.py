@@ -75,19 +75,39 @@ from tests.support.app import CI_SUBJECT, DEMO_SA, PROD_SA, ServiceHarness
 DOC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
 SCHEMA = schemathesis.openapi.from_path(DOC_PATH)
 OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
-CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-               response_schema_conformance]
+CONFORMANCE = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 CHECKS = [*CONFORMANCE, negative_data_rejection]
 
 REQUESTER = "dave@example.com"
 # Who the injected caller token names: mostly the CI principal, also a requester, approvers, an auditor,
 # the break-glass on-call and a principal no entitlement names. None: keep the generated Authorization.
-CALLERS = [CI_SUBJECT, CI_SUBJECT, CI_SUBJECT, REQUESTER, "alice@example.com", "bob@example.com",
-           "auditor@example.com", "oncall@example.com", "nobody@example.com", None]
+CALLERS = [
+    CI_SUBJECT,
+    CI_SUBJECT,
+    CI_SUBJECT,
+    REQUESTER,
+    "alice@example.com",
+    "bob@example.com",
+    "auditor@example.com",
+    "oncall@example.com",
+    "nobody@example.com",
+    None,
+]
 TARGETS = [DEMO_SA, DEMO_SA, PROD_SA]
 JUSTIFICATION = "TICKET-7: fuzzing"
-SETTINGS = {"deadline": None, "database": None, "suppress_health_check": list(HealthCheck), "print_blob": True,
-            "derandomize": False}
+SETTINGS = {
+    "deadline": None,
+    "database": None,
+    "suppress_health_check": list(HealthCheck),
+    "print_blob": True,
+    "derandomize": False,
+}
 
 # Cases per operation (each operation has its own run) and hostile values, default and long.
 PER_OPERATION, PER_OPERATION_LONG = 30, 300
@@ -105,8 +125,10 @@ def fuzz_seed(long: bool) -> int:
 
 
 def _replay(seed_value: int, label: str) -> str:
-    return (f"fuzz seed {seed_value} ({label}); replay with {SEED_VAR}={seed_value} "
-            f"{'make test-long' if 'long' in label else 'pytest tests/security/test_fuzz_openapi.py'}")
+    return (
+        f"fuzz seed {seed_value} ({label}); replay with {SEED_VAR}={seed_value} "
+        f"{'make test-long' if 'long' in label else 'pytest tests/security/test_fuzz_openapi.py'}"
+    )
 
 
 @contextlib.contextmanager
@@ -135,13 +157,17 @@ def replayable() -> Iterator[None]:
 
 def describe(case: Any, *extra: Any) -> str:
     """A generated case as stable text (before it is aimed at real records or given a token)."""
+
     def plain(value: Any) -> Any:
         if type(value).__name__ == "NotSet":
             return None
         return value.hex() if isinstance(value, bytes) else value
 
-    return json.dumps([case.operation.label, plain(case.path_parameters), plain(case.query), plain(case.body),
-                       *extra], sort_keys=True, default=repr)
+    return json.dumps(
+        [case.operation.label, plain(case.path_parameters), plain(case.query), plain(case.body), *extra],
+        sort_keys=True,
+        default=repr,
+    )
 
 
 def _op_seed(seed_value: int, label: str) -> int:
@@ -165,13 +191,15 @@ def _seed(h: ServiceHarness) -> dict[str, list[str]]:
     issuances = [h.vend().get_json()["issuance_id"] for _ in range(2)]
     requests = []
     for _ in range(3):
-        resp = h.post("/v1/requests", {"entitlement": "prod-admin", "justification": JUSTIFICATION},
-                      subject=REQUESTER)
+        resp = h.post("/v1/requests", {"entitlement": "prod-admin", "justification": JUSTIFICATION}, subject=REQUESTER)
         requests.append(resp.get_json()["id"])
     for approver in ("alice@example.com", "bob@example.com"):  # the second one ACTIVE
         h.post(f"/v1/requests/{requests[1]}:approve", subject=approver)
-    resp = h.post("/v1/requests", {"entitlement": "prod-break-glass", "justification": "INC-1: fuzzing"},
-                  subject="oncall@example.com")
+    resp = h.post(
+        "/v1/requests",
+        {"entitlement": "prod-break-glass", "justification": "INC-1: fuzzing"},
+        subject="oncall@example.com",
+    )
     requests.append(resp.get_json()["id"])
     assert all(isinstance(i, str) and len(i) == 32 for i in issuances + requests)
     return {"issuances": issuances, "requests": requests}
@@ -199,8 +227,8 @@ class Run:
     def __init__(self, h: ServiceHarness, label: str) -> None:
         self.h, self.label, self.app = h, label, h.client.application
         self.stats: Counter[str] = Counter()
-        self.sent: Counter[str] = Counter()   # cases actually sent, per operation
-        self.digest = hashlib.sha256()        # of the cases generated: equal digests, same cases
+        self.sent: Counter[str] = Counter()  # cases actually sent, per operation
+        self.digest = hashlib.sha256()  # of the cases generated: equal digests, same cases
         self.started = time.monotonic()
 
     def generated(self, text: str) -> None:
@@ -220,8 +248,10 @@ class Run:
     def report(self, capsys: pytest.CaptureFixture[str], detail: str) -> None:
         elapsed = time.monotonic() - self.started
         with capsys.disabled():
-            print(f"\n[fuzz {self.label}] executed {self.stats['executed']} generated requests in {elapsed:.1f}s "
-                  f"({detail.format_map(self.stats)}); cases digest {self.digest.hexdigest()[:16]}")
+            print(
+                f"\n[fuzz {self.label}] executed {self.stats['executed']} generated requests in {elapsed:.1f}s "
+                f"({detail.format_map(self.stats)}); cases digest {self.digest.hexdigest()[:16]}"
+            )
             for label, count in sorted(self.sent.items()):
                 print(f"[fuzz {self.label}]   sent to {label}: {count}")
             for key in sorted(k for k in self.stats if k.startswith("status ")):
@@ -241,13 +271,15 @@ class Run:
 
 # -- 1. schema-driven fuzzing ------------------------------------------------------------------
 
+
 def announce(capsys: pytest.CaptureFixture[str], label: str, seed_value: int) -> None:
     with capsys.disabled():
         print(f"\n[fuzz {label}] {_replay(seed_value, label)}")
 
 
-def fuzz(h: ServiceHarness, *, per_operation: int, seed_value: int, capsys: pytest.CaptureFixture[str],
-         label: str) -> Run:
+def fuzz(
+    h: ServiceHarness, *, per_operation: int, seed_value: int, capsys: pytest.CaptureFixture[str], label: str
+) -> Run:
     """One Hypothesis run per operation, ``per_operation`` cases each, seeded from ``seed_value``."""
     announce(capsys, label, seed_value)
     known = _seed(h)
@@ -327,18 +359,26 @@ def test_seed_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 _EDGE_TIMES = st.one_of(
     st.sampled_from([dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31, 23, 59, 59, 999999), dt.datetime(1970, 1, 1)]),
     st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31, 23, 59, 59)),
-).flatmap(lambda d: st.sampled_from([None, 0, 1, -1, 14 * 60, -(23 * 60 + 59), 23 * 60 + 59]).map(
-    lambda minutes: d.isoformat() if minutes is None else d.replace(
-        tzinfo=dt.timezone(dt.timedelta(minutes=minutes))).isoformat()))
+).flatmap(
+    lambda d: st.sampled_from([None, 0, 1, -1, 14 * 60, -(23 * 60 + 59), 23 * 60 + 59]).map(
+        lambda minutes: (
+            d.isoformat()
+            if minutes is None
+            else d.replace(tzinfo=dt.timezone(dt.timedelta(minutes=minutes))).isoformat()
+        )
+    )
+)
 
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
-                                                                                 max_size=3), max_leaves=10)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=10,
+)
 _CURSORS = st.one_of(
     st.tuples(_EDGE_TIMES, st.sampled_from(["a" * 32, "", "x"])).map(lambda t: _b64(json.dumps(list(t)).encode())),
     st.integers(1, 20000).map(lambda n: _b64(b"[" * n + b"]" * n)),
@@ -347,7 +387,8 @@ _CURSORS = st.one_of(
     st.text(max_size=40),
 )
 _NESTED = st.integers(1, 30000).flatmap(
-    lambda n: st.sampled_from([b"[" * n + b"]" * n, b'{"a":' * n + b"1" + b"}" * n]))
+    lambda n: st.sampled_from([b"[" * n + b"]" * n, b'{"a":' * n + b"1" + b"}" * n])
+)
 _LIST = SCHEMA["/v1/issuances"]["GET"]
 _BODY_OPS = [op for op in OPERATIONS if op.method.upper() == "POST"]
 HOSTILE_VALUES = st.one_of(
@@ -357,8 +398,9 @@ HOSTILE_VALUES = st.one_of(
 )
 
 
-def fuzz_hostile(h: ServiceHarness, *, max_examples: int, seed_value: int, capsys: pytest.CaptureFixture[str],
-                 label: str) -> Run:
+def fuzz_hostile(
+    h: ServiceHarness, *, max_examples: int, seed_value: int, capsys: pytest.CaptureFixture[str], label: str
+) -> Run:
     announce(capsys, label, seed_value)
     known = _seed(h)
     run = Run(h, label)
@@ -396,14 +438,14 @@ def test_fuzz_hostile_values(harness: ServiceHarness, capsys: pytest.CaptureFixt
 @pytest.mark.long
 def test_fuzz_hostile_values_long(harness: ServiceHarness, capsys: pytest.CaptureFixture[str]) -> None:
     seed_value = fuzz_seed(long=True)
-    run = fuzz_hostile(harness, max_examples=HOSTILE_LONG, seed_value=seed_value, capsys=capsys,
-                       label="hostile-long")
+    run = fuzz_hostile(harness, max_examples=HOSTILE_LONG, seed_value=seed_value, capsys=capsys, label="hostile-long")
     run.assert_sound(HOSTILE_LONG)
 
 
 # -- 3. what the fuzzers found before, kept as explicit cases (issue 9, defect 7) ----------------------
 # Each was a 500 (or an HTML 404) before its fix. In-document operations go through the same
 # conformance checks as the fuzzers; paths outside the document must get the documented JSON 404.
+
 
 def _deep(n: int, kind: str) -> bytes:
     return b"[" * n + b"]" * n if kind == "array" else b'{"a":' * n + b"1" + b"}" * n
@@ -419,9 +461,13 @@ PAST_FINDINGS: dict[str, tuple[str, str, dict[str, Any] | None, Any]] = {
     "deep-json-object-vend": ("POST", "/v1/access-tokens", None, _deep(30000, "object")),
     "deep-json-object-request": ("POST", "/v1/requests", None, _deep(5000, "object")),
     "deep-json-array-signed-jwt": ("POST", "/v1/signed-jwts", None, _deep(1100, "array")),
-    "deep-json-in-claims": ("POST", "/v1/signed-jwts", None,
-                            b'{"service_account": "' + DEMO_SA.encode() + b'", "claims": {"aud": "https://example.com/",'
-                            b' "scope": ' + _deep(3000, "array") + b"}}"),
+    "deep-json-in-claims": (
+        "POST",
+        "/v1/signed-jwts",
+        None,
+        b'{"service_account": "' + DEMO_SA.encode() + b'", "claims": {"aud": "https://example.com/",'
+        b' "scope": ' + _deep(3000, "array") + b"}}",
+    ),
     "deep-json-approve": ("POST", "/v1/requests/{id}:approve", None, _deep(30000, "array")),
     # extreme timestamps: the range's ends with offsets that push them out of it
     "since-year-1-plus-14h": ("GET", "/v1/issuances", {"since": "0001-01-01T00:00:00+14:00"}, None),
@@ -429,10 +475,18 @@ PAST_FINDINGS: dict[str, tuple[str, str, dict[str, Any] | None, Any]] = {
     "since-year-1-naive": ("GET", "/v1/issuances", {"since": "0001-01-01T00:00:00"}, None),
     "since-year-9999-utc": ("GET", "/v1/issuances", {"since": "9999-12-31T23:59:59Z"}, None),
     # forged page tokens
-    "page-token-year-1-plus-14h": ("GET", "/v1/issuances",
-                                   {"page_token": _cursor(["0001-01-01T00:00:00+14:00", "a" * 32])}, None),
-    "page-token-year-9999-minus-23h59": ("GET", "/v1/issuances",
-                                         {"page_token": _cursor(["9999-12-31T23:59:59.999999-23:59", ""])}, None),
+    "page-token-year-1-plus-14h": (
+        "GET",
+        "/v1/issuances",
+        {"page_token": _cursor(["0001-01-01T00:00:00+14:00", "a" * 32])},
+        None,
+    ),
+    "page-token-year-9999-minus-23h59": (
+        "GET",
+        "/v1/issuances",
+        {"page_token": _cursor(["9999-12-31T23:59:59.999999-23:59", ""])},
+        None,
+    ),
     "page-token-deep-nesting": ("GET", "/v1/issuances", {"page_token": _b64(_deep(20000, "array"))}, None),
     "page-token-object": ("GET", "/v1/issuances", {"page_token": _cursor({"a": 1})}, None),
     "page-token-three-items": ("GET", "/v1/issuances", {"page_token": _cursor([1, 2, 3])}, None),
@@ -443,8 +497,14 @@ PAST_FINDINGS: dict[str, tuple[str, str, dict[str, Any] | None, Any]] = {
     "page-token-huge-year": ("GET", "/v1/issuances", {"page_token": _cursor(["99999-01-01T00:00:00Z", "a"])}, None),
 }
 # Outside the document: each was an HTML 404 from the framework's router.
-UNKNOWN_PATHS = [("GET", "/robots.txt"), ("GET", "/favicon.ico"), ("POST", "/v1/requests/a%0Ab:withdraw"),
-                 ("GET", "/v1/issuances/a%0A"), ("GET", "/v1/requests/%0A"), ("POST", "/v1/access-tokens%0A")]
+UNKNOWN_PATHS = [
+    ("GET", "/robots.txt"),
+    ("GET", "/favicon.ico"),
+    ("POST", "/v1/requests/a%0Ab:withdraw"),
+    ("GET", "/v1/issuances/a%0A"),
+    ("GET", "/v1/requests/%0A"),
+    ("POST", "/v1/access-tokens%0A"),
+]
 
 
 @pytest.mark.parametrize("name", sorted(PAST_FINDINGS))

@@ -55,8 +55,11 @@ def nothing_changed(h: ServiceHarness, call: Any) -> Any:
 
 
 def blob(h: ServiceHarness, payload: bytes, subject: str = CI_SUBJECT, **body: Any) -> Any:
-    return h.post("/v1/signed-blobs", {"service_account": DEMO_SA, "payload": base64.b64encode(payload).decode(),
-                                       **body}, subject=subject)
+    return h.post(
+        "/v1/signed-blobs",
+        {"service_account": DEMO_SA, "payload": base64.b64encode(payload).decode(), **body},
+        subject=subject,
+    )
 
 
 @pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.emulator)])
@@ -68,8 +71,8 @@ def factory(request: pytest.FixtureRequest) -> Any:
 
 JWT_INPUTS = [
     b64url(json.dumps({"alg": "RS256", "typ": "JWT"})) + "." + b64url(json.dumps({"aud": "x", "exp": 2_000_000_000})),
-    b64url(json.dumps({"alg": "RS256"})) + "==." + b64url(json.dumps({"iss": "me"})),   # padded segments
-    b64url(json.dumps({"alg": "none"})) + "." + b64url("{}") + ".",                     # a third, empty segment
+    b64url(json.dumps({"alg": "RS256"})) + "==." + b64url(json.dumps({"iss": "me"})),  # padded segments
+    b64url(json.dumps({"alg": "none"})) + "." + b64url("{}") + ".",  # a third, empty segment
     " " + b64url(json.dumps({"kid": "k"})) + "." + b64url(json.dumps({"a": 1})) + "\n",  # surrounding blanks
 ]
 
@@ -82,11 +85,14 @@ def test_a_jwt_signing_input_is_never_signed_as_a_blob(harness: ServiceHarness, 
     assert error(resp) == (403, "payload-is-jwt")
 
 
-@pytest.mark.parametrize("payload", [
-    b"GOOG4-RSA-SHA256\n20261128T100000Z\n20261128/auto/storage/goog4_request\n" + b"0" * 64,
-    b"GET\n\n\n1900000000\n/bucket/object",
-    b"DELETE\n\ntext/plain\n1900000000\n/bucket/object",
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"GOOG4-RSA-SHA256\n20261128T100000Z\n20261128/auto/storage/goog4_request\n" + b"0" * 64,
+        b"GET\n\n\n1900000000\n/bucket/object",
+        b"DELETE\n\ntext/plain\n1900000000\n/bucket/object",
+    ],
+)
 def test_a_signed_url_string_is_never_signed_as_a_raw_blob(harness: ServiceHarness, payload: bytes) -> None:
     """GIVEN raw signing acknowledged / WHEN the payload is a V4 or V2 signed-URL string-to-sign /
     THEN 403 payload-is-signed-url: URLs only go through the V4 rules, which bound method and expiry."""
@@ -120,37 +126,50 @@ def _gcs(method: str, expires_s: int, bucket: str = "allowed-bucket") -> dict[st
 def _url_buckets(raw: dict[str, Any]) -> None:
     for ent in raw["entitlements"]:
         if ent["name"] == "gcs-signer":
-            ent["signed_blob"].update(max_ttl=1800, buckets=["allowed-bucket",
-                                                             {"bucket": "upload-bucket", "methods": ["PUT"]}])
+            ent["signed_blob"].update(
+                max_ttl=1800, buckets=["allowed-bucket", {"bucket": "upload-bucket", "methods": ["PUT"]}]
+            )
 
 
-@pytest.mark.parametrize("method,bucket,expected", [
-    ("GET", "allowed-bucket", (200, "ok")),
-    ("HEAD", "allowed-bucket", (403, "method-not-allowed")),
-    ("DELETE", "allowed-bucket", (403, "method-not-allowed")),
-    ("PUT", "allowed-bucket", (403, "method-not-allowed")),
-    ("PUT", "upload-bucket", (200, "ok")),
-    ("GET", "upload-bucket", (403, "method-not-allowed")),
-    ("GET", "other-bucket", (403, "bucket-not-allowed")),
-])
-def test_v4_urls_sign_only_the_listed_methods(make_harness: Any, method: str, bucket: str,
-                                              expected: tuple[int, str]) -> None:
+@pytest.mark.parametrize(
+    "method,bucket,expected",
+    [
+        ("GET", "allowed-bucket", (200, "ok")),
+        ("HEAD", "allowed-bucket", (403, "method-not-allowed")),
+        ("DELETE", "allowed-bucket", (403, "method-not-allowed")),
+        ("PUT", "allowed-bucket", (403, "method-not-allowed")),
+        ("PUT", "upload-bucket", (200, "ok")),
+        ("GET", "upload-bucket", (403, "method-not-allowed")),
+        ("GET", "other-bucket", (403, "bucket-not-allowed")),
+    ],
+)
+def test_v4_urls_sign_only_the_listed_methods(
+    make_harness: Any, method: str, bucket: str, expected: tuple[int, str]
+) -> None:
     """GIVEN a bucket rule (GET by default, PUT listed for one bucket) / WHEN a URL for METHOD is asked /
     THEN only the listed methods are signed."""
     h = make_harness(edit=_url_buckets)
-    resp = h.post("/v1/signed-blobs", {"service_account": DEMO_SA, **_gcs(method, 600, bucket)},
-                  subject="repo:example/app:ref:refs/heads/gcs")
+    resp = h.post(
+        "/v1/signed-blobs",
+        {"service_account": DEMO_SA, **_gcs(method, 600, bucket)},
+        subject="repo:example/app:ref:refs/heads/gcs",
+    )
     assert error(resp) == expected
 
 
-@pytest.mark.parametrize("expires_s,expected", [(1800, (200, "ok")), (1801, (400, "expires-too-far")),
-                                                (604800, (400, "expires-too-far"))])
-def test_v4_url_expiry_is_bounded_like_every_credential(make_harness: Any, expires_s: int,
-                                                        expected: tuple[int, str]) -> None:
+@pytest.mark.parametrize(
+    "expires_s,expected", [(1800, (200, "ok")), (1801, (400, "expires-too-far")), (604800, (400, "expires-too-far"))]
+)
+def test_v4_url_expiry_is_bounded_like_every_credential(
+    make_harness: Any, expires_s: int, expected: tuple[int, str]
+) -> None:
     """GIVEN max_ttl 30 min for URLs / WHEN X-Goog-Expires asks for more / THEN 400 expires-too-far."""
     h = make_harness(edit=_url_buckets)
-    resp = h.post("/v1/signed-blobs", {"service_account": DEMO_SA, **_gcs("GET", expires_s)},
-                  subject="repo:example/app:ref:refs/heads/gcs")
+    resp = h.post(
+        "/v1/signed-blobs",
+        {"service_account": DEMO_SA, **_gcs("GET", expires_s)},
+        subject="repo:example/app:ref:refs/heads/gcs",
+    )
     assert error(resp) == expected
     if expected[0] == 200:
         record = h.service.ledger.get(resp.get_json()["issuance_id"]).data
@@ -176,11 +195,13 @@ def _two_issuers(other: TestIssuer) -> Any:
         raw["groups"] = {"approvers": ["ci/alice@example.com", "ci/bob@example.com", "ci/carol@example.com"]}
         raw["auditors"] = ["ci/auditor@example.com"]
         raw["bots"][0]["actor_issuer"] = "ci"
+
     return edit
 
 
-def test_an_unqualified_identity_is_refused_when_two_issuers_could_produce_it(harness: ServiceHarness,
-                                                                               other_idp: TestIssuer) -> None:
+def test_an_unqualified_identity_is_refused_when_two_issuers_could_produce_it(
+    harness: ServiceHarness, other_idp: TestIssuer
+) -> None:
     """GIVEN two issuers / WHEN the policy names a bare auditor / THEN it does not load, naming the fix."""
     raw = harness.policy.model_dump(mode="python")
     cfg = other_idp.issuer_config().model_dump(mode="python")
@@ -196,20 +217,26 @@ def test_an_auditor_subject_from_another_issuer_reads_nothing(factory: Any, othe
     THEN it sees only its own (nothing) and is refused everyone else's records."""
     h = factory(edit=_two_issuers(other_idp))
     issuance_id = h.vend().get_json()["issuance_id"]
+
     def impostor() -> str:
         return other_idp.mint(sub="auditor@example.com")
 
     assert h.get("/v1/issuances", token=impostor()).get_json() == {"issuances": []}
     assert error(h.get("/v1/issuances", token=impostor(), query={"principal": f"ci/{CI_SUBJECT}"})) == (
-        403, "not-an-auditor")
+        403,
+        "not-an-auditor",
+    )
     assert error(h.get(f"/v1/issuances/{issuance_id}", token=impostor())) == (403, "not-a-reader")
     # the real auditor reads it
     assert h.get(f"/v1/issuances/{issuance_id}", subject="auditor@example.com").status_code == 200
 
 
 def _requested(h: ServiceHarness, subject: str = "dave@example.com", **claims: Any) -> str:
-    resp = h.post("/v1/requests", {"entitlement": "prod-admin", "justification": "TICKET-1: rotate keys"},
-                  token=h.token(subject, **claims))
+    resp = h.post(
+        "/v1/requests",
+        {"entitlement": "prod-admin", "justification": "TICKET-1: rotate keys"},
+        token=h.token(subject, **claims),
+    )
     assert resp.status_code == 200, resp.get_json()
     return str(resp.get_json()["id"])
 
@@ -225,11 +252,18 @@ def test_approvers_and_requesters_of_another_issuer_count_for_nothing(factory: A
     assert h.get(f"/v1/requests/{request_id}", subject="dave@example.com").get_json()["approvals"] == []
     for name in ("alice", "bob"):
         assert h.post(f"/v1/requests/{request_id}:approve", subject=f"{name}@example.com").status_code == 200
-    resp = h.post("/v1/access-tokens", {"service_account": PROD_SA, "request_id": request_id},
-                  token=other_idp.mint(sub="dave@example.com"))
+    resp = h.post(
+        "/v1/access-tokens",
+        {"service_account": PROD_SA, "request_id": request_id},
+        token=other_idp.mint(sub="dave@example.com"),
+    )
     assert error(resp) == (403, "not-requester") and vended(h.standin.minted) == []
-    assert h.post("/v1/access-tokens", {"service_account": PROD_SA, "request_id": request_id},
-                  subject="dave@example.com").status_code == 200
+    assert (
+        h.post(
+            "/v1/access-tokens", {"service_account": PROD_SA, "request_id": request_id}, subject="dave@example.com"
+        ).status_code
+        == 200
+    )
 
 
 def _main_only(raw: dict[str, Any]) -> None:
@@ -248,10 +282,13 @@ def test_vending_on_an_approval_rechecks_the_principal_rule(factory: Any) -> Non
     body = {"service_account": PROD_SA, "request_id": request_id}
     resp = h.post("/v1/access-tokens", body, token=h.token("dave@example.com", ref="refs/heads/feature"))
     assert error(resp) == (403, "entitlement-not-allowed") and vended(h.standin.minted) == []
-    assert h.post("/v1/access-tokens", body, token=h.token("dave@example.com", ref="refs/heads/main")).status_code == 200
+    assert (
+        h.post("/v1/access-tokens", body, token=h.token("dave@example.com", ref="refs/heads/main")).status_code == 200
+    )
 
 
 # == 3. an approval window bounds every kind ===========================================================
+
 
 def _break_glass_all_kinds(raw: dict[str, Any]) -> None:
     for ent in raw["entitlements"]:
@@ -259,12 +296,22 @@ def _break_glass_all_kinds(raw: dict[str, Any]) -> None:
             ent["credentials"] = ["access_token", "id_token", "signed_jwt"]
             ent["id_token"] = {"audiences": [RUN_APP]}
             ent["signed_jwt"] = {"audiences": ["https://example.com/"], "max_ttl": 7200}
-    raw["entitlements"].append({
-        "name": "bg-urls", "principals": [{"issuer": "ci", "claims": {"sub": "oncall@example.com"}}],
-        "service_account": DEMO_SA, "credentials": ["signed_blob"], "max_lifetime": 1800,
-        "signed_blob": {"gcs_v4_only": True, "buckets": ["allowed-bucket"], "max_ttl": 604800},
-        "approval": {"break_glass": True, "max_window": 1800, "max_uses": 5,
-                     "justification_pattern": {"pattern": "INC-[0-9]+: .{3,200}"}}})
+    raw["entitlements"].append(
+        {
+            "name": "bg-urls",
+            "principals": [{"issuer": "ci", "claims": {"sub": "oncall@example.com"}}],
+            "service_account": DEMO_SA,
+            "credentials": ["signed_blob"],
+            "max_lifetime": 1800,
+            "signed_blob": {"gcs_v4_only": True, "buckets": ["allowed-bucket"], "max_ttl": 604800},
+            "approval": {
+                "break_glass": True,
+                "max_window": 1800,
+                "max_uses": 5,
+                "justification_pattern": {"pattern": "INC-[0-9]+: .{3,200}"},
+            },
+        }
+    )
 
 
 def _break_glass(h: ServiceHarness, entitlement: str = "prod-break-glass") -> dict[str, Any]:
@@ -281,8 +328,7 @@ def test_a_thirty_minute_window_bounds_every_kind(factory: Any) -> None:
     window_end = clock.parse_rfc3339(req["window_end"])
     oncall = {"subject": "oncall@example.com"}
     # ID token: IAM fixes one hour, longer than the window
-    resp = h.post("/v1/id-tokens", {"service_account": PROD_SA, "audience": RUN_APP, "request_id": req["id"]},
-                  **oncall)
+    resp = h.post("/v1/id-tokens", {"service_account": PROD_SA, "audience": RUN_APP, "request_id": req["id"]}, **oncall)
     assert error(resp) == (403, "window-too-short")
     # signed JWT: exp defaults to the window's end, and may not pass it
     jwt_body = {"service_account": PROD_SA, "claims": {"aud": "https://example.com/"}, "request_id": req["id"]}
@@ -306,6 +352,7 @@ def test_a_thirty_minute_window_bounds_every_kind(factory: Any) -> None:
 
 # == 4. replay: what a token asserts, not its encoding =================================================
 
+
 def test_an_es256_token_with_the_other_valid_signature_is_a_replay(factory: Any) -> None:
     """GIVEN an ES256 caller token without jti, used once / WHEN the same token is re-encoded with s -> n - s /
     THEN 401 token-replayed, one credential."""
@@ -322,6 +369,7 @@ def test_an_es256_token_with_the_other_valid_signature_is_a_replay(factory: Any)
 
 
 # == 5. races ==========================================================================================
+
 
 class Interleave:
     """A store that runs ``before`` once, just before the first batch that reserves an issuance."""
@@ -351,13 +399,15 @@ def test_a_revoke_between_the_check_and_the_reservation_wins(factory: Any) -> No
     commits / THEN the reservation does not commit, the vend is refused approval-revoked, nothing minted."""
     h = factory()
     request_id = _approved(h)
+
     def revoke() -> object:
         return h.service.approvals.act("ci/alice@example.com", request_id, "revoke", via="http")
 
     h.rebuild(store=Interleave(h.store, revoke))
     h.check_refusals = False  # the interleaved revoke changes the store during the call, on purpose
-    resp = h.post("/v1/access-tokens", {"service_account": PROD_SA, "request_id": request_id},
-                  subject="dave@example.com")
+    resp = h.post(
+        "/v1/access-tokens", {"service_account": PROD_SA, "request_id": request_id}, subject="dave@example.com"
+    )
     assert error(resp) == (403, "approval-revoked")
     assert vended(h.standin.minted) == [] and h.issuance_count() == 0
     assert h.store.get("requests", request_id).data["state"] == "REVOKED"
@@ -373,7 +423,7 @@ class LostAnswer:
     def write(self, writes: Any) -> None:
         if not self.retried and any(isinstance(w, Create) and w.kind == ISSUANCES for w in writes):
             self.retried = 1
-            self.inner.write(writes)      # the commit lands ...
+            self.inner.write(writes)  # the commit lands ...
             try:
                 self.inner.write(writes)  # ... the answer is lost and the retry meets its own write
             except StoreConflict:
@@ -406,6 +456,7 @@ def test_a_retried_commit_recognises_its_own_earlier_write(factory: Any) -> None
 
 
 # == 6. outcomes =========================================================================================
+
 
 def _extended(raw: dict[str, Any]) -> None:
     for ent in raw["entitlements"]:

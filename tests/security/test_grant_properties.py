@@ -43,22 +43,31 @@ from vending.kinds.signed_jwt import GOOGLE_API_AUDIENCE
 from vending.store.indexes import ISSUANCES, REQUESTS
 
 SUBJECT = "oncall@example.com"
-SCOPES = ("https://www.googleapis.com/auth/cloud-platform", "https://www.googleapis.com/auth/devstorage.read_only",
-          "https://www.googleapis.com/auth/compute")
+SCOPES = (
+    "https://www.googleapis.com/auth/cloud-platform",
+    "https://www.googleapis.com/auth/devstorage.read_only",
+    "https://www.googleapis.com/auth/compute",
+)
 AUDIENCES = ("https://a.run.app", "https://b.run.app", "https://example.com/", "https://pubsub.googleapis.com/")
 BUCKETS = ("alpha-bucket", "beta-bucket", "gamma-bucket")
 METHODS = ("GET", "HEAD", "PUT", "POST", "DELETE")
 SLACK_S = 2  # IAM counts a lifetime from when it mints; the harness's IAM call takes well under this
 
-short = settings(max_examples=100, deadline=None, derandomize=True,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                        HealthCheck.data_too_large])
-long = settings(max_examples=1000, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                       HealthCheck.data_too_large])
+short = settings(
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
+long = settings(
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
 
 
 # -- policies ------------------------------------------------------------------------------------------
+
 
 @st.composite
 def entitlements(draw: Any) -> dict[str, Any]:
@@ -67,36 +76,47 @@ def entitlements(draw: Any) -> dict[str, Any]:
     if raw_blobs:
         blob = {"acknowledge_raw_signing": True, "max_payload_bytes": draw(st.sampled_from([64, 4096]))}
     else:
-        rules = [{"bucket": b, "methods": draw(st.lists(st.sampled_from(METHODS), min_size=1, max_size=3,
-                                                         unique=True))}
-                 for b in draw(st.lists(st.sampled_from(BUCKETS), min_size=1, max_size=2, unique=True))]
+        rules = [
+            {"bucket": b, "methods": draw(st.lists(st.sampled_from(METHODS), min_size=1, max_size=3, unique=True))}
+            for b in draw(st.lists(st.sampled_from(BUCKETS), min_size=1, max_size=2, unique=True))
+        ]
         blob = {"gcs_v4_only": True, "buckets": rules, "max_ttl": draw(st.sampled_from([300, 3600, 604800]))}
     ent: dict[str, Any] = {
-        "name": "prop", "principals": [{"issuer": "ci", "claims": {"sub": SUBJECT}}],
+        "name": "prop",
+        "principals": [{"issuer": "ci", "claims": {"sub": SUBJECT}}],
         "service_account": DEMO_SA,
         "scopes": draw(st.lists(st.sampled_from(SCOPES[:2]), min_size=1, max_size=2, unique=True)),
         "max_lifetime": draw(st.sampled_from([60, 900, 3600])),
         "credentials": ["access_token", "id_token", "signed_jwt", "signed_blob"],
         "id_token": {"audiences": draw(st.lists(st.sampled_from(AUDIENCES), min_size=1, max_size=2, unique=True))},
-        "signed_jwt": {"audiences": draw(st.lists(st.sampled_from(AUDIENCES), min_size=1, max_size=3, unique=True)),
-                       "max_ttl": draw(st.sampled_from([600, 3600, 43200])),
-                       "allowed_claims": draw(st.lists(st.sampled_from(["scope", "target"]), max_size=2,
-                                                       unique=True))},
+        "signed_jwt": {
+            "audiences": draw(st.lists(st.sampled_from(AUDIENCES), min_size=1, max_size=3, unique=True)),
+            "max_ttl": draw(st.sampled_from([600, 3600, 43200])),
+            "allowed_claims": draw(st.lists(st.sampled_from(["scope", "target"]), max_size=2, unique=True)),
+        },
         "signed_blob": blob,
     }
     if draw(st.booleans()):  # an approval: break-glass (self-approved) with a window shorter than an hour
         window = draw(st.sampled_from([120, 1800, 3600]))
         ent["max_lifetime"] = min(ent["max_lifetime"], window)
-        ent["approval"] = {"break_glass": True, "max_window": window, "max_uses": 50,
-                           "justification_pattern": {"pattern": "INC-[0-9]+: .{3,200}"}}
+        ent["approval"] = {
+            "break_glass": True,
+            "max_window": window,
+            "max_uses": 50,
+            "justification_pattern": {"pattern": "INC-[0-9]+: .{3,200}"},
+        }
     return ent
 
 
 # -- requests ------------------------------------------------------------------------------------------
 
+
 def jwt_input() -> bytes:
-    return (b64url(json.dumps({"alg": "RS256", "typ": "JWT"})) + "." +
-            b64url(json.dumps({"aud": "https://example.com/", "exp": 4_000_000_000}))).encode()
+    return (
+        b64url(json.dumps({"alg": "RS256", "typ": "JWT"}))
+        + "."
+        + b64url(json.dumps({"aud": "https://example.com/", "exp": 4_000_000_000}))
+    ).encode()
 
 
 @st.composite
@@ -127,14 +147,21 @@ def asks(draw: Any) -> tuple[str, dict[str, Any]]:
     if shape == "v2":
         payload = f"{draw(st.sampled_from(METHODS))}\n\n\n{int(clock.epoch()) + 10**6}\n/alpha-bucket/o".encode()
         return "/v1/signed-blobs", {"payload": base64.b64encode(payload).decode()}
-    v4 = v4_request(draw(st.sampled_from(BUCKETS)), signer=DEMO_SA, at=clock.now(),
-                    expires_s=draw(st.sampled_from([60, 600, 3600, 86400, 604800])),
-                    method=draw(st.sampled_from(METHODS)))
-    return "/v1/signed-blobs", {"payload": base64.b64encode(v4.payload).decode(),
-                                "canonical_request": v4.canonical_request}
+    v4 = v4_request(
+        draw(st.sampled_from(BUCKETS)),
+        signer=DEMO_SA,
+        at=clock.now(),
+        expires_s=draw(st.sampled_from([60, 600, 3600, 86400, 604800])),
+        method=draw(st.sampled_from(METHODS)),
+    )
+    return "/v1/signed-blobs", {
+        "payload": base64.b64encode(v4.payload).decode(),
+        "canonical_request": v4.canonical_request,
+    }
 
 
 # -- the oracle ----------------------------------------------------------------------------------------
+
 
 def _claims(token: str) -> dict[str, Any]:
     payload = token.split(".")[1]
@@ -145,8 +172,11 @@ def _verify_blob(h: ServiceHarness, key_id: str, signature: str, payload: bytes)
     keys = requests.get(h.standin.jwk_url(DEMO_SA), timeout=5).json()["keys"]
     [jwk] = [k for k in keys if k["kid"] == key_id]
     key = pyjwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(jwk))
-    return bool(pyjwt.algorithms.RSAAlgorithm(pyjwt.algorithms.RSAAlgorithm.SHA256).verify(
-        payload, key, base64.b64decode(signature)))
+    return bool(
+        pyjwt.algorithms.RSAAlgorithm(pyjwt.algorithms.RSAAlgorithm.SHA256).verify(
+            payload, key, base64.b64decode(signature)
+        )
+    )
 
 
 def check_minted(h: ServiceHarness, ent: dict[str, Any], payloads: dict[str, bytes]) -> int:
@@ -206,14 +236,20 @@ def check_minted(h: ServiceHarness, ent: dict[str, Any], payloads: dict[str, byt
 FIGURES: dict[str, int] = {"examples": 0, "requests": 0, "minted": 0, "with-approval": 0}
 
 
-def run(h: ServiceHarness, ent: dict[str, Any], calls: list[tuple[str, dict[str, Any]]], use_approval: bool,
-        elapsed_s: int = 0) -> None:
+def run(
+    h: ServiceHarness,
+    ent: dict[str, Any],
+    calls: list[tuple[str, dict[str, Any]]],
+    use_approval: bool,
+    elapsed_s: int = 0,
+) -> None:
     with freeze_time(clock.now()) as frozen:
         _run(h, ent, calls, use_approval, lambda: frozen.tick(elapsed_s))
 
 
-def _run(h: ServiceHarness, ent: dict[str, Any], calls: list[tuple[str, dict[str, Any]]], use_approval: bool,
-         later: Any) -> None:
+def _run(
+    h: ServiceHarness, ent: dict[str, Any], calls: list[tuple[str, dict[str, Any]]], use_approval: bool, later: Any
+) -> None:
     raw = h.policy.model_dump(mode="python")
     raw["entitlements"] = [ent]
     policy = Policy.model_validate(raw)
@@ -251,9 +287,14 @@ ELAPSED = st.sampled_from([0, 0, 100, 1700, 3500])
 
 @short
 @given(ent=entitlements(), calls=CALLS, use_approval=st.booleans(), elapsed_s=ELAPSED)
-def test_every_minted_credential_is_within_its_grant(harness: ServiceHarness, suite_figures: Any,
-                                                      ent: dict[str, Any], calls: list[tuple[str, dict[str, Any]]],
-                                                      use_approval: bool, elapsed_s: int) -> None:
+def test_every_minted_credential_is_within_its_grant(
+    harness: ServiceHarness,
+    suite_figures: Any,
+    ent: dict[str, Any],
+    calls: list[tuple[str, dict[str, Any]]],
+    use_approval: bool,
+    elapsed_s: int,
+) -> None:
     run(harness, ent, calls, use_approval, elapsed_s)
 
 
@@ -261,27 +302,43 @@ def test_every_minted_credential_is_within_its_grant(harness: ServiceHarness, su
 @pytest.mark.timeout(3000)
 @long
 @given(ent=entitlements(), calls=CALLS, use_approval=st.booleans(), elapsed_s=ELAPSED)
-def test_every_minted_credential_is_within_its_grant_long(harness: ServiceHarness, ent: dict[str, Any],
-                                                           calls: list[tuple[str, dict[str, Any]]],
-                                                           use_approval: bool, elapsed_s: int) -> None:
-    harness.check_refusals = False  # the whole-store comparison per refusal grows with the run; the default run keeps it
+def test_every_minted_credential_is_within_its_grant_long(
+    harness: ServiceHarness,
+    ent: dict[str, Any],
+    calls: list[tuple[str, dict[str, Any]]],
+    use_approval: bool,
+    elapsed_s: int,
+) -> None:
+    harness.check_refusals = (
+        False  # the whole-store comparison per refusal grows with the run; the default run keeps it
+    )
     run(harness, ent, calls, use_approval, elapsed_s)
 
 
 def test_the_property_saw_every_kind_minted(harness: ServiceHarness, suite_figures: Any) -> None:
     """The property must not pass vacuously: one fixed example mints each kind and the oracle checks it."""
-    ent = {"name": "prop", "principals": [{"issuer": "ci", "claims": {"sub": SUBJECT}}], "service_account": DEMO_SA,
-           "scopes": [SCOPES[0]], "max_lifetime": 900,
-           "credentials": ["access_token", "id_token", "signed_jwt", "signed_blob"],
-           "id_token": {"audiences": [AUDIENCES[0]]},
-           "signed_jwt": {"audiences": [AUDIENCES[2]], "max_ttl": 600},
-           "signed_blob": {"acknowledge_raw_signing": True}}
-    calls = [("/v1/access-tokens", {}), ("/v1/id-tokens", {"audience": AUDIENCES[0]}),
-             ("/v1/signed-jwts", {"claims": {"aud": AUDIENCES[2]}}),
-             ("/v1/signed-blobs", {"payload": base64.b64encode(b"plain bytes").decode()})]
+    ent = {
+        "name": "prop",
+        "principals": [{"issuer": "ci", "claims": {"sub": SUBJECT}}],
+        "service_account": DEMO_SA,
+        "scopes": [SCOPES[0]],
+        "max_lifetime": 900,
+        "credentials": ["access_token", "id_token", "signed_jwt", "signed_blob"],
+        "id_token": {"audiences": [AUDIENCES[0]]},
+        "signed_jwt": {"audiences": [AUDIENCES[2]], "max_ttl": 600},
+        "signed_blob": {"acknowledge_raw_signing": True},
+    }
+    calls = [
+        ("/v1/access-tokens", {}),
+        ("/v1/id-tokens", {"audience": AUDIENCES[0]}),
+        ("/v1/signed-jwts", {"claims": {"aud": AUDIENCES[2]}}),
+        ("/v1/signed-blobs", {"payload": base64.b64encode(b"plain bytes").decode()}),
+    ]
     before = FIGURES["minted"]
     run(harness, ent, calls, False)
     assert FIGURES["minted"] - before == 4
-    suite_figures.add(f"grant property: {FIGURES['examples']} policies, {FIGURES['requests']} requests "
-                      f"({FIGURES['with-approval']} with an approval window), {FIGURES['minted']} minted credentials "
-                      "each within its entitlement and window")
+    suite_figures.add(
+        f"grant property: {FIGURES['examples']} policies, {FIGURES['requests']} requests "
+        f"({FIGURES['with-approval']} with an approval window), {FIGURES['minted']} minted credentials "
+        "each within its entitlement and window"
+    )

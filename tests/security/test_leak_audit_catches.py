@@ -59,7 +59,7 @@ from vending.store.base import Create
 VARIANTS: dict[str, Callable[[str], str]] = {
     "full": lambda s: s,
     "minus-one-each-end": lambda s: s[1:-1],
-    "middle-40": lambda s: s[len(s) // 2 - 20:len(s) // 2 + 20],
+    "middle-40": lambda s: s[len(s) // 2 - 20 : len(s) // 2 + 20],
     "base64": lambda s: base64.b64encode(s.encode()).decode(),
     "base64url": lambda s: base64.urlsafe_b64encode(s.encode()).decode(),
     "base64url-unpadded": lambda s: base64.urlsafe_b64encode(s.encode()).decode().rstrip("="),
@@ -68,13 +68,18 @@ VARIANTS: dict[str, Callable[[str], str]] = {
 }
 MINTED_KINDS = ("access_token", "id_token", "signed_jwt", "signed_blob")
 SECRET_KINDS = (*MINTED_KINDS, "caller_token")
-STANDIN_METHOD = {"access_token": "generateAccessToken", "id_token": "generateIdToken",
-                  "signed_jwt": "signJwt", "signed_blob": "signBlob"}
+STANDIN_METHOD = {
+    "access_token": "generateAccessToken",
+    "id_token": "generateIdToken",
+    "signed_jwt": "signJwt",
+    "signed_blob": "signBlob",
+}
 
 
 @pytest.fixture
-def audited(sqlite_store: Any, oidc: TestIssuer, standin: Any, tmp_path: Path) -> Iterator[tuple[ServiceHarness,
-                                                                                                   LeakAudit]]:
+def audited(
+    sqlite_store: Any, oidc: TestIssuer, standin: Any, tmp_path: Path
+) -> Iterator[tuple[ServiceHarness, LeakAudit]]:
     """A harness watched by a LeakAudit of this test's own (uninstalled at the end, never checked)."""
     audit = LeakAudit()
     audit.install()
@@ -98,22 +103,26 @@ def obtain(h: ServiceHarness, kind: str, i: int) -> str:
     if kind == "access_token":
         resp = h.vend()
     elif kind == "id_token":
-        resp = h.post("/v1/id-tokens", {"service_account": DEMO_SA,
-                                        "audience": f"https://hello-{i}x2kq3abcd-uc.a.run.app"})
+        resp = h.post(
+            "/v1/id-tokens", {"service_account": DEMO_SA, "audience": f"https://hello-{i}x2kq3abcd-uc.a.run.app"}
+        )
     elif kind == "signed_jwt":
-        resp = h.post("/v1/signed-jwts", {"service_account": DEMO_SA,
-                                          "claims": {"aud": "https://example.com/", "scope": f"planted-{i}"}})
+        resp = h.post(
+            "/v1/signed-jwts",
+            {"service_account": DEMO_SA, "claims": {"aud": "https://example.com/", "scope": f"planted-{i}"}},
+        )
     else:
-        resp = h.post("/v1/signed-blobs", {"service_account": DEMO_SA,
-                                           "payload": base64.b64encode(f"planted blob {i}".encode()).decode()})
+        resp = h.post(
+            "/v1/signed-blobs",
+            {"service_account": DEMO_SA, "payload": base64.b64encode(f"planted blob {i}".encode()).decode()},
+        )
     assert resp.status_code == 200, resp.get_json()
     minted = [m for m in h.standin.minted[before:] if m.method == STANDIN_METHOD[kind]]
     assert len(minted) == 1, minted
     return str(minted[0].credential)
 
 
-def respond(h: ServiceHarness, *, status: int | None = None, body: str | None = None,
-            header: str | None = None) -> Any:
+def respond(h: ServiceHarness, *, status: int | None = None, body: str | None = None, header: str | None = None) -> Any:
     """A request through the real app whose response is altered on its way out (an after-request
     function appended directly: Flask refuses new setup functions once a request was handled)."""
     app = h.client.application
@@ -170,6 +179,7 @@ PLACES = ("stdlib-log", "vending-log", "stdout", "stderr", "store", "event", "er
 
 # -- every kind of leak, in every place -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("place", PLACES)
 @pytest.mark.parametrize("kind", SECRET_KINDS)
 def test_audit_catches_every_variant(audited: tuple[ServiceHarness, LeakAudit], kind: str, place: str) -> None:
@@ -211,8 +221,9 @@ def test_leak_in_store_after_a_real_vend_end_to_end(audited: tuple[ServiceHarnes
     h, audit = audited
     # GIVEN a real vend (the caller token and the access token both exist) and a clean audit
     caller = h.token()
-    resp = h.post("/v1/access-tokens", {"service_account": DEMO_SA, "scopes": [CLOUD], "lifetime": "600s"},
-                  token=caller)
+    resp = h.post(
+        "/v1/access-tokens", {"service_account": DEMO_SA, "scopes": [CLOUD], "lifetime": "600s"}, token=caller
+    )
     assert resp.status_code == 200
     token = resp.get_json()["access_token"]
     assert token in audit.minted_secrets() and caller in audit.caller_tokens()
@@ -220,12 +231,14 @@ def test_leak_in_store_after_a_real_vend_end_to_end(audited: tuple[ServiceHarnes
     # WHEN a stored document (another kind than the service's) holds a slice of the token and the
     # caller's token in base64
     middle = token[20:60]
-    h.store.write([Create("leak", "debug", {"upstream": {"note": middle},
-                                            "auth": base64.b64encode(caller.encode()).decode()})])
+    h.store.write(
+        [Create("leak", "debug", {"upstream": {"note": middle}, "auth": base64.b64encode(caller.encode()).decode()})]
+    )
     # THEN the audit fails, naming both, in the store
     found, _ = audit.hits()
     assert sorted((w, hit.label, hit.secret) for w, hit in found) == sorted(
-        [("store", "minted credential", token), ("store", "caller token", caller)])
+        [("store", "minted credential", token), ("store", "caller token", caller)]
+    )
     with pytest.raises(AssertionError) as info:
         audit.check()
     assert "in store: minted credential" in str(info.value) and "in store: caller token" in str(info.value)
@@ -240,8 +253,14 @@ def test_clean_scenario_has_no_hits(audited: tuple[ServiceHarness, LeakAudit]) -
     ids = [item["id"] if "id" in item else item["issuance_id"] for item in listing["issuances"]]
     for issuance_id in ids:
         assert h.get(f"/v1/issuances/{issuance_id}").status_code == 200
-    assert h.post("/v1/requests", {"entitlement": "prod-admin", "justification": "TICKET-1: audit"},
-                  subject="dave@example.com").status_code == 200
+    assert (
+        h.post(
+            "/v1/requests",
+            {"entitlement": "prod-admin", "justification": "TICKET-1: audit"},
+            subject="dave@example.com",
+        ).status_code
+        == 200
+    )
     assert h.get("/v1/issuances/" + "0" * 32).status_code == 404
     # WHEN everything is searched
     found, figures = audit.hits()
@@ -258,8 +277,7 @@ def test_clean_scenario_has_no_hits(audited: tuple[ServiceHarness, LeakAudit]) -
     assert stacks["events"] and stacks["response-headers"] and stacks["error-bodies"]
 
 
-def test_a_vend_body_hands_out_its_own_credential_but_nothing_else(audited: tuple[ServiceHarness,
-                                                                                  LeakAudit]) -> None:
+def test_a_vend_body_hands_out_its_own_credential_but_nothing_else(audited: tuple[ServiceHarness, LeakAudit]) -> None:
     h, audit = audited
     # GIVEN a vend whose 200 body carries its access token (by design)
     caller = h.token()
@@ -274,6 +292,7 @@ def test_a_vend_body_hands_out_its_own_credential_but_nothing_else(audited: tupl
 
 def test_use_store_reaches_every_store_the_service_holds(audited: tuple[ServiceHarness, LeakAudit]) -> None:
     h, _ = audited
+
     # GIVEN a wrapper around the harness's store
     class Wrapper:
         def __init__(self, inner: Any) -> None:
@@ -291,10 +310,14 @@ def test_use_store_reaches_every_store_the_service_holds(audited: tuple[ServiceH
 
 # -- the search itself --------------------------------------------------------------------------------
 
-JWT = ("eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0."
-       + base64.urlsafe_b64encode(json.dumps({"sub": "repo:example/app", "jti": "0123456789abcdef"}).encode())
-       .decode().rstrip("=")
-       + "." + base64.urlsafe_b64encode(bytes(range(256))).decode().rstrip("="))
+JWT = (
+    "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0."
+    + base64.urlsafe_b64encode(json.dumps({"sub": "repo:example/app", "jti": "0123456789abcdef"}).encode())
+    .decode()
+    .rstrip("=")
+    + "."
+    + base64.urlsafe_b64encode(bytes(range(256))).decode().rstrip("=")
+)
 ACCESS = "ya29.c." + base64.urlsafe_b64encode(bytes(range(100, 172))).decode()
 BLOB = base64.b64encode(bytes(range(255, -1, -1))).decode()
 SECRETS = [JWT, ACCESS, BLOB]
@@ -305,8 +328,11 @@ def naive_find(haystack: str, secrets: list[str]) -> list[str]:
     other secret has."""
     folded = haystack.translate(_FOLD)
     prints = {s: set(fingerprints(s)) for s in secrets}
-    return [s for s in secrets
-            if any(fp in folded and not any(fp in prints[o] for o in secrets if o != s) for fp in prints[s])]
+    return [
+        s
+        for s in secrets
+        if any(fp in folded and not any(fp in prints[o] for o in secrets if o != s) for fp in prints[s])
+    ]
 
 
 def test_public_parts_are_not_searched() -> None:
@@ -314,15 +340,32 @@ def test_public_parts_are_not_searched() -> None:
     header, payload, signature = JWT.split(".")
     # THEN a JWT's header, and the ya29. prefix, are left out; a signature counts whole
     assert sensitive_part(JWT) == f"{payload}.{signature}"
-    assert sensitive_part(ACCESS) == ACCESS[len("ya29."):]
+    assert sensitive_part(ACCESS) == ACCESS[len("ya29.") :]
     assert sensitive_part(BLOB) == BLOB
     assert find_secrets(f"kid header {header} and ya29.c. prefix", SECRETS) == []
-    assert set(search_forms(JWT)) >= {"plain", "base64@0", "base64@1", "base64@2", "base64url@0", "base64",
-                                      "base64url", "base64url-unpadded", "percent", "percent-plus"}
+    assert set(search_forms(JWT)) >= {
+        "plain",
+        "base64@0",
+        "base64@1",
+        "base64@2",
+        "base64url@0",
+        "base64",
+        "base64url",
+        "base64url-unpadded",
+        "percent",
+        "percent-plus",
+    }
     assert caller_token_of(f"Bearer {JWT}") == JWT and caller_token_of(ACCESS) == ACCESS
     assert caller_token_of(f"Basic {BLOB}") == BLOB
-    for not_a_credential in ("", "Bearer", "Bearer generateAccessToken", "Bearer " + "0" * 64, "Bearer abc.def.ghi",
-                             "Bearer " + JWT.replace(".", "!", 1), "Bearer " + JWT + " trailing"):
+    for not_a_credential in (
+        "",
+        "Bearer",
+        "Bearer generateAccessToken",
+        "Bearer " + "0" * 64,
+        "Bearer abc.def.ghi",
+        "Bearer " + JWT.replace(".", "!", 1),
+        "Bearer " + JWT + " trailing",
+    ):
         assert caller_token_of(not_a_credential) is None
 
 
@@ -345,21 +388,27 @@ def test_every_variant_at_every_alignment(secret: str, variant: str, prefix: str
 
 def test_31_characters_are_not_a_fingerprint() -> None:
     # GIVEN a slice one character short of a window
-    middle = sensitive_part(ACCESS)[10:10 + FINGERPRINT - 1]
+    middle = sensitive_part(ACCESS)[10 : 10 + FINGERPRINT - 1]
     # THEN it is not reported; one more character is
     assert find_secrets(f"note {middle} end", SECRETS) == []
-    assert find_secrets(f"note {sensitive_part(ACCESS)[10:10 + FINGERPRINT]} end", SECRETS) == [ACCESS]
+    assert find_secrets(f"note {sensitive_part(ACCESS)[10 : 10 + FINGERPRINT]} end", SECRETS) == [ACCESS]
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
-@given(which=st.integers(0, len(SECRETS) - 1), variant=st.sampled_from(sorted(VARIANTS)),
-       start=st.integers(0, 400), length=st.integers(20, 80), noise=st.text("abcxyz+/=-_.%0123456789 ", max_size=40),
-       noise2=st.text("abcxyz+/=-_.%0123456789 ", max_size=40))
-def test_index_agrees_with_the_definition(which: int, variant: str, start: int, length: int, noise: str,
-                                          noise2: str) -> None:
+@given(
+    which=st.integers(0, len(SECRETS) - 1),
+    variant=st.sampled_from(sorted(VARIANTS)),
+    start=st.integers(0, 400),
+    length=st.integers(20, 80),
+    noise=st.text("abcxyz+/=-_.%0123456789 ", max_size=40),
+    noise2=st.text("abcxyz+/=-_.%0123456789 ", max_size=40),
+)
+def test_index_agrees_with_the_definition(
+    which: int, variant: str, start: int, length: int, noise: str, noise2: str
+) -> None:
     # GIVEN a random piece of a variant of a secret between random noise
     text = VARIANTS[variant](SECRETS[which])
-    haystack = noise + text[start:start + length] + noise2
+    haystack = noise + text[start : start + length] + noise2
     # THEN the index finds exactly what the naive window search finds
     assert [h.secret for h in SecretIndex(SECRETS).find(haystack)] == naive_find(haystack, SECRETS)
 

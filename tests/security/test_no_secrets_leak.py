@@ -81,15 +81,29 @@ def _scenario(h: ServiceHarness) -> dict[str, int]:
     # every credential kind
     access = seen("access-token", h.vend(reason="deploy"), 200)
     seen("access-token-chain", h.vend(service_account=PROD_SA, delegates=[HOP_SA], subject=CHAIN_SUBJECT), 200)
-    seen("id-token", h.post("/v1/id-tokens", {"service_account": DEMO_SA,
-                                              "audience": "https://hello-7x2kq3abcd-uc.a.run.app"}), 200)
-    seen("signed-jwt", h.post("/v1/signed-jwts", {"service_account": DEMO_SA,
-                                                  "claims": {"aud": "https://example.com/", "scope": "x"}}), 200)
+    seen(
+        "id-token",
+        h.post("/v1/id-tokens", {"service_account": DEMO_SA, "audience": "https://hello-7x2kq3abcd-uc.a.run.app"}),
+        200,
+    )
+    seen(
+        "signed-jwt",
+        h.post(
+            "/v1/signed-jwts", {"service_account": DEMO_SA, "claims": {"aud": "https://example.com/", "scope": "x"}}
+        ),
+        200,
+    )
     seen("signed-blob", h.post("/v1/signed-blobs", {"service_account": DEMO_SA, "payload": b64(b"blob")}), 200)
     v4 = v4_request(signer=DEMO_SA, at=clock.now(), bucket="allowed-bucket", obj="a/b.txt", expires_s=600)
-    seen("signed-url", h.post("/v1/signed-blobs", {"service_account": DEMO_SA, "payload": b64(v4.payload),
-                                                   "canonical_request": v4.canonical_request},
-                              subject=GCS_SUBJECT), 200)
+    seen(
+        "signed-url",
+        h.post(
+            "/v1/signed-blobs",
+            {"service_account": DEMO_SA, "payload": b64(v4.payload), "canonical_request": v4.canonical_request},
+            subject=GCS_SUBJECT,
+        ),
+        200,
+    )
     # errors before minting, one of each class
     seen("401", h.post("/v1/access-tokens", {"service_account": DEMO_SA}, token="not-a-jwt"), 401)
     replayed = h.token()
@@ -117,49 +131,83 @@ def _scenario(h: ServiceHarness) -> dict[str, int]:
     real_store = h.service.store
     use_store(h, FailingStore(real_store, lambda w: isinstance(w, Update) and "token_sha256" in w.changes))
     seen("503-store-after-mint", h.vend(), 503)
-    seen("503-store-after-mint-jwt", h.post("/v1/signed-jwts", {"service_account": DEMO_SA,
-                                                                "claims": {"aud": "https://example.com/"}}), 503)
+    seen(
+        "503-store-after-mint-jwt",
+        h.post("/v1/signed-jwts", {"service_account": DEMO_SA, "claims": {"aud": "https://example.com/"}}),
+        503,
+    )
     use_store(h, real_store)
     # the approval flow: HTTP and Pub/Sub, quorum, a token, a second vend refused
-    req = seen("create-request", h.post("/v1/requests", {"entitlement": "prod-admin",
-                                                          "justification": JUSTIFICATION}, subject=REQUESTER), 200)
+    req = seen(
+        "create-request",
+        h.post("/v1/requests", {"entitlement": "prod-admin", "justification": JUSTIFICATION}, subject=REQUESTER),
+        200,
+    )
     main.handle_pubsub(cloud_event(bot.message("approve", "alice@example.com", request_id=req["id"])))
-    seen("approve-http", h.post(f"/v1/requests/{req['id']}:approve", {"comment": "ok"}, subject="bob@example.com"),
-         200)
+    seen("approve-http", h.post(f"/v1/requests/{req['id']}:approve", {"comment": "ok"}, subject="bob@example.com"), 200)
     seen("get-request", h.get(f"/v1/requests/{req['id']}", subject=REQUESTER), 200)
-    seen("vend-approved", h.post("/v1/access-tokens", {"service_account": PROD_SA, "scopes": [CLOUD],
-                                                       "request_id": req["id"]}, subject=REQUESTER), 200)
-    seen("409-consumed", h.post("/v1/access-tokens", {"service_account": PROD_SA, "request_id": req["id"]},
-                                subject=REQUESTER), 409)
+    seen(
+        "vend-approved",
+        h.post(
+            "/v1/access-tokens",
+            {"service_account": PROD_SA, "scopes": [CLOUD], "request_id": req["id"]},
+            subject=REQUESTER,
+        ),
+        200,
+    )
+    seen(
+        "409-consumed",
+        h.post("/v1/access-tokens", {"service_account": PROD_SA, "request_id": req["id"]}, subject=REQUESTER),
+        409,
+    )
     # deny / withdraw / revoke, and a bot-filed request
     for action, actor in (("deny", "carol@example.com"), ("withdraw", REQUESTER), ("revoke", "auditor@example.com")):
-        other = seen(f"create-{action}", h.post("/v1/requests", {"entitlement": "prod-admin",
-                                                                 "justification": JUSTIFICATION},
-                                                subject=REQUESTER), 200)
+        other = seen(
+            f"create-{action}",
+            h.post("/v1/requests", {"entitlement": "prod-admin", "justification": JUSTIFICATION}, subject=REQUESTER),
+            200,
+        )
         seen(action, h.post(f"/v1/requests/{other['id']}:{action}", subject=actor), 200)
-    main.handle_pubsub(cloud_event(bot.message("request", REQUESTER, entitlement="prod-admin",
-                                               justification=JUSTIFICATION)))
+    main.handle_pubsub(
+        cloud_event(bot.message("request", REQUESTER, entitlement="prod-admin", justification=JUSTIFICATION))
+    )
     main.handle_pubsub(cloud_event(bot.message("approve", REQUESTER, request_id=req["id"])))  # refused, logged
     # break-glass: self-approved, flagged, alerted
-    bg = seen("break-glass", h.post("/v1/requests", {"entitlement": "prod-break-glass",
-                                                     "justification": "INC-1: outage"},
-                                    subject="oncall@example.com"), 200)
-    seen("vend-break-glass", h.post("/v1/access-tokens", {"service_account": PROD_SA, "request_id": bg["id"]},
-                                    subject="oncall@example.com"), 200)
+    bg = seen(
+        "break-glass",
+        h.post(
+            "/v1/requests",
+            {"entitlement": "prod-break-glass", "justification": "INC-1: outage"},
+            subject="oncall@example.com",
+        ),
+        200,
+    )
+    seen(
+        "vend-break-glass",
+        h.post("/v1/access-tokens", {"service_account": PROD_SA, "request_id": bg["id"]}, subject="oncall@example.com"),
+        200,
+    )
     # the ledger read side
     seen("list-issuances", h.get("/v1/issuances", subject="auditor@example.com", query={"page_size": "5"}), 200)
     seen("list-issuances-mine", h.get("/v1/issuances"), 200)
     seen("get-issuance", h.get(f"/v1/issuances/{access['issuance_id']}"), 200)
     seen("404-issuance", h.get("/v1/issuances/" + "0" * 32), 404)
     # the sweep
-    main.sweep_expired(CloudEvent({"type": "google.cloud.pubsub.topic.v1.messagePublished",
-                                   "source": "//pubsub.googleapis.com/projects/vending-test/topics/sweep"},
-                                  {"message": {"data": b64(b"{}"), "messageId": "sweep-1"}}))
+    main.sweep_expired(
+        CloudEvent(
+            {
+                "type": "google.cloud.pubsub.topic.v1.messagePublished",
+                "source": "//pubsub.googleapis.com/projects/vending-test/topics/sweep",
+            },
+            {"message": {"data": b64(b"{}"), "messageId": "sweep-1"}},
+        )
+    )
     return statuses
 
 
-def test_no_credential_leaks_anywhere(any_harness: ServiceHarness, leak_audit: LeakAudit,
-                                      capfd: pytest.CaptureFixture[str], suite_figures: Any) -> None:
+def test_no_credential_leaks_anywhere(
+    any_harness: ServiceHarness, leak_audit: LeakAudit, capfd: pytest.CaptureFixture[str], suite_figures: Any
+) -> None:
     h = any_harness
     audit = leak_audit
     backend = "firestore" if "Firestore" in type(h.store).__name__ else "sqlite"
@@ -176,7 +224,7 @@ def test_no_credential_leaks_anywhere(any_harness: ServiceHarness, leak_audit: L
     assert set(statuses.values()) >= {200, 400, 401, 403, 404, 405, 409, 429, 502, 503}
 
     # WHEN everything the service wrote is searched
-    figures = audit.check()                      # logs, output, store, bodies, headers, events
+    figures = audit.check()  # logs, output, store, bodies, headers, events
     captured = capfd.readouterr()
     everything = secrets + audit.caller_tokens()
     fd_hits = find_secrets(captured.out + captured.err, everything)
@@ -192,4 +240,5 @@ def test_no_credential_leaks_anywhere(any_harness: ServiceHarness, leak_audit: L
         f"({len(unreturned)} never returned) + {len(minted) - len(ours)} bot messages and "
         f"{figures['caller_tokens']} caller tokens searched in {figures['responses']} responses, "
         f"{sum(figures['bytes'].values()):,} B of logs/store/bodies/headers/events and "
-        f"{len(captured.out) + len(captured.err):,} B of stdout/stderr; store {kinds_count(store)}; hits 0")
+        f"{len(captured.out) + len(captured.err):,} B of stdout/stderr; store {kinds_count(store)}; hits 0"
+    )

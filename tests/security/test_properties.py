@@ -53,13 +53,21 @@ from vending.sweep import sweep
 SHORT = 200
 LONG = 2000
 EXAMPLES: Counter[str] = Counter()
-STATES_REACHED: Counter[str] = Counter()   # state-machine examples that reached each state
-VENDS: Counter[int] = Counter()            # state-machine examples by number of tokens vended
+STATES_REACHED: Counter[str] = Counter()  # state-machine examples that reached each state
+VENDS: Counter[int] = Counter()  # state-machine examples by number of tokens vended
 
-short = settings(max_examples=SHORT, deadline=None, derandomize=True,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-long = settings(max_examples=LONG, deadline=None, derandomize=False,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+short = settings(
+    max_examples=SHORT,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+long = settings(
+    max_examples=LONG,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,9 +75,12 @@ def _report(suite_figures: Any) -> Iterator[None]:
     yield
     if EXAMPLES:
         suite_figures.add("property examples: " + ", ".join(f"{k} {v}" for k, v in sorted(EXAMPLES.items())))
-        suite_figures.add("state-machine coverage: states reached " + ", ".join(
-            f"{k} {v}" for k, v in sorted(STATES_REACHED.items())) + "; tokens vended per sequence "
-            + ", ".join(f"{k}: {v}" for k, v in sorted(VENDS.items())))
+        suite_figures.add(
+            "state-machine coverage: states reached "
+            + ", ".join(f"{k} {v}" for k, v in sorted(STATES_REACHED.items()))
+            + "; tokens vended per sequence "
+            + ", ".join(f"{k}: {v}" for k, v in sorted(VENDS.items()))
+        )
 
 
 def _control(c: str) -> bool:
@@ -84,11 +95,22 @@ SUBJECTISH = st.from_regex(r"[a-z0-9][a-z0-9:/._@-]{0,40}", fullmatch=True)
 
 # Look-alikes: a character and characters that render (almost) the same.
 CONFUSABLES: dict[str, str] = {
-    "a": "\u0430\u00e0\uff41\u0251", "e": "\u0435\u00e9\uff45", "o": "\u043e\u03bf\u00f6\uff4f\u0030",
-    "p": "\u0440\uff50", "c": "\u0441\uff43", "i": "\u0456\u0131\u00ed\uff49\u0031\u006c",
-    "m": "\uff4d\u217f", "n": "\u0578\uff4e", "r": "\u0433\uff52", "s": "\u0455\uff53",
-    ":": "\uff1a\u02d0\u0589", "/": "\u2215\u2044\uff0f", ".": "\u2024\uff0e", "-": "\u2010\u2212\uff0d",
-    "@": "\uff20", "l": "\u0031\u0049\u04cf\uff4c",
+    "a": "\u0430\u00e0\uff41\u0251",
+    "e": "\u0435\u00e9\uff45",
+    "o": "\u043e\u03bf\u00f6\uff4f\u0030",
+    "p": "\u0440\uff50",
+    "c": "\u0441\uff43",
+    "i": "\u0456\u0131\u00ed\uff49\u0031\u006c",
+    "m": "\uff4d\u217f",
+    "n": "\u0578\uff4e",
+    "r": "\u0433\uff52",
+    "s": "\u0455\uff53",
+    ":": "\uff1a\u02d0\u0589",
+    "/": "\u2215\u2044\uff0f",
+    ".": "\u2024\uff0e",
+    "-": "\u2010\u2212\uff0d",
+    "@": "\uff20",
+    "l": "\u0031\u0049\u04cf\uff4c",
 }
 
 
@@ -130,7 +152,7 @@ def test_exact_string_never_matches_a_look_alike(matcher: str, data: Any) -> Non
     assume(positions)
     i = data.draw(st.sampled_from(positions))
     lookalike = data.draw(st.sampled_from(CONFUSABLES[matcher[i]]))
-    value = matcher[:i] + lookalike + matcher[i + 1:]
+    value = matcher[:i] + lookalike + matcher[i + 1 :]
     assert not matches(matcher, value)
     # nor its NFKC / NFC normalized forms when they differ (no normalization happens)
     for form in ("NFKD", "NFD"):
@@ -144,7 +166,7 @@ def test_a_value_with_a_control_character_never_matches(core: str, control: str,
     EXAMPLES["matcher"] += 1
     where %= len(core) + 1
     value = core[:where] + control + core[where:]
-    assert not matches(value, value)                       # not even itself, exactly
+    assert not matches(value, value)  # not even itself, exactly
     assert not matches(Pattern(pattern=r"(?s).*"), value)  # nor a pattern that takes anything
     assert not matches(Pattern(pattern=re.escape(value)), value)
 
@@ -194,9 +216,17 @@ def test_an_alternation_is_anchored_as_a_whole(a: str, b: str, junk: str) -> Non
 
 
 @short
-@given(pattern=st.sampled_from([r"[a-z]+@example\.com", r"repo:example/[a-z-]+:ref:refs/heads/(main|release-[0-9]+)",
-                                r"(TICKET|INC)-[0-9]+: .{3,200}", r"https://[a-z0-9-]+(\.[a-z0-9-]+)*\.run\.app"]),
-       value=st.text(max_size=60))
+@given(
+    pattern=st.sampled_from(
+        [
+            r"[a-z]+@example\.com",
+            r"repo:example/[a-z-]+:ref:refs/heads/(main|release-[0-9]+)",
+            r"(TICKET|INC)-[0-9]+: .{3,200}",
+            r"https://[a-z0-9-]+(\.[a-z0-9-]+)*\.run\.app",
+        ]
+    ),
+    value=st.text(max_size=60),
+)
 def test_matches_agrees_with_an_explicitly_anchored_oracle(pattern: str, value: str) -> None:
     EXAMPLES["matcher"] += 1
     oracle = re.compile(r"\A(?:" + pattern + r")\Z")
@@ -205,8 +235,11 @@ def test_matches_agrees_with_an_explicitly_anchored_oracle(pattern: str, value: 
 
 
 @short
-@given(sub=CLEAN, other_issuer=st.sampled_from(["other", "ci2", "CI"]),
-       wrapped=st.sampled_from(["list", "int", "none", "dict", "bytes-like"]))
+@given(
+    sub=CLEAN,
+    other_issuer=st.sampled_from(["other", "ci2", "CI"]),
+    wrapped=st.sampled_from(["list", "int", "none", "dict", "bytes-like"]),
+)
 def test_rule_needs_the_issuer_and_a_string_claim(sub: str, other_issuer: str, wrapped: str) -> None:
     EXAMPLES["matcher"] += 1
     rule = PrincipalRule(issuer="ci", claims={"sub": sub})
@@ -283,8 +316,12 @@ class World:
 
 
 def _world(entitlement: str, requester: str, quorum: int, max_uses: int, duration: int) -> World | None:
-    issuer = {"name": "ci", "issuer": "https://token.actions.example", "jwks_uri": "http://127.0.0.1:9/jwks",
-              "audience": "https://vending.test"}
+    issuer = {
+        "name": "ci",
+        "issuer": "https://token.actions.example",
+        "jwks_uri": "http://127.0.0.1:9/jwks",
+        "audience": "https://vending.test",
+    }
     raw = policy_dict(issuer)
     for ent in raw["entitlements"]:
         if ent["name"] == "prod-admin":
@@ -294,8 +331,11 @@ def _world(entitlement: str, requester: str, quorum: int, max_uses: int, duratio
     events = MemoryEvents()
     ledger = Ledger(store, events)  # type: ignore[arg-type]
     approvals = ap.Approvals(policy, store, events, retention=_dt.timedelta(days=90))  # type: ignore[arg-type]
-    body = {"entitlement": entitlement, "duration": duration,
-            "justification": "INC-7: db down" if entitlement == "prod-break-glass" else "TICKET-1: rotate keys"}
+    body = {
+        "entitlement": entitlement,
+        "duration": duration,
+        "justification": "INC-7: db down" if entitlement == "prod-break-glass" else "TICKET-1: rotate keys",
+    }
     try:
         created = approvals.create(Principal("ci", requester, {"sub": requester}), body)
     except VendingError:
@@ -303,8 +343,17 @@ def _world(entitlement: str, requester: str, quorum: int, max_uses: int, duratio
         return None
     rules = policy.entitlement(entitlement).approval  # type: ignore[union-attr]
     assert rules is not None
-    return World(approvals, store, ledger, created["id"], requester, rules.quorum, rules.max_uses, rules.break_glass,
-                 events=events)
+    return World(
+        approvals,
+        store,
+        ledger,
+        created["id"],
+        requester,
+        rules.quorum,
+        rules.max_uses,
+        rules.break_glass,
+        events=events,
+    )
 
 
 def _vend(w: World, who: str) -> str:
@@ -314,12 +363,25 @@ def _vend(w: World, who: str) -> str:
     principal = Principal("ci", who, {"sub": who})
     for _ in range(3):
         use = w.approvals.check_use(principal, w.request_id, now)
-        grant = access_grant(caller=principal.qualified, subject=who, entitlement=use.entitlement,
-                             service_account=PROD_SA, request_id=w.request_id)
+        grant = access_grant(
+            caller=principal.qualified,
+            subject=who,
+            entitlement=use.entitlement,
+            service_account=PROD_SA,
+            request_id=w.request_id,
+        )
         issuance_id = new_id()
         try:
-            w.ledger.reserve(issuance_id, grant, reserved_until=now + _dt.timedelta(hours=1), reason=None,
-                             details={}, replay_key=None, replay_until=None, extra=[w.approvals.use_write(use, now)])
+            w.ledger.reserve(
+                issuance_id,
+                grant,
+                reserved_until=now + _dt.timedelta(hours=1),
+                reason=None,
+                details={},
+                replay_key=None,
+                replay_until=None,
+                extra=[w.approvals.use_write(use, now)],
+            )
         except StoreConflict:
             continue
         w.approvals.settle_use(w.request_id, issuance_id)
@@ -329,15 +391,17 @@ def _vend(w: World, who: str) -> str:
 
 # "REQ" stands for the requester; weights keep sequences reaching ACTIVE, ENDED and the window's end.
 WHO = st.sampled_from(["REQ", "REQ", *APPROVERS, *APPROVERS, *APPROVERS, "eve@example.com", "auditor@example.com"])
-ACT = st.tuples(st.sampled_from(["approve"] * 6 + ["deny", "withdraw", "revoke"]), WHO,
-                st.sampled_from(["http", "bot"]))
+ACT = st.tuples(
+    st.sampled_from(["approve"] * 6 + ["deny", "withdraw", "revoke"]), WHO, st.sampled_from(["http", "bot"])
+)
 TICK = st.tuples(st.just("tick"), st.sampled_from([1, 59, 300, 599, 600, 601, 1799, 1800, 3599, 3600, 86399, 86400]))
 VEND = st.tuples(st.just("vend"), st.sampled_from(["REQ", "REQ", "REQ", "alice@example.com", "eve@example.com"]))
 WITHDRAW = st.tuples(st.just("withdraw"), st.just("REQ"), st.just("http"))  # only the requester may, over HTTP
 ACTION = st.one_of(ACT, ACT, ACT, VEND, VEND, TICK, WITHDRAW, st.tuples(st.just("sweep")))
 # Often a run of approvals first, so that many sequences go on from ACTIVE (uses, ENDED, the window's end).
-OPENING = st.lists(st.tuples(st.just("approve"), st.sampled_from(APPROVERS), st.sampled_from(["http", "bot"])),
-                   max_size=4)
+OPENING = st.lists(
+    st.tuples(st.just("approve"), st.sampled_from(APPROVERS), st.sampled_from(["http", "bot"])), max_size=4
+)
 SEQUENCE = st.builds(lambda a, b: a + b, OPENING, st.lists(ACTION, min_size=1, max_size=20))
 
 
@@ -373,8 +437,9 @@ def _check(w: World, history: list[str], vended_by: list[str]) -> None:
         assert int(req["uses"]) == w.max_uses
 
 
-def run_sequence(entitlement: str, requester: str, quorum: int, max_uses: int, duration: int,
-                 actions: list[tuple[Any, ...]]) -> None:
+def run_sequence(
+    entitlement: str, requester: str, quorum: int, max_uses: int, duration: int, actions: list[tuple[Any, ...]]
+) -> None:
     EXAMPLES["state-machine"] += 1
     if entitlement == "prod-break-glass":
         requester = "oncall@example.com"
@@ -401,8 +466,12 @@ def run_sequence(entitlement: str, requester: str, quorum: int, max_uses: int, d
                             assert before == ap.ACTIVE, f"vended while {before}"
                             vended_by.append(action[1])
                     elif action[2] == "bot":
-                        claims = {"action": action[0], "actor": action[1], "request_id": w.request_id,
-                                  "jti": uuid.uuid4().hex}
+                        claims = {
+                            "action": action[0],
+                            "actor": action[1],
+                            "request_id": w.request_id,
+                            "jti": uuid.uuid4().hex,
+                        }
                         w.approvals.apply_bot_message(w.approvals.policy.bots[0], claims, uuid.uuid4().hex)
                     else:
                         w.approvals.act(f"ci/{action[1]}", w.request_id, action[0], via="http")
@@ -423,10 +492,10 @@ DURATION = st.sampled_from([600, 1800])
 
 
 @short
-@given(entitlement=ENTITLEMENT, requester=REQUESTER, quorum=QUORUM, max_uses=USES_, duration=DURATION,
-       actions=SEQUENCE)
-def test_no_sequence_leaves_the_transition_table(entitlement: str, requester: str, quorum: int, max_uses: int,
-                                                 duration: int, actions: list[tuple[Any, ...]]) -> None:
+@given(entitlement=ENTITLEMENT, requester=REQUESTER, quorum=QUORUM, max_uses=USES_, duration=DURATION, actions=SEQUENCE)
+def test_no_sequence_leaves_the_transition_table(
+    entitlement: str, requester: str, quorum: int, max_uses: int, duration: int, actions: list[tuple[Any, ...]]
+) -> None:
     run_sequence(entitlement, requester, quorum, max_uses, duration, actions)
 
 
@@ -435,7 +504,11 @@ EVERY_STATE: dict[str, tuple[str, int, list[tuple[Any, ...]]]] = {
     ap.AWAITED: ("prod-admin", 2, [("approve", "alice@example.com", "http")]),
     ap.ACTIVE: ("prod-admin", 2, [("approve", "alice@example.com", "http"), ("approve", "bob@example.com", "bot")]),
     ap.DENIED: ("prod-admin", 2, [("deny", "carol@example.com", "bot")]),
-    ap.REVOKED: ("prod-admin", 1, [("approve", "alice@example.com", "http"), ("revoke", "auditor@example.com", "http")]),
+    ap.REVOKED: (
+        "prod-admin",
+        1,
+        [("approve", "alice@example.com", "http"), ("revoke", "auditor@example.com", "http")],
+    ),
     ap.WITHDRAWN: ("prod-admin", 2, [("approve", "alice@example.com", "http"), ("withdraw", "REQ", "http")]),
     ap.EXPIRED: ("prod-admin", 1, [("tick", 86400), ("sweep",)]),
     ap.ENDED: ("prod-admin", 1, [("approve", "bob@example.com", "http"), ("vend", "REQ")]),
@@ -454,11 +527,10 @@ def test_the_state_machine_reaches_each_state(state: str) -> None:
 
 @pytest.mark.long
 @long
-@given(entitlement=ENTITLEMENT, requester=REQUESTER, quorum=QUORUM, max_uses=USES_, duration=DURATION,
-       actions=SEQUENCE)
-def test_no_sequence_leaves_the_transition_table_long(entitlement: str, requester: str, quorum: int,
-                                                      max_uses: int, duration: int,
-                                                      actions: list[tuple[Any, ...]]) -> None:
+@given(entitlement=ENTITLEMENT, requester=REQUESTER, quorum=QUORUM, max_uses=USES_, duration=DURATION, actions=SEQUENCE)
+def test_no_sequence_leaves_the_transition_table_long(
+    entitlement: str, requester: str, quorum: int, max_uses: int, duration: int, actions: list[tuple[Any, ...]]
+) -> None:
     run_sequence(entitlement, requester, quorum, max_uses, duration, actions)
 
 

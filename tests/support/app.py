@@ -40,8 +40,7 @@ IAM_TOKEN = "local-vending-service-token"
 
 STANDIN_POLICY: dict[str, Any] = {
     "project": "local-project",
-    "callers": {IAM_TOKEN: "vending-runtime@local-project.iam.gserviceaccount.com",
-                "bot-token": BOT_SA},
+    "callers": {IAM_TOKEN: "vending-runtime@local-project.iam.gserviceaccount.com", "bot-token": BOT_SA},
     "service_accounts": [{"email": e} for e in (DEMO_SA, PROD_SA, HOP_SA, BOT_SA, UNGRANTED_SA)],
     "token_creators": {
         "vending-runtime@local-project.iam.gserviceaccount.com": [DEMO_SA, PROD_SA, HOP_SA, BOT_SA],
@@ -60,8 +59,17 @@ KILL_SWITCH_OPERATOR = "sre-lead@example.com"
 # Refusals that rightly leave a trace: IAM refused after the reservation (the record says failed),
 # a credential outside its grant (withheld), a vend met by the kill switch (its record revoked), and
 # an action on a request found past its time (its expiry is recorded).
-WRITES_ON_REFUSAL = frozenset({"iam-rejected", "iam-permission-denied", "iam-target-not-found", "iam-rate-limited",
-                               "credential-out-of-bounds", "target-disabled", "illegal-transition"})
+WRITES_ON_REFUSAL = frozenset(
+    {
+        "iam-rejected",
+        "iam-permission-denied",
+        "iam-target-not-found",
+        "iam-rate-limited",
+        "credential-out-of-bounds",
+        "target-disabled",
+        "illegal-transition",
+    }
+)
 
 
 def policy_dict(issuer: dict[str, Any]) -> dict[str, Any]:
@@ -73,53 +81,120 @@ def policy_dict(issuer: dict[str, Any]) -> dict[str, Any]:
         "bots": [{"service_account": BOT_SA}],
         "bot_audience": issuer["audience"],
         # issuer-qualified, so the policy stays valid when a test adds a second issuer
-        "kill_switch": {"operators": [f"{issuer['name']}/{KILL_SWITCH_OPERATOR}"], "approvers": ["group:approvers"],
-                        "quorum": 2},
+        "kill_switch": {
+            "operators": [f"{issuer['name']}/{KILL_SWITCH_OPERATOR}"],
+            "approvers": ["group:approvers"],
+            "quorum": 2,
+        },
         "entitlements": [
-            {"name": "deploy", "principals": [{"issuer": issuer["name"], "claims": {"sub": CI_SUBJECT}}],
-             "service_account": DEMO_SA, "scopes": [CLOUD, READ_ONLY], "max_lifetime": 900,
-             "credentials": ["access_token", "id_token", "signed_jwt", "signed_blob"],
-             "id_token": {"audiences": [{"pattern": r"https://[a-z0-9-]+(\.[a-z0-9-]+)*\.run\.app"}]},
-             "signed_jwt": {"audiences": ["https://example.com/", "https://pubsub.googleapis.com/"],
-                            "max_ttl": 7200, "allowed_claims": ["scope", "target"]},
-             "signed_blob": {"max_payload_bytes": 65536, "acknowledge_raw_signing": True}},
-            {"name": "ungranted", "principals": [{"issuer": issuer["name"], "claims": {"sub": CI_SUBJECT}}],
-             "service_account": UNGRANTED_SA, "scopes": [CLOUD], "max_lifetime": 600},
-            {"name": "missing", "principals": [{"issuer": issuer["name"], "claims": {"sub": CI_SUBJECT}}],
-             "service_account": MISSING_SA, "scopes": [CLOUD], "max_lifetime": 600},
-            {"name": "chain", "principals": [{"issuer": issuer["name"], "claims": {"sub": CHAIN_SUBJECT}}],
-             "service_account": PROD_SA, "scopes": [CLOUD], "max_lifetime": 600, "delegates": [HOP_SA]},
-            {"name": "gcs-signer", "principals": [{"issuer": issuer["name"], "claims": {"sub": GCS_SUBJECT}}],
-             "service_account": DEMO_SA, "credentials": ["signed_blob"],
-             "signed_blob": {"max_payload_bytes": 4096, "gcs_v4_only": True, "buckets": ["allowed-bucket"]}},
-            {"name": "prod-admin",
-             "principals": [{"issuer": issuer["name"], "claims": {"sub": {"pattern": r"[a-z]+@example\.com"}}}],
-             "service_account": PROD_SA, "scopes": [CLOUD], "max_lifetime": 3600,
-             "approval": {"approvers": ["group:approvers"], "quorum": 2, "max_window": 3600, "max_uses": 1,
-                          "justification_pattern": {"pattern": r"(TICKET|INC)-[0-9]+: .{3,200}"}}},
-            {"name": "prod-break-glass",
-             "principals": [{"issuer": issuer["name"], "claims": {"sub": "oncall@example.com"}}],
-             "service_account": PROD_SA, "scopes": [CLOUD], "max_lifetime": 1800,
-             "approval": {"break_glass": True, "max_window": 1800, "max_uses": 3,
-                          "justification_pattern": {"pattern": r"INC-[0-9]+: .{3,200}"}}},
+            {
+                "name": "deploy",
+                "principals": [{"issuer": issuer["name"], "claims": {"sub": CI_SUBJECT}}],
+                "service_account": DEMO_SA,
+                "scopes": [CLOUD, READ_ONLY],
+                "max_lifetime": 900,
+                "credentials": ["access_token", "id_token", "signed_jwt", "signed_blob"],
+                "id_token": {"audiences": [{"pattern": r"https://[a-z0-9-]+(\.[a-z0-9-]+)*\.run\.app"}]},
+                "signed_jwt": {
+                    "audiences": ["https://example.com/", "https://pubsub.googleapis.com/"],
+                    "max_ttl": 7200,
+                    "allowed_claims": ["scope", "target"],
+                },
+                "signed_blob": {"max_payload_bytes": 65536, "acknowledge_raw_signing": True},
+            },
+            {
+                "name": "ungranted",
+                "principals": [{"issuer": issuer["name"], "claims": {"sub": CI_SUBJECT}}],
+                "service_account": UNGRANTED_SA,
+                "scopes": [CLOUD],
+                "max_lifetime": 600,
+            },
+            {
+                "name": "missing",
+                "principals": [{"issuer": issuer["name"], "claims": {"sub": CI_SUBJECT}}],
+                "service_account": MISSING_SA,
+                "scopes": [CLOUD],
+                "max_lifetime": 600,
+            },
+            {
+                "name": "chain",
+                "principals": [{"issuer": issuer["name"], "claims": {"sub": CHAIN_SUBJECT}}],
+                "service_account": PROD_SA,
+                "scopes": [CLOUD],
+                "max_lifetime": 600,
+                "delegates": [HOP_SA],
+            },
+            {
+                "name": "gcs-signer",
+                "principals": [{"issuer": issuer["name"], "claims": {"sub": GCS_SUBJECT}}],
+                "service_account": DEMO_SA,
+                "credentials": ["signed_blob"],
+                "signed_blob": {"max_payload_bytes": 4096, "gcs_v4_only": True, "buckets": ["allowed-bucket"]},
+            },
+            {
+                "name": "prod-admin",
+                "principals": [{"issuer": issuer["name"], "claims": {"sub": {"pattern": r"[a-z]+@example\.com"}}}],
+                "service_account": PROD_SA,
+                "scopes": [CLOUD],
+                "max_lifetime": 3600,
+                "approval": {
+                    "approvers": ["group:approvers"],
+                    "quorum": 2,
+                    "max_window": 3600,
+                    "max_uses": 1,
+                    "justification_pattern": {"pattern": r"(TICKET|INC)-[0-9]+: .{3,200}"},
+                },
+            },
+            {
+                "name": "prod-break-glass",
+                "principals": [{"issuer": issuer["name"], "claims": {"sub": "oncall@example.com"}}],
+                "service_account": PROD_SA,
+                "scopes": [CLOUD],
+                "max_lifetime": 1800,
+                "approval": {
+                    "break_glass": True,
+                    "max_window": 1800,
+                    "max_uses": 3,
+                    "justification_pattern": {"pattern": r"INC-[0-9]+: .{3,200}"},
+                },
+            },
         ],
     }
 
 
 def settings_for(policy: Policy, tmp_path: Path, standin_url: str, *, store: str | None = None) -> Settings:
     return Settings(
-        config_path="tests/policy.yaml", store=store or f"sqlite:{tmp_path}/vending.db", project="vending-test",
-        firestore_database="(default)", iam_endpoint=standin_url, iam_token=IAM_TOKEN, iam_timeout_s=3.0,
-        iam_retries=2, keys_base_url=standin_url, notifications_topic=None, alerts_topic=None,
-        events_file=None, retention_days=90, reservation_timeout_s=300, log_level="DEBUG", policy=policy,
-        iam_admin_endpoint=standin_url)
+        config_path="tests/policy.yaml",
+        store=store or f"sqlite:{tmp_path}/vending.db",
+        project="vending-test",
+        firestore_database="(default)",
+        iam_endpoint=standin_url,
+        iam_token=IAM_TOKEN,
+        iam_timeout_s=3.0,
+        iam_retries=2,
+        keys_base_url=standin_url,
+        notifications_topic=None,
+        alerts_topic=None,
+        events_file=None,
+        retention_days=90,
+        reservation_timeout_s=300,
+        log_level="DEBUG",
+        policy=policy,
+        iam_admin_endpoint=standin_url,
+    )
 
 
 class ServiceHarness:
     """The HTTP function on a real store, a test issuer and the IAM stand-in."""
 
-    def __init__(self, store: Any, issuer: Any, standin: IamStandIn, tmp_path: Path,
-                 policy_overrides: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        store: Any,
+        issuer: Any,
+        standin: IamStandIn,
+        tmp_path: Path,
+        policy_overrides: dict[str, Any] | None = None,
+    ) -> None:
         from functions_framework import create_app
 
         issuer_cfg = issuer.issuer_config().model_dump()
@@ -132,8 +207,9 @@ class ServiceHarness:
         self.events = MemoryEvents()
         self.iam = IamCredentials(standin.url, StaticToken(IAM_TOKEN), timeout_s=3.0, retries=2, backoff_s=0.01)
         self.iam_admin = IamAdmin(standin.url, StaticToken(IAM_TOKEN), timeout_s=3.0, retries=2, backoff_s=0.01)
-        self.service = wiring.build_service(self.settings, store=store, iam=self.iam, iam_admin=self.iam_admin,
-                                            events=self.events)
+        self.service = wiring.build_service(
+            self.settings, store=store, iam=self.iam, iam_admin=self.iam_admin, events=self.events
+        )
         wiring.install(self.service)
         self.client = create_app("vend_http", "main.py").test_client()
         self.check_refusals = True  # every 4xx is checked to have changed nothing (see ``call``)
@@ -154,9 +230,18 @@ class ServiceHarness:
     def token(self, subject: str = CI_SUBJECT, **claims: Any) -> str:
         return str(self.issuer.mint(sub=subject, **claims))
 
-    def call(self, method: str, path: str, body: Any = None, *, token: str | None = None,
-             subject: str = CI_SUBJECT, headers: dict[str, str] | None = None, raw: bytes | None = None,
-             query: dict[str, str] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        subject: str = CI_SUBJECT,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+        query: dict[str, str] | None = None,
+    ) -> Any:
         hdrs = {"Authorization": f"Bearer {token or self.token(subject)}"}
         hdrs.update(headers or {})
         hdrs = {k: v for k, v in hdrs.items() if v is not None}

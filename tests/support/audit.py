@@ -59,7 +59,7 @@ def vended(minted: Sequence[Any]) -> list[Any]:
 
 
 def issuance_id_of(minted: Any) -> str:
-    return str(minted.request_reason)[len(REASON_PREFIX):]
+    return str(minted.request_reason)[len(REASON_PREFIX) :]
 
 
 # ---------------------------------------------------------------------------
@@ -114,8 +114,12 @@ def dump_store(store: Any) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def _sqlite_rows(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
-    tables = [r[0] for r in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != '_meta'")]
+    tables = [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != '_meta'"
+        )
+    ]
     rows: list[tuple[str, str, str]] = []
     for table in tables:
         rows.extend((table, r[0], r[1]) for r in conn.execute(f'SELECT id, data FROM "{table}"'))
@@ -262,7 +266,8 @@ def check_ledger(issuances: dict[str, dict[str, Any]], minted: Sequence[Any]) ->
             assert rec["state"] in ("active", "signed", "expired"), rec
         else:
             assert rec["state"] in ("issuing", "unconfirmed"), (
-                f"record {iid} is {rec['state']!r} although a credential was minted for it: {rec}")
+                f"record {iid} is {rec['state']!r} although a credential was minted for it: {rec}"
+            )
     shas = {m.sha256 for m in ours}
     for iid, rec in issuances.items():
         if rec.get("state") in ("active", "signed") or rec.get("token_sha256") is not None:
@@ -309,7 +314,7 @@ def sensitive_part(secret: str) -> str:
     if len(parts) == 3 and secret.startswith("eyJ"):
         return f"{parts[1]}.{parts[2]}"
     if secret.startswith("ya29."):
-        return secret[len("ya29."):]
+        return secret[len("ya29.") :]
     return secret
 
 
@@ -340,8 +345,11 @@ def _folded_forms(secret: str) -> dict[str, str]:
         f = form.translate(_FOLD)
         if len(f) >= MIN_SHORT and f not in folded.values():
             folded[name] = f
-    return {name: f for name, f in folded.items()
-            if len(f) < FINGERPRINT or not any(f != g and f in g for g in folded.values())}
+    return {
+        name: f
+        for name, f in folded.items()
+        if len(f) < FINGERPRINT or not any(f != g and f in g for g in folded.values())
+    }
 
 
 def fingerprints(secret: str) -> list[str]:
@@ -352,7 +360,7 @@ def fingerprints(secret: str) -> list[str]:
             out[form] = None
         else:
             for i in range(len(form) - FINGERPRINT + 1):
-                out[form[i:i + FINGERPRINT]] = None
+                out[form[i : i + FINGERPRINT]] = None
     return list(out)
 
 
@@ -373,12 +381,12 @@ class SecretIndex:
     """Every fingerprint of a set of secrets, searchable in one pass over a text (see ``_KEY``)."""
 
     def __init__(self, secrets: Sequence[str] = (), label: str = "secret") -> None:
-        self._forms: list[tuple[int, str, str]] = []     # (secret number, form name, folded form)
-        self._secrets: list[tuple[str, str]] = []        # (secret, label)
+        self._forms: list[tuple[int, str, str]] = []  # (secret number, form name, folded form)
+        self._secrets: list[tuple[str, str]] = []  # (secret, label)
         self._pieces: dict[str, list[tuple[int, int]]] = {}
         self._short: list[int] = []
         self._known: set[str] = set()
-        self._owners: dict[str, tuple[int, ...]] = {}    # window -> up to two secrets holding it
+        self._owners: dict[str, tuple[int, ...]] = {}  # window -> up to two secrets holding it
         self.add(secrets, label)
 
     def __len__(self) -> int:
@@ -399,7 +407,7 @@ class SecretIndex:
                     self._short.append(form_id)
                     continue
                 for j in range(0, len(form) - _KEY + 1, _FORM_STEP):
-                    self._pieces.setdefault(form[j:j + _KEY], []).append((form_id, j))
+                    self._pieces.setdefault(form[j : j + _KEY], []).append((form_id, j))
 
     def find(self, haystack: str) -> list[Hit]:
         """One ``Hit`` per secret found in ``haystack`` (first occurrence), in order of the secrets."""
@@ -413,7 +421,7 @@ class SecretIndex:
                 continue
             tried: set[tuple[int, int]] = set()  # (form, diagonal q - j): one match region each
             for q in range(0, len(run) - _KEY + 1, _TEXT_STEP):
-                candidates = pieces.get(run[q:q + _KEY])
+                candidates = pieces.get(run[q : q + _KEY])
                 if candidates is None:
                     continue
                 for form_id, j in candidates:
@@ -447,7 +455,7 @@ class SecretIndex:
         start, end = q - left, end_q + right
         # From the end: a JWT's shared claims come first, its own claims and signature after.
         for p in range(end - FINGERPRINT, start - 1, -1):
-            if not self._shared(run[p:p + FINGERPRINT], number):
+            if not self._shared(run[p : p + FINGERPRINT], number):
                 return p
         return None
 
@@ -463,9 +471,9 @@ class SecretIndex:
         offsets 0..22 finds every such form)."""
         owners: list[int] = []
         for k in range(FINGERPRINT - _KEY + 1):
-            for form_id, j in self._pieces.get(window[k:k + _KEY], ()):
+            for form_id, j in self._pieces.get(window[k : k + _KEY], ()):
                 owner, _, form = self._forms[form_id]
-                if owner not in owners and j >= k and form[j - k:j - k + FINGERPRINT] == window:
+                if owner not in owners and j >= k and form[j - k : j - k + FINGERPRINT] == window:
                     owners.append(owner)
                     if len(owners) == 2:
                         return tuple(owners)
@@ -473,7 +481,7 @@ class SecretIndex:
 
     def _hit(self, number: int, form: str, haystack: str, at: int) -> Hit:
         secret, label = self._secrets[number]
-        return Hit(label, secret, form, haystack[max(0, at - 24):at + 8])
+        return Hit(label, secret, form, haystack[max(0, at - 24) : at + 8])
 
 
 def find_secrets(haystack: str, secrets: Sequence[str]) -> list[str]:
@@ -658,7 +666,7 @@ class LeakAudit:
         self.extra_caller_tokens: list[str] = []
         self.extra_haystacks: dict[str, str] = {}
         self._tee: _Tee | None = None
-        self._output = io.StringIO()          # what reached sys.stdout and sys.stderr
+        self._output = io.StringIO()  # what reached sys.stdout and sys.stderr
         self._output_lock = threading.Lock()
         self._wraps: list[tuple[str, _StreamTee]] = []
         self._records = _Records()
@@ -735,9 +743,16 @@ class LeakAudit:
             body = ""
         req = flask.request
         with self._lock:
-            self.responses.append(Response(req.method, req.path, response.status_code,
-                                           "\n".join(f"{k}: {v}" for k, v in response.headers.items()),
-                                           body, req.headers.get("Authorization", "")))
+            self.responses.append(
+                Response(
+                    req.method,
+                    req.path,
+                    response.status_code,
+                    "\n".join(f"{k}: {v}" for k, v in response.headers.items()),
+                    body,
+                    req.headers.get("Authorization", ""),
+                )
+            )
 
     def log_entries(self) -> list[dict[str, Any]]:
         """The vending log lines captured so far, parsed."""
@@ -821,8 +836,13 @@ class LeakAudit:
         index.add(tokens, "caller token")
         stacks = self.haystacks()
         found = [(where, hit) for where, text in stacks.items() for hit in index.find(text)]
-        figures = {"credentials": len(secrets), "caller_tokens": len(tokens), "responses": len(self.responses),
-                   "bytes": {k: len(v) for k, v in stacks.items()}, "hits": len(found)}
+        figures = {
+            "credentials": len(secrets),
+            "caller_tokens": len(tokens),
+            "responses": len(self.responses),
+            "bytes": {k: len(v) for k, v in stacks.items()},
+            "hits": len(found),
+        }
         return found, figures
 
     def check(self) -> dict[str, Any]:
@@ -837,7 +857,7 @@ class CredentialArchive:
 
     def __init__(self) -> None:
         self.tests = 0
-        self.credentials: dict[str, str] = {}   # sha256 -> test node id
+        self.credentials: dict[str, str] = {}  # sha256 -> test node id
         self.caller_tokens = 0
         self.responses = 0
         self.bytes: Counter[str] = Counter()
@@ -854,6 +874,8 @@ class CredentialArchive:
 
     def summary(self) -> str:
         searched = ", ".join(f"{k} {v:,} B" for k, v in sorted(self.bytes.items()))
-        return (f"secrets audit: {self.tests} tests, {len(self.credentials)} minted credentials and "
-                f"{self.caller_tokens} caller tokens searched (every 32-char window; plain, base64, base64url, "
-                f"percent-encoded) in {self.responses} responses; {searched}; hits 0")
+        return (
+            f"secrets audit: {self.tests} tests, {len(self.credentials)} minted credentials and "
+            f"{self.caller_tokens} caller tokens searched (every 32-char window; plain, base64, base64url, "
+            f"percent-encoded) in {self.responses} responses; {searched}; hits 0"
+        )

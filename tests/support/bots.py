@@ -26,8 +26,16 @@ class Bot:
 
     def claims(self, action: str, actor: str, **extra: Any) -> dict[str, Any]:
         now = int(clock.epoch())
-        claims: dict[str, Any] = {"iss": self.email, "sub": self.email, "aud": self.audience, "iat": now,
-                                  "exp": now + 300, "jti": uuid.uuid4().hex, "action": action, "actor": actor}
+        claims: dict[str, Any] = {
+            "iss": self.email,
+            "sub": self.email,
+            "aud": self.audience,
+            "iat": now,
+            "exp": now + 300,
+            "jti": uuid.uuid4().hex,
+            "action": action,
+            "actor": actor,
+        }
         claims.update({k: v for k, v in extra.items() if v is not None})
         return claims
 
@@ -40,8 +48,14 @@ class Bot:
 
 def cloud_event(jwt: str, message_id: str | None = None) -> CloudEvent:
     message_id = message_id or uuid.uuid4().hex
-    attributes = {"id": message_id, "source": "//pubsub.googleapis.com/projects/vending-test/topics/approvals",
-                  "type": "google.cloud.pubsub.topic.v1.messagePublished", "specversion": "1.0"}
-    data = {"message": {"data": base64.b64encode(jwt.encode()).decode(), "messageId": message_id},
-            "subscription": "projects/vending-test/subscriptions/approvals"}
+    attributes = {
+        "id": message_id,
+        "source": "//pubsub.googleapis.com/projects/vending-test/topics/approvals",
+        "type": "google.cloud.pubsub.topic.v1.messagePublished",
+        "specversion": "1.0",
+    }
+    data = {
+        "message": {"data": base64.b64encode(jwt.encode()).decode(), "messageId": message_id},
+        "subscription": "projects/vending-test/subscriptions/approvals",
+    }
     return CloudEvent(attributes, data)

@@ -54,8 +54,9 @@ def fs_harness(firestore_store: Any, oidc: TestIssuer, standin: Any, tmp_path: P
 
 
 @pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.emulator)])
-def any_harness(request: pytest.FixtureRequest, oidc: TestIssuer, standin: Any,
-                tmp_path: Path) -> Iterator[ServiceHarness]:
+def any_harness(
+    request: pytest.FixtureRequest, oidc: TestIssuer, standin: Any, tmp_path: Path
+) -> Iterator[ServiceHarness]:
     store = request.getfixturevalue("sqlite_store" if request.param == "sqlite" else "firestore_store")
     h = ServiceHarness(store, oidc, standin, tmp_path)
     yield h
@@ -118,8 +119,7 @@ def make_harness(sqlite_store: Any, oidc: TestIssuer, standin: Any, tmp_path: Pa
 
 
 @pytest.fixture
-def make_fs_harness(firestore_store: Any, oidc: TestIssuer, standin: Any,
-                    tmp_path: Path) -> Iterator[HarnessFactory]:
+def make_fs_harness(firestore_store: Any, oidc: TestIssuer, standin: Any, tmp_path: Path) -> Iterator[HarnessFactory]:
     factory = HarnessFactory(firestore_store, oidc, standin, tmp_path)
     yield factory
     factory.close()

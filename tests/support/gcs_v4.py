@@ -42,10 +42,20 @@ class V4:
         return f"https://{self.host}{self.path}?{self.canonical_query}&X-Goog-Signature={signature.hex()}"
 
 
-def v4_request(bucket: str = "allowed-bucket", obj: str = "reports/2026/q4 summary.csv", *,
-               signer: str, at: _dt.datetime, expires_s: int | str = 900, method: str = "GET",
-               virtual_host: bool = False, location: str = "auto", headers: dict[str, str] | None = None,
-               query: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> V4:
+def v4_request(
+    bucket: str = "allowed-bucket",
+    obj: str = "reports/2026/q4 summary.csv",
+    *,
+    signer: str,
+    at: _dt.datetime,
+    expires_s: int | str = 900,
+    method: str = "GET",
+    virtual_host: bool = False,
+    location: str = "auto",
+    headers: dict[str, str] | None = None,
+    query: dict[str, str] | None = None,
+    drop: tuple[str, ...] = (),
+) -> V4:
     """A V4 signed-URL request for ``bucket``/``obj`` signed by ``signer`` at ``at``.
 
     ``query`` adds or overrides query parameters (after the X-Goog-* ones), ``drop`` removes some.
@@ -71,9 +81,15 @@ def v4_request(bucket: str = "allowed-bucket", obj: str = "reports/2026/q4 summa
     # canonical_headers ends with "\n": with the joining "\n" that makes the documented blank line.
     canonical_request = f"{method}\n{path}\n{canonical_query}\n{canonical_headers}\n{signed_headers}\nUNSIGNED-PAYLOAD"
     string_to_sign = f"{ALGORITHM}\n{stamp}\n{scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
-    return V4(host, path, canonical_query, canonical_request, string_to_sign,
-              _dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=_dt.UTC),
-              int(expires_s) if str(expires_s).isdigit() else 0)
+    return V4(
+        host,
+        path,
+        canonical_query,
+        canonical_request,
+        string_to_sign,
+        _dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=_dt.UTC),
+        int(expires_s) if str(expires_s).isdigit() else 0,
+    )
 
 
 def restamp(canonical_request: str, at: _dt.datetime, location: str = "auto") -> bytes:

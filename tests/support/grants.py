@@ -14,10 +14,16 @@ from vending.kinds.access_token import Terms
 def access_grant(*, lifetime_s: int = 600, max_lifetime_s: int = 900, **changes: Any) -> Grant:
     now = clock.now()
     fields: dict[str, Any] = {
-        "caller": f"ci/{CI_SUBJECT}", "issuer": "ci", "subject": CI_SUBJECT, "entitlement": "deploy",
-        "kind": "access_token", "service_account": DEMO_SA, "delegates": (),
+        "caller": f"ci/{CI_SUBJECT}",
+        "issuer": "ci",
+        "subject": CI_SUBJECT,
+        "entitlement": "deploy",
+        "kind": "access_token",
+        "service_account": DEMO_SA,
+        "delegates": (),
         "bounds": Bounds(not_after=now + _dt.timedelta(seconds=max_lifetime_s), scopes=(CLOUD,)),
-        "terms": Terms((CLOUD,), lifetime_s), "decided_at": now,
+        "terms": Terms((CLOUD,), lifetime_s),
+        "decided_at": now,
     }
     fields.update(changes)
     return Grant(**fields)

@@ -48,8 +48,8 @@ from jwt.algorithms import get_default_algorithms
 from vending import clock
 from vending.config import Issuer
 
-DROP: Any = object()          # a claim override that removes the claim
-_DEFAULT: Any = object()      # "use the key's kid"
+DROP: Any = object()  # a claim override that removes the claim
+_DEFAULT: Any = object()  # "use the key's kid"
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -131,8 +131,9 @@ class SigningKey:
         return {**jwk, "kid": self.kid, "alg": self.alg, "use": "sig"}
 
     def public_pem(self) -> bytes:
-        return self.private.public_key().public_bytes(serialization.Encoding.PEM,
-                                                       serialization.PublicFormat.SubjectPublicKeyInfo)
+        return self.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
     def sign(self, signing_input: bytes, alg: str | None = None, *, hs_secret: bytes | None = None) -> bytes:
         """Sign with ``alg`` (default the key's). ``HS*`` uses ``hs_secret``, by default the public key PEM."""
@@ -177,8 +178,9 @@ class JwksServer:
         if self._httpd is None:
             self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
             self._httpd.daemon_threads = True
-            self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01},
-                                            name="test-jwks-server", daemon=True)
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, name="test-jwks-server", daemon=True
+            )
             self._thread.start()
         return self
 
@@ -261,9 +263,18 @@ class TestIssuer:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, issuer: str = "https://issuer.test.example", audience: str = "https://vending.test.example",
-                 *, name: str = "test", subject: str = "user-1", ttl_s: int = 600, path: str = "/jwks",
-                 key_set: int = 0, server: JwksServer | None = None) -> None:
+    def __init__(
+        self,
+        issuer: str = "https://issuer.test.example",
+        audience: str = "https://vending.test.example",
+        *,
+        name: str = "test",
+        subject: str = "user-1",
+        ttl_s: int = 600,
+        path: str = "/jwks",
+        key_set: int = 0,
+        server: JwksServer | None = None,
+    ) -> None:
         self.issuer = issuer
         self.audience = audience
         self.name = name
@@ -343,7 +354,10 @@ class TestIssuer:
     # configuration
     def issuer_config(self, **overrides: Any) -> Issuer:
         fields: dict[str, Any] = {
-            "name": self.name, "issuer": self.issuer, "jwks_uri": self.jwks_uri, "audience": self.audience,
+            "name": self.name,
+            "issuer": self.issuer,
+            "jwks_uri": self.jwks_uri,
+            "audience": self.audience,
             "algorithms": ("RS256", "ES256"),
         }
         fields.update(overrides)
@@ -353,17 +367,32 @@ class TestIssuer:
     def claims(self, **overrides: Any) -> dict[str, Any]:
         now = int(clock.epoch())
         claims: dict[str, Any] = {
-            "iss": self.issuer, "aud": self.audience, "sub": self.subject,
-            "iat": now, "exp": now + self.ttl_s, "jti": secrets.token_hex(16),
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": self.subject,
+            "iat": now,
+            "exp": now + self.ttl_s,
+            "jti": secrets.token_hex(16),
         }
         _apply(claims, overrides)
         return claims
 
-    def mint(self, *, key: SigningKey | str | None = None, alg: str | None = None, kid: Any = _DEFAULT,
-             header: Mapping[str, Any] | None = None, drop: Iterable[str] = (),
-             duplicate: Mapping[str, Any] | None = None, header_duplicate: Mapping[str, Any] | None = None,
-             raw_header: bytes | str | None = None, raw_payload: bytes | str | None = None,
-             signature: bytes | None = None, hs_secret: bytes | None = None, **claim_overrides: Any) -> str:
+    def mint(
+        self,
+        *,
+        key: SigningKey | str | None = None,
+        alg: str | None = None,
+        kid: Any = _DEFAULT,
+        header: Mapping[str, Any] | None = None,
+        drop: Iterable[str] = (),
+        duplicate: Mapping[str, Any] | None = None,
+        header_duplicate: Mapping[str, Any] | None = None,
+        raw_header: bytes | str | None = None,
+        raw_payload: bytes | str | None = None,
+        signature: bytes | None = None,
+        hs_secret: bytes | None = None,
+        **claim_overrides: Any,
+    ) -> str:
         """A compact JWS. Claims default to a valid token; keyword arguments override them.
 
         key: a SigningKey or "rsa" / "ec" / "attacker" (default: current RSA key).
@@ -386,8 +415,18 @@ class TestIssuer:
         claims = self.claims(**claim_overrides)
         for name in drop:
             claims.pop(name, None)
-        return encode(head, claims, signer, alg=alg, header_duplicate=header_duplicate, duplicate=duplicate,
-                      raw_header=raw_header, raw_payload=raw_payload, signature=signature, hs_secret=hs_secret)
+        return encode(
+            head,
+            claims,
+            signer,
+            alg=alg,
+            header_duplicate=header_duplicate,
+            duplicate=duplicate,
+            raw_header=raw_header,
+            raw_payload=raw_payload,
+            signature=signature,
+            hs_secret=hs_secret,
+        )
 
     def _key(self, key: SigningKey | str | None) -> SigningKey:
         if key is None:
@@ -397,23 +436,33 @@ class TestIssuer:
         return {"rsa": self.rsa, "ec": self.ec, "attacker": self.attacker}[key]
 
 
-def encode(header: Mapping[str, Any], claims: Mapping[str, Any], key: SigningKey, *, alg: str | None = None,
-           header_duplicate: Mapping[str, Any] | None = None, duplicate: Mapping[str, Any] | None = None,
-           raw_header: bytes | str | None = None, raw_payload: bytes | str | None = None,
-           signature: bytes | None = None, hs_secret: bytes | None = None) -> str:
+def encode(
+    header: Mapping[str, Any],
+    claims: Mapping[str, Any],
+    key: SigningKey,
+    *,
+    alg: str | None = None,
+    header_duplicate: Mapping[str, Any] | None = None,
+    duplicate: Mapping[str, Any] | None = None,
+    raw_header: bytes | str | None = None,
+    raw_payload: bytes | str | None = None,
+    signature: bytes | None = None,
+    hs_secret: bytes | None = None,
+) -> str:
     """Sign ``header``.``claims`` with ``key`` (see ``TestIssuer.mint`` for the options)."""
-    head_bytes = raw_header if raw_header is not None else json_pairs(
-        [*header.items(), *(header_duplicate or {}).items()])
-    body_bytes = raw_payload if raw_payload is not None else json_pairs(
-        [*claims.items(), *(duplicate or {}).items()])
+    head_bytes = (
+        raw_header if raw_header is not None else json_pairs([*header.items(), *(header_duplicate or {}).items()])
+    )
+    body_bytes = raw_payload if raw_payload is not None else json_pairs([*claims.items(), *(duplicate or {}).items()])
     signing_input = f"{b64url(head_bytes)}.{b64url(body_bytes)}".encode("ascii")
     if signature is None:
         signature = key.sign(signing_input, alg or str(header.get("alg") or key.alg), hs_secret=hs_secret)
     return f"{signing_input.decode('ascii')}.{b64url(signature)}"
 
 
-def oidc_issuer_fixture(*, scope: Literal["session", "package", "module", "class", "function"] = "function",
-                        **kwargs: Any) -> Any:
+def oidc_issuer_fixture(
+    *, scope: Literal["session", "package", "module", "class", "function"] = "function", **kwargs: Any
+) -> Any:
     """Declare a pytest fixture yielding a started ``TestIssuer``: ``idp = oidc_issuer_fixture()``."""
 
     @pytest.fixture(scope=scope)
@@ -472,8 +521,16 @@ class FakeServiceAccountKeys:
         self.server.routes[self.path(email)] = lambda: {"keys": [k.public_jwk() for k in self.keys[email]]}
         return key
 
-    def sign_jwt(self, email: str, payload: Mapping[str, Any], *, key: SigningKey | None = None,
-                 kid: Any = _DEFAULT, alg: str = "RS256", **options: Any) -> str:
+    def sign_jwt(
+        self,
+        email: str,
+        payload: Mapping[str, Any],
+        *,
+        key: SigningKey | None = None,
+        kid: Any = _DEFAULT,
+        alg: str = "RS256",
+        **options: Any,
+    ) -> str:
         """What ``signJwt`` returns for ``payload``: header alg, kid, typ; the claims unchanged."""
         signer = key or self.keys[email][-1]
         head: dict[str, Any] = {"alg": alg, "kid": signer.kid if kid is _DEFAULT else kid, "typ": "JWT"}
@@ -481,13 +538,30 @@ class FakeServiceAccountKeys:
             del head["kid"]
         return encode(head, payload, signer, alg=alg, **options)
 
-    def message(self, email: str, audience: str, *, ttl_s: int = 300, key: SigningKey | None = None,
-                kid: Any = _DEFAULT, alg: str = "RS256", drop: Iterable[str] = (),
-                encode_options: Mapping[str, Any] | None = None, **overrides: Any) -> str:
+    def message(
+        self,
+        email: str,
+        audience: str,
+        *,
+        ttl_s: int = 300,
+        key: SigningKey | None = None,
+        kid: Any = _DEFAULT,
+        alg: str = "RS256",
+        drop: Iterable[str] = (),
+        encode_options: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> str:
         """A valid bot message token by default; keyword arguments override claims (``DROP`` removes)."""
         now = int(clock.epoch())
-        claims: dict[str, Any] = {"iss": email, "sub": email, "aud": audience, "iat": now, "exp": now + ttl_s,
-                                  "jti": secrets.token_hex(16), "action": "approve"}
+        claims: dict[str, Any] = {
+            "iss": email,
+            "sub": email,
+            "aud": audience,
+            "iat": now,
+            "exp": now + ttl_s,
+            "jti": secrets.token_hex(16),
+            "action": "approve",
+        }
         _apply(claims, overrides)
         for name in drop:
             claims.pop(name, None)

@@ -57,7 +57,7 @@ def remove_block(path: Path, header: str) -> None:
     for i in range(text.index("{", start), len(text)):
         depth += {"{": 1, "}": -1}.get(text[i], 0)
         if depth == 0:
-            path.write_text(text[:start] + text[i + 1:], encoding="utf-8")
+            path.write_text(text[:start] + text[i + 1 :], encoding="utf-8")
             return
     raise AssertionError(f"unbalanced block {header!r} in {path}")
 
@@ -65,7 +65,10 @@ def remove_block(path: Path, header: str) -> None:
 def run_checkov(directory: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(CHECKOV), str(directory)],
-        capture_output=True, text=True, timeout=900, check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
 
 
@@ -79,8 +82,11 @@ def test_a_missing_entry_point_fails_the_wiring_check(tmp_path: Path, eps: dict[
     copy = copy_terraform(tmp_path)
     assert check_entry_points(load_terraform(copy), eps) == []
     victim = max(name for name, kind in eps.items() if kind == "cloud_event")
-    fn = next(r for r in load_terraform(copy).of_type("google_cloudfunctions2_function")
-              if r.body["build_config"][0]["entry_point"] == victim)
+    fn = next(
+        r
+        for r in load_terraform(copy).of_type("google_cloudfunctions2_function")
+        if r.body["build_config"][0]["entry_point"] == victim
+    )
     remove_block(fn.path, f'resource "google_cloudfunctions2_function" "{fn.name}" {{')
 
     # WHEN the wiring is checked
@@ -103,8 +109,10 @@ def test_a_project_wide_token_creator_fails_the_iam_check_and_checkov(tmp_path: 
 
     # THEN both fail, naming the grant
     grant = "google_project_iam_member.runtime_token_creator_everywhere"
-    assert f"{grant}: roles/iam.serviceAccountTokenCreator granted project-wide (google_project_iam_member): " \
-           "grant it per service account" in problems
+    assert (
+        f"{grant}: roles/iam.serviceAccountTokenCreator granted project-wide (google_project_iam_member): "
+        "grant it per service account" in problems
+    )
     assert f"{grant}: runtime account holds project-level roles/iam.serviceAccountTokenCreator" in problems
     assert result.returncode != 0, result.stdout + result.stderr
     assert re.search(rf"FAILED CKV_GCP_(41|49) \S*{re.escape(grant)}", result.stdout), result.stdout

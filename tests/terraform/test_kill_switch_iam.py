@@ -55,8 +55,10 @@ def check_kill_switch_iam(tf: Terraform) -> list[str]:
         else:
             targets = str(tf.local(b, "kill_switch_targets"))
             if "e.service_account" not in targets or "delegates" in targets:
-                problems.append(f"{b.address}: kill_switch_targets must be the entitlements' service accounts "
-                                f"(the policy's targets), got {targets}")
+                problems.append(
+                    f"{b.address}: kill_switch_targets must be the entitlements' service accounts "
+                    f"(the policy's targets), got {targets}"
+                )
     for block in tf.resources:
         if RESOURCE_LEVEL_IAM.match(block.type) and uses_kill_role(json.dumps(block.body)):
             problems.append(f"{block.address}: the kill switch role granted on a {block.type.split('_')[1]}")
@@ -75,21 +77,32 @@ def test_kill_switch_role_is_three_permissions_bound_per_target(tf: Terraform) -
 
 def test_kill_switch_role_ids_are_the_ones_the_client_needs() -> None:
     # GIVEN the IAM client's declared permissions  THEN they are exactly disable, enable, get
-    assert sorted(KILL_SWITCH_PERMISSIONS) == ["iam.serviceAccounts.disable", "iam.serviceAccounts.enable",
-                                               "iam.serviceAccounts.get"]
+    assert sorted(KILL_SWITCH_PERMISSIONS) == [
+        "iam.serviceAccounts.disable",
+        "iam.serviceAccounts.enable",
+        "iam.serviceAccounts.get",
+    ]
 
 
 BROKEN = {
     "extra-permission": ('"iam.serviceAccounts.get",', '"iam.serviceAccounts.get",\n    "iam.serviceAccounts.delete",'),
-    "project-wide-binding": ('resource "google_service_account_iam_member" "delegation_hop" {',
-                             ('resource "google_project_iam_member" "kill_switch_everywhere" {\n'
-                             '  project = var.project\n'
-                             '  role    = google_project_iam_custom_role.kill_switch[0].name\n'
-                             '  member  = local.runtime_member\n}\n\n'
-                             'resource "google_service_account_iam_member" "delegation_hop" {')),
-    "delegates-too": ("kill_switch_targets = toset([for e in local.entitlements : e.service_account])",
-                      ("kill_switch_targets = toset(flatten([for e in local.entitlements : "
-                      "concat([e.service_account], e.delegates)]))")),
+    "project-wide-binding": (
+        'resource "google_service_account_iam_member" "delegation_hop" {',
+        (
+            'resource "google_project_iam_member" "kill_switch_everywhere" {\n'
+            "  project = var.project\n"
+            "  role    = google_project_iam_custom_role.kill_switch[0].name\n"
+            "  member  = local.runtime_member\n}\n\n"
+            'resource "google_service_account_iam_member" "delegation_hop" {'
+        ),
+    ),
+    "delegates-too": (
+        "kill_switch_targets = toset([for e in local.entitlements : e.service_account])",
+        (
+            "kill_switch_targets = toset(flatten([for e in local.entitlements : "
+            "concat([e.service_account], e.delegates)]))"
+        ),
+    ),
 }
 
 

@@ -122,7 +122,9 @@ def config_env_vars(config_py: Path) -> set[str]:
 
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "ENV_VARS" for t in node.targets):
-            names.update(c.value for c in ast.walk(node.value) if isinstance(c, ast.Constant) and isinstance(c.value, str))
+            names.update(
+                c.value for c in ast.walk(node.value) if isinstance(c, ast.Constant) and isinstance(c.value, str)
+            )
         elif isinstance(node, ast.Call):
             func = node.func
             fname = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
@@ -130,8 +132,11 @@ def config_env_vars(config_py: Path) -> set[str]:
                 value = first_str(node.args)
                 if value:
                     names.add(value)
-        elif (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant)
-              and isinstance(node.slice.value, str)):
+        elif (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.slice.value, str)
+        ):
             names.add(node.slice.value)
     return {n for n in names if re.fullmatch(r"VENDING_[A-Z0-9_]+", n)}
 
@@ -270,7 +275,9 @@ def check_entry_points(tf: Terraform, eps: dict[str, str]) -> list[str]:
     for name, kind in sorted(eps.items()):
         deployed = by_entry.get(name, [])
         if len(deployed) != 1:
-            problems.append(f"entry point {name} ({kind}) is deployed by {len(deployed)} google_cloudfunctions2_function, want 1")
+            problems.append(
+                f"entry point {name} ({kind}) is deployed by {len(deployed)} google_cloudfunctions2_function, want 1"
+            )
             continue
         fn = deployed[0]
         build = _first(fn.body.get("build_config"))
@@ -279,7 +286,9 @@ def check_entry_points(tf: Terraform, eps: dict[str, str]) -> list[str]:
         if not str(build.get("runtime", "")).startswith("python3"):
             problems.append(f"{fn.address}: runtime {build.get('runtime')!r} is not Python 3")
         if not _ref(service.get("service_account_email"), "google_service_account"):
-            problems.append(f"{fn.address}: service_config.service_account_email must be a dedicated google_service_account")
+            problems.append(
+                f"{fn.address}: service_config.service_account_email must be a dedicated google_service_account"
+            )
         if kind == "http":
             if trigger:
                 problems.append(f"{fn.address}: HTTP entry point {name} must not have an event_trigger")
@@ -313,10 +322,16 @@ def check_entry_points(tf: Terraform, eps: dict[str, str]) -> list[str]:
         ):
             problems.append(f"{fn.address}: trigger account {trigger_sa} has no roles/run.invoker on {name}'s service")
         if name == "handle_pubsub" and trigger.get("retry_policy") != "RETRY_POLICY_RETRY":
-            problems.append(f"{fn.address}: handle_pubsub raises on transient failures: retry_policy RETRY_POLICY_RETRY")
-        if name == "sweep_expired" and topic and not any(
-            _ref(_first(job.body.get("pubsub_target")).get("topic_name"), "google_pubsub_topic") == topic
-            for job in tf.of_type("google_cloud_scheduler_job")
+            problems.append(
+                f"{fn.address}: handle_pubsub raises on transient failures: retry_policy RETRY_POLICY_RETRY"
+            )
+        if (
+            name == "sweep_expired"
+            and topic
+            and not any(
+                _ref(_first(job.body.get("pubsub_target")).get("topic_name"), "google_pubsub_topic") == topic
+                for job in tf.of_type("google_cloud_scheduler_job")
+            )
         ):
             problems.append(f"{fn.address}: no google_cloud_scheduler_job publishes to topic {topic!r}")
 
@@ -361,7 +376,9 @@ def check_environment(tf: Terraform, read: set[str], local_only: set[str] = LOCA
             problems.append(f"{fn.address}: VENDING_STORE must be 'firestore', got {env.get('VENDING_STORE')!r}")
         config = env.get("VENDING_CONFIG")
         if isinstance(config, str) and "${" not in config and config not in shipped:
-            problems.append(f"{fn.address}: VENDING_CONFIG={config!r} is not a file of the source archive {sorted(shipped)}")
+            problems.append(
+                f"{fn.address}: VENDING_CONFIG={config!r} is not a file of the source archive {sorted(shipped)}"
+            )
     return problems
 
 
@@ -474,7 +491,9 @@ def check_iam(tf: Terraform) -> list[str]:
             if role in PRIMITIVE_ROLES:
                 problems.append(f"{block.address}: primitive role {role}")
             if role in IMPERSONATION_ROLES:
-                problems.append(f"{block.address}: {role} granted project-wide ({block.type}): grant it per service account")
+                problems.append(
+                    f"{block.address}: {role} granted project-wide ({block.type}): grant it per service account"
+                )
             if is_runtime(block) and role not in RUNTIME_PROJECT_ROLES:
                 problems.append(f"{block.address}: runtime account holds project-level {role}")
             if block.type.endswith("_policy"):
@@ -487,7 +506,9 @@ def check_iam(tf: Terraform) -> list[str]:
             and is_runtime(block)
             and "for_each" not in block.body
         ):
-            problems.append(f"{block.address}: the runtime account's Token Creator grants must be one per target (for_each)")
+            problems.append(
+                f"{block.address}: the runtime account's Token Creator grants must be one per target (for_each)"
+            )
 
     for data in tf.data:
         if data.type == "google_iam_policy":
@@ -506,10 +527,13 @@ def check_iam(tf: Terraform) -> list[str]:
             block.type in RUN_INVOKER_TYPES
             and block.body.get("role") == "roles/run.invoker"
             and "allAuthenticatedUsers" not in text
-            and _ref(block.body.get("service", block.body.get("name")), "google_cloudfunctions2_function") in http_functions
+            and _ref(block.body.get("service", block.body.get("name")), "google_cloudfunctions2_function")
+            in http_functions
         )
         if not allowed:
-            problems.append(f"{block.address}: public principal (allUsers/allAuthenticatedUsers) outside the HTTP invoker")
+            problems.append(
+                f"{block.address}: public principal (allUsers/allAuthenticatedUsers) outside the HTTP invoker"
+            )
     return problems
 
 
@@ -627,7 +651,10 @@ def test_the_example_policy_is_valid_for_production() -> None:
 def run_terraform_fmt(directory: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(REPO / "scripts" / "terraform-fmt.sh"), str(directory)],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
 
 

@@ -19,7 +19,8 @@ def _documented(parser: argparse.ArgumentParser, action: argparse.Action) -> boo
         return True
     # a hidden old name is fine when the same destination has a documented option
     return action.help == argparse.SUPPRESS and any(
-        a.dest == action.dest and a.help not in (None, argparse.SUPPRESS) for a in parser._actions)
+        a.dest == action.dest and a.help not in (None, argparse.SUPPRESS) for a in parser._actions
+    )
 
 
 @pytest.mark.parametrize("command", sorted(_subparsers()))
@@ -30,17 +31,23 @@ def test_every_option_of_every_command_has_a_description(command: str) -> None:
     assert not undocumented, (command, undocumented)
 
 
-@pytest.mark.parametrize(("argv", "dest", "value"), [
-    (["token", "--service-account", "a@b.iam.gserviceaccount.com", "--request-id", "x"], "access_request", "x"),
-    (["token", "--service-account", "a@b.iam.gserviceaccount.com", "--access-request", "x"], "access_request", "x"),
-    (["token", "--service-account", "a@b.iam.gserviceaccount.com", "--audience", "A"], "caller_audience", "A"),
-    (["id-token", "--service-account", "a@b.iam.gserviceaccount.com", "--audience-of-token", "T"],
-     "target_audience", "T"),
-    (["kill-switch", "release", "a@b.iam.gserviceaccount.com", "--request-id", "x"], "access_request", "x"),
-    (["publish-approval", "--action", "approve", "--actor", "a", "--audience", "A"], "bot_audience", "A"),
-    (["publish-approval", "--action", "approve", "--actor", "a", "--ttl", "5m"], "ttl", 300),
-    (["dev-token", "--subject", "s", "--ttl", "10m"], "ttl", 600),
-])
+@pytest.mark.parametrize(
+    ("argv", "dest", "value"),
+    [
+        (["token", "--service-account", "a@b.iam.gserviceaccount.com", "--request-id", "x"], "access_request", "x"),
+        (["token", "--service-account", "a@b.iam.gserviceaccount.com", "--access-request", "x"], "access_request", "x"),
+        (["token", "--service-account", "a@b.iam.gserviceaccount.com", "--audience", "A"], "caller_audience", "A"),
+        (
+            ["id-token", "--service-account", "a@b.iam.gserviceaccount.com", "--audience-of-token", "T"],
+            "target_audience",
+            "T",
+        ),
+        (["kill-switch", "release", "a@b.iam.gserviceaccount.com", "--request-id", "x"], "access_request", "x"),
+        (["publish-approval", "--action", "approve", "--actor", "a", "--audience", "A"], "bot_audience", "A"),
+        (["publish-approval", "--action", "approve", "--actor", "a", "--ttl", "5m"], "ttl", 300),
+        (["dev-token", "--subject", "s", "--ttl", "10m"], "ttl", 600),
+    ],
+)
 def test_old_names_are_aliases_and_durations_have_one_grammar(argv: list[str], dest: str, value: object) -> None:
     args = build_parser().parse_args(argv)
     assert getattr(args, dest) == value

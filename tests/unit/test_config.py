@@ -35,23 +35,37 @@ def test_example_configuration_is_valid() -> None:
     assert demo.service_account == "demo-deployer@local-project.iam.gserviceaccount.com"
 
 
-@pytest.mark.parametrize("mutate,where", [
-    (lambda d: d["entitlements"][0].update(max_lifetime="3601s"), "entitlement 'demo-deploy': max_lifetime 3601s"),
-    (lambda d: d["entitlements"][0].update(max_lifetime=43201, lifetime_extension=True),
-     "entitlement 'demo-deploy': max_lifetime 43201s"),
-    (lambda d: d["entitlements"][0].update(service_account="not-an-email"),
-     "entitlement 'demo-deploy', service_account: "),
-    (lambda d: d["entitlements"][0].update(colour="blue"), "entitlement 'demo-deploy': unknown key 'colour'"),
-    (lambda d: d["issuers"][0].update(algorithms=["HS256"]), "issuer 'local-dev', algorithms: "),
-    (lambda d: d["issuers"][0].update(algorithms=["none"]), "issuer 'local-dev', algorithms: "),
-    (lambda d: d["entitlements"][0]["principals"][0].update(issuer="nope"), "names unknown issuer 'nope'"),
-    (lambda d: d["entitlements"][0].update(delegates=["bogus"]), "entitlement 'demo-deploy', delegates"),
-    (lambda d: d["entitlements"][1]["approval"].update(approvers=["group:missing"]), "unknown group 'group:missing'"),
-    (lambda d: d["entitlements"][2]["approval"].pop("justification_pattern"),
-     "entitlement 'prod-break-glass', approval: break_glass entitlements need a justification_pattern"),
-    (lambda d: d["entitlements"][0].update(max_lifetime="ten minutes"),
-     "entitlement 'demo-deploy', max_lifetime: must be a duration"),
-])
+@pytest.mark.parametrize(
+    "mutate,where",
+    [
+        (lambda d: d["entitlements"][0].update(max_lifetime="3601s"), "entitlement 'demo-deploy': max_lifetime 3601s"),
+        (
+            lambda d: d["entitlements"][0].update(max_lifetime=43201, lifetime_extension=True),
+            "entitlement 'demo-deploy': max_lifetime 43201s",
+        ),
+        (
+            lambda d: d["entitlements"][0].update(service_account="not-an-email"),
+            "entitlement 'demo-deploy', service_account: ",
+        ),
+        (lambda d: d["entitlements"][0].update(colour="blue"), "entitlement 'demo-deploy': unknown key 'colour'"),
+        (lambda d: d["issuers"][0].update(algorithms=["HS256"]), "issuer 'local-dev', algorithms: "),
+        (lambda d: d["issuers"][0].update(algorithms=["none"]), "issuer 'local-dev', algorithms: "),
+        (lambda d: d["entitlements"][0]["principals"][0].update(issuer="nope"), "names unknown issuer 'nope'"),
+        (lambda d: d["entitlements"][0].update(delegates=["bogus"]), "entitlement 'demo-deploy', delegates"),
+        (
+            lambda d: d["entitlements"][1]["approval"].update(approvers=["group:missing"]),
+            "unknown group 'group:missing'",
+        ),
+        (
+            lambda d: d["entitlements"][2]["approval"].pop("justification_pattern"),
+            "entitlement 'prod-break-glass', approval: break_glass entitlements need a justification_pattern",
+        ),
+        (
+            lambda d: d["entitlements"][0].update(max_lifetime="ten minutes"),
+            "entitlement 'demo-deploy', max_lifetime: must be a duration",
+        ),
+    ],
+)
 def test_bad_policy_names_file_and_field(tmp_path: Path, mutate, where: str) -> None:
     # GIVEN the example policy with one bad field
     data = example()
@@ -90,27 +104,45 @@ def test_a_misspelt_key_names_line_column_entitlement_and_the_key_it_resembles(t
     with pytest.raises(ConfigError) as info:
         load_policy(path)
     # THEN one line: FILE:LINE:COL of the key, the entitlement by name, and "did you mean"
-    assert info.value.message == (f"{path}:{_line_col(path, 'max_lifetme')}: entitlement 'demo-deploy': "
-                                  "unknown key 'max_lifetme' (did you mean 'max_lifetime'?)")
+    assert info.value.message == (
+        f"{path}:{_line_col(path, 'max_lifetme')}: entitlement 'demo-deploy': "
+        "unknown key 'max_lifetme' (did you mean 'max_lifetime'?)"
+    )
 
 
-@pytest.mark.parametrize("text_from,text_to,needle,expected", [
-    # a typo in a nested model (the Pattern of a matcher) is found through the union
-    ('sub: {pattern: "[a-z]+@example', 'sub: {patern: "[a-z]+@example', "patern",
-     "entitlement 'prod-admin', principals[0].claims.sub: unknown key 'patern' (did you mean 'pattern'?)"),
-    # a top-level key
-    ("auditors:", "auditorz:", "auditorz", "unknown key 'auditorz' (did you mean 'auditors'?)"),
-    # a rule across fields points at the field it names
-    ("    max_lifetime: 900s", "    max_lifetime: 2h", "max_lifetime",
-     "entitlement 'demo-deploy': max_lifetime 7200s is above 3600s"),
-    # a key given twice (YAML would keep the last silently)
-    ("    max_lifetime: 900s", "    max_lifetime: 900s\n    max_lifetime: 600s", "max_lifetime: 600s",
-     "key 'max_lifetime' is given twice"),
-    # a value out of range
-    ("  quorum: 2", "  quorum: 20", "20", "kill_switch.quorum: Input should be less than or equal to 10"),
-])
-def test_errors_point_at_the_line_and_column(tmp_path: Path, text_from: str, text_to: str, needle: str,
-                                             expected: str) -> None:
+@pytest.mark.parametrize(
+    "text_from,text_to,needle,expected",
+    [
+        # a typo in a nested model (the Pattern of a matcher) is found through the union
+        (
+            'sub: {pattern: "[a-z]+@example',
+            'sub: {patern: "[a-z]+@example',
+            "patern",
+            "entitlement 'prod-admin', principals[0].claims.sub: unknown key 'patern' (did you mean 'pattern'?)",
+        ),
+        # a top-level key
+        ("auditors:", "auditorz:", "auditorz", "unknown key 'auditorz' (did you mean 'auditors'?)"),
+        # a rule across fields points at the field it names
+        (
+            "    max_lifetime: 900s",
+            "    max_lifetime: 2h",
+            "max_lifetime",
+            "entitlement 'demo-deploy': max_lifetime 7200s is above 3600s",
+        ),
+        # a key given twice (YAML would keep the last silently)
+        (
+            "    max_lifetime: 900s",
+            "    max_lifetime: 900s\n    max_lifetime: 600s",
+            "max_lifetime: 600s",
+            "key 'max_lifetime' is given twice",
+        ),
+        # a value out of range
+        ("  quorum: 2", "  quorum: 20", "20", "kill_switch.quorum: Input should be less than or equal to 10"),
+    ],
+)
+def test_errors_point_at_the_line_and_column(
+    tmp_path: Path, text_from: str, text_to: str, needle: str, expected: str
+) -> None:
     path = _policy_with(text_from, text_to, tmp_path)
     with pytest.raises(ConfigError) as info:
         load_policy(path)
@@ -156,15 +188,20 @@ def test_delegates_are_normalized() -> None:
     assert config.normalize_delegate(f"projects/-/serviceAccounts/{email}") == f"projects/-/serviceAccounts/{email}"
 
 
-@pytest.mark.parametrize("env,name", [
-    ({"VENDING_STORE": "postgres"}, "VENDING_STORE"),
-    ({"VENDING_IAM_TIMEOUT": "soon"}, "VENDING_IAM_TIMEOUT"),
-    ({"VENDING_IAM_RETRIES": "99"}, "VENDING_IAM_RETRIES"),
-    ({"VENDING_IAM_ENDPOINT": "http://evil.example"}, "VENDING_IAM_ENDPOINT"),
-    ({"VENDING_IAM_TOKEN": "x", "VENDING_IAM_ENDPOINT": "https://iamcredentials.googleapis.com"},
-     "VENDING_IAM_TOKEN"),
-    ({"VENDING_STORE": "firestore"}, "development issuer"),
-])
+@pytest.mark.parametrize(
+    "env,name",
+    [
+        ({"VENDING_STORE": "postgres"}, "VENDING_STORE"),
+        ({"VENDING_IAM_TIMEOUT": "soon"}, "VENDING_IAM_TIMEOUT"),
+        ({"VENDING_IAM_RETRIES": "99"}, "VENDING_IAM_RETRIES"),
+        ({"VENDING_IAM_ENDPOINT": "http://evil.example"}, "VENDING_IAM_ENDPOINT"),
+        (
+            {"VENDING_IAM_TOKEN": "x", "VENDING_IAM_ENDPOINT": "https://iamcredentials.googleapis.com"},
+            "VENDING_IAM_TOKEN",
+        ),
+        ({"VENDING_STORE": "firestore"}, "development issuer"),
+    ],
+)
 def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], name: str) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -181,8 +218,9 @@ def test_process_refuses_to_start_with_a_bad_policy(tmp_path: Path) -> None:
     path = write(tmp_path, data)
     # WHEN the function module is imported (cold start)
     env = {**os.environ, "VENDING_CONFIG": str(path)}
-    proc = subprocess.run([sys.executable, "-c", "import main"], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import main"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     # THEN the process stops with a message naming the file and the field, no traceback
     assert proc.returncode == 2
     assert str(path) in proc.stderr and "entitlement 'demo-deploy'" in proc.stderr and "max_lifetime" in proc.stderr

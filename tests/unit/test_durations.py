@@ -18,9 +18,15 @@ REFUSED = ["1h30m", "10 m", " 600", "600 ", "600S", "1.5h", "-1", "", "1d", "ten
 
 def _policy(value: Any) -> int:
     """max_lifetime of an entitlement written with ``value`` (the policy file's grammar)."""
-    entitlement = Entitlement.model_validate({
-        "name": "e", "principals": [{"issuer": "i", "claims": {"sub": "s"}}],
-        "service_account": "sa@p.iam.gserviceaccount.com", "scopes": ["openid"], "max_lifetime": value})
+    entitlement = Entitlement.model_validate(
+        {
+            "name": "e",
+            "principals": [{"issuer": "i", "claims": {"sub": "s"}}],
+            "service_account": "sa@p.iam.gserviceaccount.com",
+            "scopes": ["openid"],
+            "max_lifetime": value,
+        }
+    )
     return entitlement.max_lifetime
 
 

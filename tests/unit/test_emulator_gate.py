@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULE = '''
+MODULE = """
 import pytest
 
 def test_plain():
@@ -30,21 +30,44 @@ def test_needs_pubsub(pubsub_emulator):
 @pytest.mark.emulator
 def test_marked():
     pass
-'''
+"""
 
 
 def run_pytest(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_gate_sample.py").write_text(MODULE)
     (tmp_path / "bin").mkdir(exist_ok=True)  # an empty PATH: no gcloud, no java
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "VENDING_SKIP_EMULATORS", "CI",
-                          "PYTEST_ADDOPTS")}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "VENDING_SKIP_EMULATORS", "CI", "PYTEST_ADDOPTS")
+    }
     # Only tests/conftest.py as a plugin: a second or so per run instead of loading every installed plugin.
     clean.update(PATH=str(tmp_path / "bin"), PYTHONPATH=str(ROOT), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", **env)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:randomly", "-p", "no:cacheprovider",
-         "-q", "-rA", "--rootdir", str(tmp_path), str(tmp_path / "test_gate_sample.py")],
-        check=False, cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "tests.conftest",
+            "-p",
+            "no:randomly",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rA",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path / "test_gate_sample.py"),
+        ],
+        check=False,
+        cwd=tmp_path,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.timeout(120)

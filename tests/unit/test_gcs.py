@@ -41,6 +41,7 @@ def refused_v4(match: str, **kw: object) -> None:
 
 # -- what a valid request yields ------------------------------------------------------------
 
+
 def test_path_style_bucket_object_and_expiry() -> None:
     # GIVEN a path-style signed URL for allowed-bucket, signed now, valid 900 s
     v4 = parse_v4(bucket="allowed-bucket", obj="reports/q4.csv", expires_s=900, method="PUT")
@@ -72,6 +73,7 @@ def test_extra_signed_headers_are_accepted() -> None:
 
 # -- timestamp skew: 900 s either way ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("skew_s", [-900, -899, 0, 899, 900])
 def test_timestamp_within_900_seconds_is_accepted(skew_s: int) -> None:
     v4 = parse_v4(at=NOW + _dt.timedelta(seconds=skew_s), expires_s=3600)
@@ -96,6 +98,7 @@ def test_url_expiring_one_second_from_now_is_accepted() -> None:
 
 # -- X-Goog-Expires: 1 .. 604800 ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("expires_s", [1, 604800])
 def test_x_goog_expires_bounds_are_accepted(expires_s: int) -> None:
     assert parse_v4(expires_s=expires_s).expires_at == NOW + _dt.timedelta(seconds=expires_s)
@@ -116,6 +119,7 @@ def test_missing_x_goog_expires_is_refused() -> None:
 
 
 # -- the query must agree with the string-to-sign (Cloud Storage rebuilds it from the URL) --------------
+
 
 def test_x_goog_date_differing_from_the_timestamp_is_refused() -> None:
     refused_v4("X-Goog-Date", query={"X-Goog-Date": "20261128T115959Z"})
@@ -148,14 +152,18 @@ def test_repeated_query_parameter_is_refused() -> None:
 
 # -- the bucket ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("host", [
-    "evil.example.com",
-    "storage.googleapis.com.evil.example",
-    "allowed-bucket.storage.googleapis.com.evil.example",
-    "STORAGE.GOOGLEAPIS.COM",
-    "storage.googleapis.com:443",
-    "",
-])
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example.com",
+        "storage.googleapis.com.evil.example",
+        "allowed-bucket.storage.googleapis.com.evil.example",
+        "STORAGE.GOOGLEAPIS.COM",
+        "storage.googleapis.com:443",
+        "",
+    ],
+)
 def test_host_other_than_cloud_storage_is_refused(host: str) -> None:
     req = v4_request(signer=SA, at=NOW)
     canonical = req.canonical_request.replace("host:storage.googleapis.com\n", f"host:{host}\n")
@@ -166,7 +174,8 @@ def test_duplicate_host_header_is_refused() -> None:
     req = v4_request(signer=SA, at=NOW, bucket="allowed-bucket", virtual_host=True)
     canonical = req.canonical_request.replace(
         "host:allowed-bucket.storage.googleapis.com\n",
-        "host:allowed-bucket.storage.googleapis.com\nhost:other-bucket.storage.googleapis.com\n")
+        "host:allowed-bucket.storage.googleapis.com\nhost:other-bucket.storage.googleapis.com\n",
+    )
     refused(restamp(canonical, NOW), canonical, "distinct lowercase")
 
 
@@ -180,8 +189,9 @@ def test_unsigned_host_is_refused() -> None:
     refused(restamp(canonical, NOW), canonical, "sign the host header")
 
 
-@pytest.mark.parametrize("path", ["//allowed-bucket/obj", "allowed-bucket/obj", "/", "/Allowed-Bucket/obj",
-                                  "/ab/obj", "/-bucket/obj"])
+@pytest.mark.parametrize(
+    "path", ["//allowed-bucket/obj", "allowed-bucket/obj", "/", "/Allowed-Bucket/obj", "/ab/obj", "/-bucket/obj"]
+)
 def test_path_style_without_a_valid_bucket_is_refused(path: str) -> None:
     req = v4_request(signer=SA, at=NOW, bucket="allowed-bucket", obj="obj")
     lines = req.canonical_request.split("\n")
@@ -201,6 +211,7 @@ def test_path_style_bucket_without_object_is_the_bucket() -> None:
 
 # -- the string-to-sign and the canonical request ------------------------------------------------------
 
+
 def test_hash_mismatch_is_refused() -> None:
     req = v4_request(signer=SA, at=NOW, bucket="allowed-bucket")
     other = req.canonical_request.replace("/allowed-bucket/", "/other-bucket/")
@@ -212,11 +223,14 @@ def test_missing_canonical_request_is_refused() -> None:
     refused(req.payload, None, "canonical_request is required")
 
 
-@pytest.mark.parametrize("payload", [
-    b"hello world",
-    b"",
-    "GOOG4-RSA-SHA256\n20261128T120000Z\n20261128/auto/storage/goog4_request\n\xe9".encode("latin-1"),
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"hello world",
+        b"",
+        "GOOG4-RSA-SHA256\n20261128T120000Z\n20261128/auto/storage/goog4_request\n\xe9".encode("latin-1"),
+    ],
+)
 def test_not_a_string_to_sign_is_refused(payload: bytes) -> None:
     with pytest.raises(BadRequestError) as info:
         gcs.parse(payload, "GET\n/a/b\n\nhost:storage.googleapis.com\n\nhost\nUNSIGNED-PAYLOAD", NOW)
@@ -233,13 +247,16 @@ def test_hmac_algorithm_line_is_refused() -> None:
     refused(req.payload.replace(b"GOOG4-RSA-SHA256", b"GOOG4-HMAC-SHA256", 1), req.canonical_request, "four lines")
 
 
-@pytest.mark.parametrize("scope", [
-    "20261127/auto/storage/goog4_request",  # not the timestamp's date
-    "20261128//storage/goog4_request",      # no location
-    "20261128/auto/s3/goog4_request",
-    "20261128/auto/storage/aws4_request",
-    "20261128/auto/storage",
-])
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "20261127/auto/storage/goog4_request",  # not the timestamp's date
+        "20261128//storage/goog4_request",  # no location
+        "20261128/auto/s3/goog4_request",
+        "20261128/auto/storage/aws4_request",
+        "20261128/auto/storage",
+    ],
+)
 def test_bad_credential_scope_is_refused(scope: str) -> None:
     req = v4_request(signer=SA, at=NOW)
     lines = req.string_to_sign.split("\n")
@@ -255,11 +272,14 @@ def test_bad_timestamp_is_refused(stamp: str) -> None:
     refused("\n".join(lines).encode(), req.canonical_request, "timestamp")
 
 
-@pytest.mark.parametrize("canonical", [
-    "GET\n/allowed-bucket/o\nX-Goog-Expires=60",                                   # too short
-    "GET\n/allowed-bucket/o\nq\nhost:storage.googleapis.com\nhost\nUNSIGNED-PAYLOAD\nx",  # no blank line
-    "FETCH\n/allowed-bucket/o\nq\nhost:storage.googleapis.com\n\nhost\nUNSIGNED-PAYLOAD",  # bad method
-    "GET\n/allowed-bucket/o\nq\nhost:storage.googleapis.com\n\nhost\nUNSIGNED-PAYLOAD\nextra",
-])
+@pytest.mark.parametrize(
+    "canonical",
+    [
+        "GET\n/allowed-bucket/o\nX-Goog-Expires=60",  # too short
+        "GET\n/allowed-bucket/o\nq\nhost:storage.googleapis.com\nhost\nUNSIGNED-PAYLOAD\nx",  # no blank line
+        "FETCH\n/allowed-bucket/o\nq\nhost:storage.googleapis.com\n\nhost\nUNSIGNED-PAYLOAD",  # bad method
+        "GET\n/allowed-bucket/o\nq\nhost:storage.googleapis.com\n\nhost\nUNSIGNED-PAYLOAD\nextra",
+    ],
+)
 def test_malformed_canonical_request_is_refused(canonical: str) -> None:
     refused(restamp(canonical, NOW), canonical, "canonical request")

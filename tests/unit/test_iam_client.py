@@ -45,7 +45,7 @@ BEARER = "test-service-bearer-0123456789"
 REASON = "token-vending issuance 0f6d1c1e2b6a4d4f9a3e5c7b8d9e0a1b"
 RETRIES = 2
 DEADLINE_S = 0.5
-HANG_S = 30.0                    # "never answers": far past any deadline; released at teardown
+HANG_S = 30.0  # "never answers": far past any deadline; released at teardown
 
 # -- the scripted server ----------------------------------------------------------------------
 
@@ -57,9 +57,9 @@ class Answer:
     status: int = 200
     body: bytes = b""
     headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
-    hang_s: float = 0.0          # wait this long (or until teardown) before doing anything
-    reset: bool = False          # close with a TCP RST, no answer
-    raw: bytes | None = None     # write these bytes as the whole answer, then close
+    hang_s: float = 0.0  # wait this long (or until teardown) before doing anything
+    reset: bool = False  # close with a TCP RST, no answer
+    raw: bytes | None = None  # write these bytes as the whole answer, then close
 
 
 def json_answer(status: int, payload: Any, *headers: tuple[str, str]) -> Answer:
@@ -187,7 +187,8 @@ VALID: dict[str, dict[str, Any]] = {
 }
 CALLS: dict[str, Callable[[IamCredentials], Any]] = {
     "generateAccessToken": lambda c: c.generate_access_token(
-        SA, ["https://www.googleapis.com/auth/cloud-platform"], 600, [], reason=REASON),
+        SA, ["https://www.googleapis.com/auth/cloud-platform"], 600, [], reason=REASON
+    ),
     "generateIdToken": lambda c: c.generate_id_token(SA, "https://example.com/", True, [], reason=REASON),
     "signJwt": lambda c: c.sign_jwt(SA, {"aud": "https://example.com/", "exp": 1_800_000_000}, [], reason=REASON),
     "signBlob": lambda c: c.sign_blob(SA, b"unit test blob", [], reason=REASON),
@@ -244,6 +245,7 @@ HOSTILE_ERROR_BODIES: dict[str, bytes] = {
 
 # -- success: what the server saw --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", METHODS)
 def test_valid_answer_is_returned_and_the_request_is_well_formed(iam: ScriptedIam, method: str) -> None:
     """GIVEN IAM answering a valid 200 for the method
@@ -256,8 +258,9 @@ def test_valid_answer_is_returned_and_the_request_is_well_formed(iam: ScriptedIa
     result = CALLS[method](client(iam.url + "/"))  # a trailing slash on the endpoint is harmless
 
     if method == "generateAccessToken":
-        assert result == AccessToken("ya29.c.unit-test-access-token", _dt.datetime(2026, 12, 1, 18, 35, 33,
-                                                                                   tzinfo=_dt.UTC))
+        assert result == AccessToken(
+            "ya29.c.unit-test-access-token", _dt.datetime(2026, 12, 1, 18, 35, 33, tzinfo=_dt.UTC)
+        )
     elif method == "generateIdToken":
         assert result == VALID[method]["token"]
     else:
@@ -302,10 +305,10 @@ def test_request_bodies_carry_the_method_fields_and_delegates(iam: ScriptedIam) 
 
 # -- 4xx: their own outcome, never retried -----------------------------------------------------
 
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("status", sorted(REFUSALS))
-def test_iam_refusal_maps_to_its_own_outcome_and_is_never_retried(iam: ScriptedIam, method: str,
-                                                                  status: int) -> None:
+def test_iam_refusal_maps_to_its_own_outcome_and_is_never_retried(iam: ScriptedIam, method: str, status: int) -> None:
     """GIVEN IAM answering every call with this 4xx, in Google's error shape
     WHEN the client calls the method (retries allowed)
     THEN it raises the status's own error class, reason, HTTP status, status
@@ -352,6 +355,7 @@ def test_iam_403_names_the_missing_role(iam: ScriptedIam, method: str) -> None:
 
 # -- non-JSON and odd error bodies: mapped by status alone ------------------------------------
 
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("body", list(HOSTILE_ERROR_BODIES))
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 429, 502])
@@ -372,28 +376,37 @@ def test_hostile_error_body_maps_by_status(iam: ScriptedIam, method: str, body: 
 
 # -- 429 ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize(("header", "retry_after"), [
-    ("7", 7),
-    (None, 5),
-    ("soon", 5),
-    ("Wed, 21 Oct 2026 07:28:00 GMT", 5),
-    ("-3", 5),
-    ("1.5", 5),
-    ("", 5),
-    ("0", 1),
-    ("99999999", 3600),
-], ids=["seconds", "missing", "text", "http-date", "negative", "fraction", "empty", "zero", "huge"])
-def test_iam_429_is_rate_limited_with_retry_after(iam: ScriptedIam, method: str, header: str | None,
-                                                   retry_after: int) -> None:
+@pytest.mark.parametrize(
+    ("header", "retry_after"),
+    [
+        ("7", 7),
+        (None, 5),
+        ("soon", 5),
+        ("Wed, 21 Oct 2026 07:28:00 GMT", 5),
+        ("-3", 5),
+        ("1.5", 5),
+        ("", 5),
+        ("0", 1),
+        ("99999999", 3600),
+    ],
+    ids=["seconds", "missing", "text", "http-date", "negative", "fraction", "empty", "zero", "huge"],
+)
+def test_iam_429_is_rate_limited_with_retry_after(
+    iam: ScriptedIam, method: str, header: str | None, retry_after: int
+) -> None:
     """GIVEN IAM answering 429, with this Retry-After header (or none)
     WHEN the client calls the method
     THEN it raises iam-rate-limited 429 RESOURCE_EXHAUSTED, retryable, Retry-After
     from the header when it is delta-seconds (capped at 3600, at least 1), else 5;
     after exactly one request (429 is never retried by the client)."""
     headers = (("Retry-After", header),) if header is not None else ()
-    iam.answer(then=json_answer(429, {"error": {"code": 429, "message": "Quota exceeded",
-                                                "status": "RESOURCE_EXHAUSTED"}}, *headers))
+    iam.answer(
+        then=json_answer(
+            429, {"error": {"code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}}, *headers
+        )
+    )
 
     exc = fail(method, client(iam.url))
 
@@ -404,10 +417,12 @@ def test_iam_429_is_rate_limited_with_retry_after(iam: ScriptedIam, method: str,
 
 # -- 5xx: bounded retries ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
-def test_iam_5xx_is_retried_the_configured_number_of_times_then_iam_error(iam: ScriptedIam, method: str,
-                                                                          status: int) -> None:
+def test_iam_5xx_is_retried_the_configured_number_of_times_then_iam_error(
+    iam: ScriptedIam, method: str, status: int
+) -> None:
     """GIVEN IAM answering every call with this 5xx
     WHEN the client (2 retries) calls the method
     THEN the server saw 3 requests, all alike, and the client raised iam-error
@@ -483,15 +498,28 @@ def _broken_fields(method: str) -> list[tuple[str, dict[str, Any]]]:
     valid = VALID[method]
     for name in valid:
         out.append((f"{name}-missing", {k: v for k, v in valid.items() if k != name}))
-        for label, wrong in [("null", None), ("int", 7), ("list", ["x"]), ("object", {"x": 1}),
-                             ("bool", True), ("empty", "")]:
+        for label, wrong in [
+            ("null", None),
+            ("int", 7),
+            ("list", ["x"]),
+            ("object", {"x": 1}),
+            ("bool", True),
+            ("empty", ""),
+        ]:
             out.append((f"{name}-{label}", {**valid, name: wrong}))
     if method == "generateAccessToken":
-        for label, wrong in [("date-only", "2026-12-01"), ("no-offset", "2026-12-01T18:35:33"),
-                             ("epoch-text", "1796150133"), ("words", "tomorrow"),
-                             ("month-13", "2026-13-01T00:00:00Z"), ("offset-25h", "2026-12-01T18:35:33+25:00"),
-                             ("before-year-1", "0001-01-01T00:00:00+01:00"), ("with-space", "2026-12-01 18:35:33Z"),
-                             ("no-seconds", "2026-12-01T18:35Z"), ("unicode-digits", "٢٠٢٦-12-01T18:35:33Z")]:
+        for label, wrong in [
+            ("date-only", "2026-12-01"),
+            ("no-offset", "2026-12-01T18:35:33"),
+            ("epoch-text", "1796150133"),
+            ("words", "tomorrow"),
+            ("month-13", "2026-13-01T00:00:00Z"),
+            ("offset-25h", "2026-12-01T18:35:33+25:00"),
+            ("before-year-1", "0001-01-01T00:00:00+01:00"),
+            ("with-space", "2026-12-01 18:35:33Z"),
+            ("no-seconds", "2026-12-01T18:35Z"),
+            ("unicode-digits", "٢٠٢٦-12-01T18:35:33Z"),
+        ]:
             out.append((f"expireTime-{label}", {**valid, "expireTime": wrong}))
     return out
 
@@ -500,10 +528,12 @@ BAD_200_CASES = [(m, label, json.dumps(body).encode()) for m in METHODS for labe
 BAD_200_CASES += [(m, label, body) for m in METHODS for label, body in GENERIC_BAD_200.items()]
 
 
-@pytest.mark.parametrize(("method", "label", "body"), BAD_200_CASES,
-                         ids=[f"{m}-{label}" for m, label, _ in BAD_200_CASES])
-def test_unreadable_200_is_bad_response_retryable_and_not_retried(iam: ScriptedIam, method: str, label: str,
-                                                                  body: bytes) -> None:
+@pytest.mark.parametrize(
+    ("method", "label", "body"), BAD_200_CASES, ids=[f"{m}-{label}" for m, label, _ in BAD_200_CASES]
+)
+def test_unreadable_200_is_bad_response_retryable_and_not_retried(
+    iam: ScriptedIam, method: str, label: str, body: bytes
+) -> None:
     """GIVEN IAM answering 200 with a body that is not JSON, not an object, or
     lacks a field or has it of the wrong type (expireTime not RFC 3339)
     WHEN the client calls the method
@@ -535,13 +565,19 @@ def test_a_bad_200_never_puts_the_body_in_the_error(iam: ScriptedIam, method: st
 
 
 @pytest.mark.parametrize("status", [201, 204, 302, 304, 307])
-def test_other_non_error_statuses_are_bad_response_and_redirects_are_not_followed(iam: ScriptedIam,
-                                                                                   status: int) -> None:
+def test_other_non_error_statuses_are_bad_response_and_redirects_are_not_followed(
+    iam: ScriptedIam, status: int
+) -> None:
     """GIVEN IAM answering a 2xx other than 200, or a redirect to a path on the same server
     WHEN the client calls generateAccessToken
     THEN iam-bad-response, retryable, after exactly one request (no redirect followed)."""
-    iam.answer(then=Answer(status, json.dumps(VALID["generateAccessToken"]).encode(),
-                           (("Location", iam.url + "/elsewhere"), ("Content-Type", "application/json"))))
+    iam.answer(
+        then=Answer(
+            status,
+            json.dumps(VALID["generateAccessToken"]).encode(),
+            (("Location", iam.url + "/elsewhere"), ("Content-Type", "application/json")),
+        )
+    )
 
     exc = fail("generateAccessToken", client(iam.url))
 
@@ -550,6 +586,7 @@ def test_other_non_error_statuses_are_bad_response_and_redirects_are_not_followe
 
 
 # -- no answer ---------------------------------------------------------------------------------
+
 
 def closed_port_url() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -573,8 +610,7 @@ def test_connection_refused_is_iam_unavailable(method: str) -> None:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_server_that_never_answers_is_iam_unavailable_within_the_deadline(iam: ScriptedIam,
-                                                                            method: str) -> None:
+def test_a_server_that_never_answers_is_iam_unavailable_within_the_deadline(iam: ScriptedIam, method: str) -> None:
     """GIVEN IAM that accepts the request and never answers
     WHEN the client with a 0.5 s deadline calls the method
     THEN iam-unavailable 503, retryable, well within 10x the deadline, after one
@@ -607,14 +643,22 @@ def test_5xx_retries_stop_at_the_deadline(iam: ScriptedIam) -> None:
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize(("label", "answer"), [
-    ("reset", Answer(reset=True)),
-    ("closed-silently", Answer(raw=b"")),
-    ("garbage-status-line", Answer(raw=b"HELLO THERE\r\n\r\n")),
-    ("truncated-body", Answer(raw=b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
-                                  b"Content-Length: 500\r\n\r\n{\"accessToken\": \"ya29.")),
-    ("reset-after-5xx", Answer(raw=b"HTTP/1.0 503 Unavailable\r\nContent-Length: 100\r\n\r\n{")),
-])
+@pytest.mark.parametrize(
+    ("label", "answer"),
+    [
+        ("reset", Answer(reset=True)),
+        ("closed-silently", Answer(raw=b"")),
+        ("garbage-status-line", Answer(raw=b"HELLO THERE\r\n\r\n")),
+        (
+            "truncated-body",
+            Answer(
+                raw=b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 500\r\n\r\n{"accessToken": "ya29.'
+            ),
+        ),
+        ("reset-after-5xx", Answer(raw=b"HTTP/1.0 503 Unavailable\r\nContent-Length: 100\r\n\r\n{")),
+    ],
+)
 def test_broken_connections_are_iam_unavailable(iam: ScriptedIam, method: str, label: str, answer: Answer) -> None:
     """GIVEN IAM that resets the connection, closes it without a word, answers
     garbage, or cuts the body short

@@ -250,7 +250,8 @@ def test_replay_key_without_jti_is_what_the_token_asserts(idp: TestIssuer, jwks:
 
 
 def test_es256_token_reencoded_with_the_other_valid_signature_has_the_same_replay_key(
-        idp: TestIssuer, jwks: JwksCache) -> None:
+    idp: TestIssuer, jwks: JwksCache
+) -> None:
 
     # GIVEN an ES256 token without jti, and the same token with s replaced by n - s (also valid)
     verifier = _verifier(idp, jwks, algorithms=("RS256", "ES256"))
@@ -298,8 +299,9 @@ def test_jwks_is_fetched_once_for_many_tokens(idp: TestIssuer, jwks: JwksCache) 
     assert jwks.fetches[idp.jwks_uri] == 1
 
 
-@pytest.mark.parametrize(("offset", "fetches"), [(599, 1), (600, 2), (601, 2)],
-                         ids=["just-before-ttl", "at-ttl", "just-after-ttl"])
+@pytest.mark.parametrize(
+    ("offset", "fetches"), [(599, 1), (600, 2), (601, 2)], ids=["just-before-ttl", "at-ttl", "just-after-ttl"]
+)
 def test_jwks_ttl_expiry(idp: TestIssuer, jwks: JwksCache, frozen: Any, offset: int, fetches: int) -> None:
     # GIVEN a cache warmed at T0 with a 600 s TTL
     verifier = _verifier(idp, jwks, jwks_ttl_seconds=600)
@@ -326,11 +328,14 @@ def test_ttl_refetch_picks_up_removed_keys(idp: TestIssuer, jwks: JwksCache, fro
     assert _reason(lambda: verifier.verify(idp.mint(key="ec"))) == "unknown-key"
 
 
-@pytest.mark.parametrize(("offset", "fetches", "outcome"),
-                         [(29, 1, "unknown-key"), (30, 2, "ok"), (31, 2, "ok")],
-                         ids=["just-before-cooldown", "at-cooldown", "just-after-cooldown"])
-def test_rotated_key_is_fetched_once_the_cooldown_allows(idp: TestIssuer, jwks: JwksCache, frozen: Any,
-                                                         offset: int, fetches: int, outcome: str) -> None:
+@pytest.mark.parametrize(
+    ("offset", "fetches", "outcome"),
+    [(29, 1, "unknown-key"), (30, 2, "ok"), (31, 2, "ok")],
+    ids=["just-before-cooldown", "at-cooldown", "just-after-cooldown"],
+)
+def test_rotated_key_is_fetched_once_the_cooldown_allows(
+    idp: TestIssuer, jwks: JwksCache, frozen: Any, offset: int, fetches: int, outcome: str
+) -> None:
     # GIVEN a cache warmed at T0 (cooldown 30 s), then a key rotation
     verifier = _verifier(idp, jwks, jwks_cooldown_seconds=30)
     verifier.verify(idp.mint())
@@ -349,10 +354,12 @@ def test_rotated_key_is_fetched_once_the_cooldown_allows(idp: TestIssuer, jwks: 
     assert idp.fetches == fetches
 
 
-@pytest.mark.parametrize(("offset", "fetches"), [(29, 1), (30, 2), (31, 2)],
-                         ids=["just-before-cooldown", "at-cooldown", "just-after-cooldown"])
-def test_unknown_kid_refetch_boundary(idp: TestIssuer, jwks: JwksCache, frozen: Any, offset: int,
-                                      fetches: int) -> None:
+@pytest.mark.parametrize(
+    ("offset", "fetches"),
+    [(29, 1), (30, 2), (31, 2)],
+    ids=["just-before-cooldown", "at-cooldown", "just-after-cooldown"],
+)
+def test_unknown_kid_refetch_boundary(idp: TestIssuer, jwks: JwksCache, frozen: Any, offset: int, fetches: int) -> None:
     # GIVEN a cache warmed at T0 (cooldown 30 s)
     verifier = _verifier(idp, jwks, jwks_cooldown_seconds=30)
     verifier.verify(idp.mint())
@@ -512,8 +519,7 @@ def test_failed_fetch_is_retried_only_after_the_cooldown(idp: TestIssuer, jwks: 
     assert idp.fetches == 2
 
 
-def test_cached_set_keeps_serving_while_the_endpoint_is_down(idp: TestIssuer, jwks: JwksCache,
-                                                            frozen: Any) -> None:
+def test_cached_set_keeps_serving_while_the_endpoint_is_down(idp: TestIssuer, jwks: JwksCache, frozen: Any) -> None:
     # GIVEN a cache warmed at T0 (TTL 3600 s, cooldown 30 s), then the endpoint breaks
     verifier = _verifier(idp, jwks, jwks_ttl_seconds=3600, jwks_cooldown_seconds=30)
     verifier.verify(idp.mint())
@@ -566,7 +572,7 @@ def test_cache_refuses_an_algorithm_that_does_not_fit_the_key(idp: TestIssuer, j
     # THEN every mismatch is refused, HMAC above all
     assert key("rsa-1", "HS256") == "disallowed-algorithm"
     assert key("rsa-1", "ES256") == "disallowed-algorithm"
-    assert key("rsa-1", "PS256") == "disallowed-algorithm"   # published with alg RS256
+    assert key("rsa-1", "PS256") == "disallowed-algorithm"  # published with alg RS256
     assert key("ec-1", "RS256") == "disallowed-algorithm"
     assert key("ec-1", "ES384") == "disallowed-algorithm"
     assert jwks.key(idp.jwks_uri, "rsa-1", ttl_s=60, cooldown_s=30, algorithm="RS256").algorithm_name == "RS256"
@@ -575,13 +581,15 @@ def test_cache_refuses_an_algorithm_that_does_not_fit_the_key(idp: TestIssuer, j
 def test_cache_ignores_symmetric_private_and_encryption_keys(idp: TestIssuer, jwks: JwksCache) -> None:
     # GIVEN a JWKS with an oct key, a private RSA key and an encryption key next to a good one
     good = idp.rsa.public_jwk()
-    doc = {"keys": [
-        {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
-        {**good, "kid": "private", "d": "AQAB"},
-        {**good, "kid": "enc", "use": "enc"},
-        "not-a-key",
-        good,
-    ]}
+    doc = {
+        "keys": [
+            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+            {**good, "kid": "private", "d": "AQAB"},
+            {**good, "kid": "enc", "use": "enc"},
+            "not-a-key",
+            good,
+        ]
+    }
     server = _jwks_server(doc)
     try:
         url = server.base_url + "/jwks"
@@ -633,8 +641,13 @@ def sa(frozen: Any) -> Iterator[FakeServiceAccountKeys]:
 
 
 def _bots(sa: FakeServiceAccountKeys, jwks: JwksCache | None = None) -> BotVerifier:
-    return BotVerifier([Bot(service_account=BOT), Bot(service_account=OTHER, actions=("approve",))],
-                       audience=BOT_AUD, keys_base_url=sa.keys_base_url, max_ttl_s=600, jwks=jwks)
+    return BotVerifier(
+        [Bot(service_account=BOT), Bot(service_account=OTHER, actions=("approve",))],
+        audience=BOT_AUD,
+        keys_base_url=sa.keys_base_url,
+        max_ttl_s=600,
+        jwks=jwks,
+    )
 
 
 def test_bot_message_happy_path(sa: FakeServiceAccountKeys) -> None:
@@ -658,8 +671,9 @@ def test_each_bot_maps_to_its_own_config(sa: FakeServiceAccountKeys) -> None:
     assert bot.actions == ("approve",)
 
 
-def test_bot_and_caller_verification_share_one_jwks_cache(sa: FakeServiceAccountKeys, idp: TestIssuer,
-                                                          jwks: JwksCache) -> None:
+def test_bot_and_caller_verification_share_one_jwks_cache(
+    sa: FakeServiceAccountKeys, idp: TestIssuer, jwks: JwksCache
+) -> None:
     # GIVEN one cache for both verifiers
     bots = _bots(sa, jwks)
     callers = _verifier(idp, jwks)
@@ -675,7 +689,8 @@ def test_bot_and_caller_verification_share_one_jwks_cache(sa: FakeServiceAccount
 
 def test_bot_jwks_url_is_the_service_account_metadata_endpoint() -> None:
     assert bot_jwks_url("https://www.googleapis.com", BOT) == (
-        "https://www.googleapis.com/service_accounts/v1/metadata/jwk/" + BOT)
+        "https://www.googleapis.com/service_accounts/v1/metadata/jwk/" + BOT
+    )
 
 
 BOT_FAILURES: list[tuple[str, Callable[[FakeServiceAccountKeys], str], str]] = [
@@ -684,8 +699,11 @@ BOT_FAILURES: list[tuple[str, Callable[[FakeServiceAccountKeys], str], str]] = [
     ("iss-not-a-string", lambda s: s.message(BOT, BOT_AUD, iss=[BOT]), "unknown-bot"),
     ("iss-case-changed", lambda s: s.message(BOT, BOT_AUD, iss=BOT.upper()), "unknown-bot"),
     ("signed-by-stranger-key-own-kid", lambda s: s.message(BOT, BOT_AUD, key=s.keys[STRANGER][0]), "unknown-key"),
-    ("signed-by-other-bot-key-with-bot-kid",
-     lambda s: s.message(BOT, BOT_AUD, key=s.keys[OTHER][0], kid=s.keys[BOT][0].kid), "invalid-signature"),
+    (
+        "signed-by-other-bot-key-with-bot-kid",
+        lambda s: s.message(BOT, BOT_AUD, key=s.keys[OTHER][0], kid=s.keys[BOT][0].kid),
+        "invalid-signature",
+    ),
     ("sub-is-another-account", lambda s: s.message(BOT, BOT_AUD, sub=OTHER), "subject-mismatch"),
     ("missing-sub", lambda s: s.message(BOT, BOT_AUD, sub=DROP), "missing-claim"),
     ("wrong-audience", lambda s: s.message(BOT, "https://other.example"), "wrong-audience"),
@@ -697,8 +715,11 @@ BOT_FAILURES: list[tuple[str, Callable[[FakeServiceAccountKeys], str], str]] = [
     ("exp-not-numeric", lambda s: s.message(BOT, BOT_AUD, exp="soon"), "invalid-claim"),
     ("missing-iat", lambda s: s.message(BOT, BOT_AUD, iat=DROP), "missing-claim"),
     ("iat-in-the-future", lambda s: s.message(BOT, BOT_AUD, iat=NOW + 31, exp=NOW + 300), "issued-in-future"),
-    ("lifetime-one-second-too-long", lambda s: s.message(BOT, BOT_AUD, iat=NOW, exp=NOW + 601),
-     "token-lifetime-too-long"),
+    (
+        "lifetime-one-second-too-long",
+        lambda s: s.message(BOT, BOT_AUD, iat=NOW, exp=NOW + 601),
+        "token-lifetime-too-long",
+    ),
     ("missing-jti", lambda s: s.message(BOT, BOT_AUD, jti=DROP), "missing-claim"),
     ("empty-jti", lambda s: s.message(BOT, BOT_AUD, jti=""), "invalid-claim"),
     ("jti-not-a-string", lambda s: s.message(BOT, BOT_AUD, jti=12), "invalid-claim"),
@@ -708,19 +729,25 @@ BOT_FAILURES: list[tuple[str, Callable[[FakeServiceAccountKeys], str], str]] = [
     ("alg-hs256-public-key", lambda s: s.message(BOT, BOT_AUD, alg="HS256"), "disallowed-algorithm"),
     ("no-kid", lambda s: s.message(BOT, BOT_AUD, kid=None), "unknown-key"),
     ("unknown-kid", lambda s: s.message(BOT, BOT_AUD, kid="0" * 40), "unknown-key"),
-    ("duplicate-action-claim", lambda s: s.message(BOT, BOT_AUD, action="deny",
-                                                   encode_options={"duplicate": {"action": "approve"}}),
-     "duplicate-claim"),
-    ("action-flipped-after-signing", lambda s: tamper_payload(s.message(BOT, BOT_AUD, action="deny"),
-                                                              action="approve"), "invalid-signature"),
+    (
+        "duplicate-action-claim",
+        lambda s: s.message(BOT, BOT_AUD, action="deny", encode_options={"duplicate": {"action": "approve"}}),
+        "duplicate-claim",
+    ),
+    (
+        "action-flipped-after-signing",
+        lambda s: tamper_payload(s.message(BOT, BOT_AUD, action="deny"), action="approve"),
+        "invalid-signature",
+    ),
     ("not-a-jwt", lambda s: "hello", "malformed-token"),
     ("empty", lambda s: "", "missing-token"),
 ]
 
 
 @pytest.mark.parametrize(("name", "build", "reason"), BOT_FAILURES, ids=[c[0] for c in BOT_FAILURES])
-def test_bot_message_is_rejected(sa: FakeServiceAccountKeys, name: str, build: Callable[[FakeServiceAccountKeys], str],
-                                 reason: str) -> None:
+def test_bot_message_is_rejected(
+    sa: FakeServiceAccountKeys, name: str, build: Callable[[FakeServiceAccountKeys], str], reason: str
+) -> None:
     # GIVEN a bad bot message
     token = build(sa)
 
@@ -733,9 +760,11 @@ def test_bot_message_is_rejected(sa: FakeServiceAccountKeys, name: str, build: C
     assert sa.fetches(STRANGER) == 0
 
 
-@pytest.mark.parametrize("claims", [{"iat": NOW - 300, "exp": NOW + 1}, {"iat": NOW, "exp": NOW + 600},
-                                    {"iat": NOW + 30, "exp": NOW + 300}],
-                         ids=["exp-one-second-ahead", "lifetime-exactly-max", "iat-at-skew-limit"])
+@pytest.mark.parametrize(
+    "claims",
+    [{"iat": NOW - 300, "exp": NOW + 1}, {"iat": NOW, "exp": NOW + 600}, {"iat": NOW + 30, "exp": NOW + 300}],
+    ids=["exp-one-second-ahead", "lifetime-exactly-max", "iat-at-skew-limit"],
+)
 def test_bot_message_boundary_controls_are_accepted(sa: FakeServiceAccountKeys, claims: dict[str, Any]) -> None:
     # GIVEN a message right at an edge / WHEN verified / THEN accepted
     bot, _ = _bots(sa).verify(sa.message(BOT, BOT_AUD, **claims))
@@ -771,11 +800,16 @@ def test_bot_message_signed_with_a_rotated_key(sa: FakeServiceAccountKeys, froze
 
 def test_rfc7638_thumbprint_example() -> None:
     # GIVEN the RFC 7638 section 3.1 example key / WHEN / THEN its published thumbprint
-    jwk = {"kty": "RSA", "e": "AQAB", "n": (
-        "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3"
-        "oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zg"
-        "dAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csF"
-        "Cur-kEgU8awapJzKnqDKgw")}
+    jwk = {
+        "kty": "RSA",
+        "e": "AQAB",
+        "n": (
+            "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3"
+            "oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zg"
+            "dAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csF"
+            "Cur-kEgU8awapJzKnqDKgw"
+        ),
+    }
     assert rsa_thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
 
 
@@ -813,8 +847,13 @@ def test_dev_issuer_tokens_verify(tmp_path: Path, frozen: Any, jwks: JwksCache) 
         server.routes["/dev/jwks"] = dev.jwks
         from vending.config import Issuer
 
-        config = Issuer(name="dev", issuer=dev.issuer_url, jwks_uri=server.base_url + "/dev/jwks",
-                        audience="vending-local", development=True)
+        config = Issuer(
+            name="dev",
+            issuer=dev.issuer_url,
+            jwks_uri=server.base_url + "/dev/jwks",
+            audience="vending-local",
+            development=True,
+        )
 
         # WHEN a minted token is verified
         token = dev.mint("dev-user", "vending-local", ttl_s=300, extra_claims={"email": "dev@example.com"})

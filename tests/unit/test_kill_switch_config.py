@@ -20,8 +20,14 @@ def example() -> dict[str, Any]:
 
 
 def second_issuer(data: dict[str, Any]) -> dict[str, Any]:
-    data["issuers"].append({"name": "gitlab", "issuer": "https://gitlab.example", "audience": "x",
-                            "jwks_uri": "https://gitlab.example/jwks"})
+    data["issuers"].append(
+        {
+            "name": "gitlab",
+            "issuer": "https://gitlab.example",
+            "audience": "x",
+            "jwks_uri": "https://gitlab.example/jwks",
+        }
+    )
     data["groups"] = {k: [f"local-dev/{m}" for m in v] for k, v in data["groups"].items()}
     data["auditors"] = [a if a.startswith("group:") else f"local-dev/{a}" for a in data["auditors"]]
     data["bots"][0]["actor_issuer"] = "local-dev"
@@ -35,8 +41,10 @@ def test_the_example_policy_names_operators_and_a_quorum() -> None:
     assert policy.is_kill_switch_operator("local-dev/oncall@example.com")
     assert policy.is_kill_switch_operator("local-dev/auditor@example.com")
     assert not policy.is_kill_switch_operator("local-dev/alice@example.com")
-    assert policy.target_service_accounts == {"demo-deployer@local-project.iam.gserviceaccount.com",
-                                              "prod-admin@local-project.iam.gserviceaccount.com"}
+    assert policy.target_service_accounts == {
+        "demo-deployer@local-project.iam.gserviceaccount.com",
+        "prod-admin@local-project.iam.gserviceaccount.com",
+    }
 
 
 def test_without_a_section_only_auditors_operate() -> None:
@@ -48,13 +56,16 @@ def test_without_a_section_only_auditors_operate() -> None:
     assert policy.kill_switch_operator_set == frozenset()
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda ks: ks.update(operators=["group:nobody"]), "unknown group 'group:nobody'"),
-    (lambda ks: ks.update(approvers=["bob@example.com"], quorum=2), "needs at least 2 distinct approvers"),
-    (lambda ks: ks.update(quorum=0), "greater than or equal to 1"),
-    (lambda ks: ks.update(release_window="13h"), "less than or equal to 43200"),
-    (lambda ks: ks.update(surprise=True), "Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda ks: ks.update(operators=["group:nobody"]), "unknown group 'group:nobody'"),
+        (lambda ks: ks.update(approvers=["bob@example.com"], quorum=2), "needs at least 2 distinct approvers"),
+        (lambda ks: ks.update(quorum=0), "greater than or equal to 1"),
+        (lambda ks: ks.update(release_window="13h"), "less than or equal to 43200"),
+        (lambda ks: ks.update(surprise=True), "Extra inputs are not permitted"),
+    ],
+)
 def test_a_bad_section_is_refused(change: Any, message: str) -> None:
     data = example()
     change(data["kill_switch"])
@@ -80,8 +91,17 @@ def test_disable_is_never_a_default_bot_action() -> None:
     assert "disable" not in Bot(service_account="b@p.iam.gserviceaccount.com").actions
 
 
-@pytest.mark.parametrize("value", ["http://evil.example", "http://127.0.0.1.evil.example", "ftp://127.0.0.1",
-                                   "https://user:pw@iam.example", "https://iam.example/?x=1", "not a url"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://evil.example",
+        "http://127.0.0.1.evil.example",
+        "ftp://127.0.0.1",
+        "https://user:pw@iam.example",
+        "https://iam.example/?x=1",
+        "not a url",
+    ],
+)
 def test_the_admin_endpoint_is_https_or_loopback(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("VENDING_CONFIG", str(EXAMPLE))
     monkeypatch.setenv("VENDING_IAM_ADMIN_ENDPOINT", value)

@@ -27,11 +27,16 @@ def _at(seconds: float) -> _dt.datetime:
 
 
 def _full() -> Bounds:
-    return Bounds(not_after=_at(600), scopes=(A, B), audiences=("https://x.example", Pattern(pattern=r"https://.*")),
-                  claims=("scope",), max_payload_bytes=4096,
-                  buckets=(BucketRule(bucket="b1", methods=("GET", "PUT")),
-                           BucketRule(bucket=Pattern(pattern=r"logs-.*"))),
-                  raw_blobs=True, uses_left=3)
+    return Bounds(
+        not_after=_at(600),
+        scopes=(A, B),
+        audiences=("https://x.example", Pattern(pattern=r"https://.*")),
+        claims=("scope",),
+        max_payload_bytes=4096,
+        buckets=(BucketRule(bucket="b1", methods=("GET", "PUT")), BucketRule(bucket=Pattern(pattern=r"logs-.*"))),
+        raw_blobs=True,
+        uses_left=3,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -59,9 +64,16 @@ def test_not_after_only_moves_earlier(asked: int, expected: int) -> None:
     assert narrowed.not_after == _at(expected)
 
 
-@pytest.mark.parametrize(("asked", "expected"), [
-    ((A,), (A,)), ((B, A), (A, B)), ((A, B, C), (A, B)), ((C,), ()), ((), ()),
-])
+@pytest.mark.parametrize(
+    ("asked", "expected"),
+    [
+        ((A,), (A,)),
+        ((B, A), (A, B)),
+        ((A, B, C), (A, B)),
+        ((C,), ()),
+        ((), ()),
+    ],
+)
 def test_scopes_are_the_intersection_in_the_grants_order(asked: tuple[str, ...], expected: tuple[str, ...]) -> None:
     """GIVEN bounds with scopes (A, B)
     WHEN narrowed to another set of scopes
@@ -71,9 +83,18 @@ def test_scopes_are_the_intersection_in_the_grants_order(asked: tuple[str, ...],
     assert narrowed.scopes == expected
 
 
-@pytest.mark.parametrize(("mine", "asked", "expected"), [
-    (None, 2, 2), (None, None, None), (3, None, 3), (3, 2, 2), (3, 3, 3), (3, 5, 3), (0, 5, 0),
-])
+@pytest.mark.parametrize(
+    ("mine", "asked", "expected"),
+    [
+        (None, 2, 2),
+        (None, None, None),
+        (3, None, 3),
+        (3, 2, 2),
+        (3, 3, 3),
+        (3, 5, 3),
+        (0, 5, 0),
+    ],
+)
 def test_uses_left_only_shrink(mine: int | None, asked: int | None, expected: int | None) -> None:
     """GIVEN bounds with ``mine`` uses left (None: no approval)
     WHEN narrowed to ``asked`` uses
@@ -112,9 +133,17 @@ def test_narrowing_does_not_change_the_original() -> None:
 
 
 def _approval(**over: object) -> ApprovalUse:
-    fields: dict[str, object] = {"request_id": "r1", "entitlement": "prod", "requester": "ci/alice",
-                                 "not_after": _at(300), "scopes": (B, C), "uses": 1, "max_uses": 3,
-                                 "break_glass": False, "version": "7"}
+    fields: dict[str, object] = {
+        "request_id": "r1",
+        "entitlement": "prod",
+        "requester": "ci/alice",
+        "not_after": _at(300),
+        "scopes": (B, C),
+        "uses": 1,
+        "max_uses": 3,
+        "break_glass": False,
+        "version": "7",
+    }
     fields.update(over)
     return ApprovalUse(**fields)  # type: ignore[arg-type]
 
@@ -199,13 +228,21 @@ def test_zero_uses_left_is_recorded() -> None:
 
 
 def _grant(not_after: _dt.datetime) -> Grant:
-    return Grant(caller="ci/alice", issuer="ci", subject="alice", entitlement="e", kind="access_token",
-                 service_account="sa@p.iam.gserviceaccount.com", delegates=(), bounds=Bounds(not_after=not_after),
-                 terms=None, decided_at=T0)
+    return Grant(
+        caller="ci/alice",
+        issuer="ci",
+        subject="alice",
+        entitlement="e",
+        kind="access_token",
+        service_account="sa@p.iam.gserviceaccount.com",
+        delegates=(),
+        bounds=Bounds(not_after=not_after),
+        terms=None,
+        decided_at=T0,
+    )
 
 
-@pytest.mark.parametrize(("now", "left"), [(0, 600), (0.5, 599), (599, 1), (599.9, 0), (600, 0), (601, 0),
-                                           (10_000, 0)])
+@pytest.mark.parametrize(("now", "left"), [(0, 600), (0.5, 599), (599, 1), (599.9, 0), (600, 0), (601, 0), (10_000, 0)])
 def test_seconds_left_counts_whole_seconds_and_never_goes_negative(now: float, left: int) -> None:
     """GIVEN a grant ending at T0+600
     WHEN asked at T0+now

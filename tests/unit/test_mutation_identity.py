@@ -82,8 +82,14 @@ def _verifier(idp: TestIssuer, **config: Any) -> Verifier:
 
 
 def _bots(sa: FakeServiceAccountKeys, **options: Any) -> BotVerifier:
-    return BotVerifier([Bot(service_account=BOT)], audience=BOT_AUD, keys_base_url=sa.keys_base_url, max_ttl_s=600,
-                       jwks=JwksCache(timeout_s=2), **options)
+    return BotVerifier(
+        [Bot(service_account=BOT)],
+        audience=BOT_AUD,
+        keys_base_url=sa.keys_base_url,
+        max_ttl_s=600,
+        jwks=JwksCache(timeout_s=2),
+        **options,
+    )
 
 
 def _refusal(call: Callable[[], Any]) -> AuthenticationError:
@@ -102,64 +108,151 @@ def _segments(token: str) -> list[str]:
 CALLER_DETAILS: list[tuple[str, Callable[[TestIssuer], Any], str, str]] = [
     ("empty", lambda i: "", "missing-token", "no token"),
     ("bytes", lambda i: i.mint().encode(), "malformed-token", "token is a bytes, not a string"),
-    ("too-large", lambda i: "a" * (MAX_TOKEN_CHARS + 1), "token-too-large",
-     f"token is {MAX_TOKEN_CHARS + 1} characters, above the {MAX_TOKEN_CHARS} limit"),
+    (
+        "too-large",
+        lambda i: "a" * (MAX_TOKEN_CHARS + 1),
+        "token-too-large",
+        f"token is {MAX_TOKEN_CHARS + 1} characters, above the {MAX_TOKEN_CHARS} limit",
+    ),
     ("non-ascii", lambda i: "é" + i.mint()[1:], "malformed-token", "token contains non-ASCII characters"),
-    ("two-segments", lambda i: ".".join(_segments(i.mint())[:2]), "malformed-token",
-     "token has 2 segments, a JWS has 3"),
-    ("empty-header", lambda i: "." + ".".join(_segments(i.mint())[1:]), "malformed-token",
-     "token has an empty header or payload segment"),
-    ("empty-payload", lambda i: (s := _segments(i.mint()))[0] + ".." + s[2], "malformed-token",
-     "token has an empty header or payload segment"),
-    ("header-not-base64url", lambda i: "e+" + i.mint()[2:], "malformed-token",
-     "header segment is not unpadded base64url"),
-    ("payload-impossible-length", lambda i: (s := _segments(i.mint()))[0] + "." + s[1] + "A" * ((1 - len(s[1])) % 4)
-     + "." + s[2], "malformed-token", "payload segment has an impossible base64url length"),
-    ("signature-not-canonical", lambda i: (s := _segments(i.mint()))[0] + "." + s[1] + "." + s[2][:-1] + "_",
-     "malformed-token", "signature segment is not canonical base64url"),
-    ("header-not-utf8", lambda i: i.mint(raw_header=b'{"alg":"RS256","x":"\xff"}'), "malformed-token",
-     "header is not valid UTF-8: "),
-    ("header-duplicate", lambda i: i.mint(header_duplicate={"alg": "none"}), "duplicate-header",
-     "header has a duplicate key 'alg'"),
-    ("payload-duplicate", lambda i: i.mint(duplicate={"sub": "root"}), "duplicate-claim",
-     "payload has a duplicate key 'sub'"),
+    (
+        "two-segments",
+        lambda i: ".".join(_segments(i.mint())[:2]),
+        "malformed-token",
+        "token has 2 segments, a JWS has 3",
+    ),
+    (
+        "empty-header",
+        lambda i: "." + ".".join(_segments(i.mint())[1:]),
+        "malformed-token",
+        "token has an empty header or payload segment",
+    ),
+    (
+        "empty-payload",
+        lambda i: (s := _segments(i.mint()))[0] + ".." + s[2],
+        "malformed-token",
+        "token has an empty header or payload segment",
+    ),
+    (
+        "header-not-base64url",
+        lambda i: "e+" + i.mint()[2:],
+        "malformed-token",
+        "header segment is not unpadded base64url",
+    ),
+    (
+        "payload-impossible-length",
+        lambda i: (s := _segments(i.mint()))[0] + "." + s[1] + "A" * ((1 - len(s[1])) % 4) + "." + s[2],
+        "malformed-token",
+        "payload segment has an impossible base64url length",
+    ),
+    (
+        "signature-not-canonical",
+        lambda i: (s := _segments(i.mint()))[0] + "." + s[1] + "." + s[2][:-1] + "_",
+        "malformed-token",
+        "signature segment is not canonical base64url",
+    ),
+    (
+        "header-not-utf8",
+        lambda i: i.mint(raw_header=b'{"alg":"RS256","x":"\xff"}'),
+        "malformed-token",
+        "header is not valid UTF-8: ",
+    ),
+    (
+        "header-duplicate",
+        lambda i: i.mint(header_duplicate={"alg": "none"}),
+        "duplicate-header",
+        "header has a duplicate key 'alg'",
+    ),
+    (
+        "payload-duplicate",
+        lambda i: i.mint(duplicate={"sub": "root"}),
+        "duplicate-claim",
+        "payload has a duplicate key 'sub'",
+    ),
     ("payload-not-json", lambda i: i.mint(raw_payload=b"{sub: 1}"), "malformed-token", "payload is not JSON: "),
-    ("payload-nan", lambda i: i.mint(raw_payload=b'{"exp": NaN}'), "malformed-token",
-     "payload is not JSON: non-finite number NaN is not JSON"),
-    ("payload-array", lambda i: i.mint(raw_payload=b"[1]"), "malformed-token",
-     "payload is a JSON list, not an object"),
-    ("crit-header", lambda i: i.mint(header={"crit": ["exp"]}), "unsupported-header",
-     "header parameter 'crit' is not supported"),
+    (
+        "payload-nan",
+        lambda i: i.mint(raw_payload=b'{"exp": NaN}'),
+        "malformed-token",
+        "payload is not JSON: non-finite number NaN is not JSON",
+    ),
+    ("payload-array", lambda i: i.mint(raw_payload=b"[1]"), "malformed-token", "payload is a JSON list, not an object"),
+    (
+        "crit-header",
+        lambda i: i.mint(header={"crit": ["exp"]}),
+        "unsupported-header",
+        "header parameter 'crit' is not supported",
+    ),
     ("kid-empty", lambda i: i.mint(kid=""), "malformed-token", "header kid must be a non-empty string"),
     ("kid-too-long", lambda i: i.mint(kid="k" * 1025), "malformed-token", "header kid must be a non-empty string"),
     ("no-alg", lambda i: i.mint(header={"alg": DROP}), "malformed-token", "header has no alg"),
-    ("alg-not-allowed", lambda i: i.mint(alg="HS256"), "disallowed-algorithm",
-     "alg 'HS256' is not allowed for issuer 'test' (allowed: RS256, ES256)"),
-    ("signature-empty", lambda i: i.mint()[: i.mint().rindex(".") + 1], "invalid-signature",
-     "token has an empty signature"),
-    ("signature-wrong", lambda i: i.mint(key="attacker", kid="rsa-1"), "invalid-signature",
-     "signature does not verify with key 'rsa-1': "),
+    (
+        "alg-not-allowed",
+        lambda i: i.mint(alg="HS256"),
+        "disallowed-algorithm",
+        "alg 'HS256' is not allowed for issuer 'test' (allowed: RS256, ES256)",
+    ),
+    (
+        "signature-empty",
+        lambda i: i.mint()[: i.mint().rindex(".") + 1],
+        "invalid-signature",
+        "token has an empty signature",
+    ),
+    (
+        "signature-wrong",
+        lambda i: i.mint(key="attacker", kid="rsa-1"),
+        "invalid-signature",
+        "signature does not verify with key 'rsa-1': ",
+    ),
     ("unknown-kid", lambda i: i.mint(kid="nope"), "unknown-key", "kid 'nope' is not in the JWKS of "),
     ("no-iss", lambda i: i.mint(drop=["iss"]), "missing-claim", "claim 'iss' is required"),
     ("iss-not-a-string", lambda i: i.mint(iss=["x"]), "untrusted-issuer", "claim 'iss' is a list"),
-    ("iss-not-pinned", lambda i: i.mint(iss="https://evil.example\n"), "untrusted-issuer",
-     "issuer 'https://evil.example\\\\n' is not pinned"),
+    (
+        "iss-not-pinned",
+        lambda i: i.mint(iss="https://evil.example\n"),
+        "untrusted-issuer",
+        "issuer 'https://evil.example\\\\n' is not pinned",
+    ),
     ("no-exp", lambda i: i.mint(drop=["exp"]), "missing-claim", "claim 'exp' is required"),
     ("exp-a-string", lambda i: i.mint(exp="soon"), "invalid-claim", "claim 'exp' must be a number, got str"),
     ("exp-out-of-range", lambda i: i.mint(exp=-1), "invalid-claim", "claim 'exp' = -1 is out of range"),
-    ("expired", lambda i: i.mint(iat=NOW - 600, exp=NOW - 30), "token-expired",
-     f"token expired at {NOW - 30} (now {NOW}, leeway 30s)"),
-    ("iat-future", lambda i: i.mint(iat=NOW + 31, exp=NOW + 600), "issued-in-future",
-     f"token issued in the future: iat {NOW + 31} (now {NOW}, leeway 30s)"),
-    ("nbf-future", lambda i: i.mint(nbf=NOW + 31), "token-not-yet-valid",
-     f"token not valid before {NOW + 31} (now {NOW}, leeway 30s)"),
-    ("exp-not-after-iat", lambda i: i.mint(iat=NOW, exp=NOW), "invalid-claim",
-     f"token exp {NOW} is not after iat {NOW}"),
-    ("lifetime", lambda i: i.mint(iat=NOW, exp=NOW + 86401), "token-lifetime-too-long",
-     "token lifetime 86401s exceeds 86400s"),
+    (
+        "expired",
+        lambda i: i.mint(iat=NOW - 600, exp=NOW - 30),
+        "token-expired",
+        f"token expired at {NOW - 30} (now {NOW}, leeway 30s)",
+    ),
+    (
+        "iat-future",
+        lambda i: i.mint(iat=NOW + 31, exp=NOW + 600),
+        "issued-in-future",
+        f"token issued in the future: iat {NOW + 31} (now {NOW}, leeway 30s)",
+    ),
+    (
+        "nbf-future",
+        lambda i: i.mint(nbf=NOW + 31),
+        "token-not-yet-valid",
+        f"token not valid before {NOW + 31} (now {NOW}, leeway 30s)",
+    ),
+    (
+        "exp-not-after-iat",
+        lambda i: i.mint(iat=NOW, exp=NOW),
+        "invalid-claim",
+        f"token exp {NOW} is not after iat {NOW}",
+    ),
+    (
+        "lifetime",
+        lambda i: i.mint(iat=NOW, exp=NOW + 86401),
+        "token-lifetime-too-long",
+        "token lifetime 86401s exceeds 86400s",
+    ),
     ("no-aud", lambda i: i.mint(drop=["aud"]), "missing-claim", "claim 'aud' is required"),
-    ("wrong-aud", lambda i: i.mint(aud="https://other.example"), "wrong-audience",
-     "aud 'https://other.example' is not exactly 'https://vending.test.example'"),
+    (
+        "wrong-aud",
+        lambda i: i.mint(aud="https://other.example"),
+        "wrong-audience",
+        "aud 'https://other.example' is not exactly 'https://vending.test.example'",
+    ),
     ("no-sub", lambda i: i.mint(drop=["sub"]), "missing-claim", "claim 'sub' is required"),
     ("sub-empty", lambda i: i.mint(sub=""), "invalid-claim", "claim 'sub' must be a non-empty string"),
     ("sub-control", lambda i: i.mint(sub="a\nb"), "invalid-claim", "claim 'sub' contains control characters"),
@@ -168,9 +261,9 @@ CALLER_DETAILS: list[tuple[str, Callable[[TestIssuer], Any], str, str]] = [
 
 
 @pytest.mark.parametrize(("name", "build", "reason", "detail"), CALLER_DETAILS, ids=[c[0] for c in CALLER_DETAILS])
-def test_a_refused_caller_token_says_why_in_the_log_detail(idp: TestIssuer, name: str,
-                                                         build: Callable[[TestIssuer], Any], reason: str,
-                                                         detail: str) -> None:
+def test_a_refused_caller_token_says_why_in_the_log_detail(
+    idp: TestIssuer, name: str, build: Callable[[TestIssuer], Any], reason: str, detail: str
+) -> None:
     """GIVEN a caller token broken in one way
     WHEN verified
     THEN the refusal has its reason, the generic message, and a log detail starting with what went wrong."""
@@ -205,21 +298,33 @@ def test_a_long_untrusted_issuer_is_cut_in_the_detail(idp: TestIssuer) -> None:
 # the Authorization header
 
 
-@pytest.mark.parametrize(("header", "reason", "detail"), [
-    (None, "missing-token", "no Authorization header"),
-    (" \t ", "missing-token", "no Authorization header"),
-    ("Basic dXNlcg==", "malformed-authorization",
-     "Authorization must be 'Bearer <token>' (scheme 'Basic', 2 parts)"),
-    ("Bearer a b", "malformed-authorization", "Authorization must be 'Bearer <token>' (scheme 'Bearer', 3 parts)"),
-    ("Bearerrrrrrrrrrrrrrrrrrrr x", "malformed-authorization",
-     "Authorization must be 'Bearer <token>' (scheme 'Bearerrrrrrrrrrr', 2 parts)"),
-    ("Bé x", "malformed-authorization", "Authorization must be 'Bearer <token>' (scheme '?', 2 parts)"),
-    ("B\x01 x", "malformed-authorization", "Authorization must be 'Bearer <token>' (scheme '?', 2 parts)"),
-    ("Bearer " + "a" * (MAX_TOKEN_CHARS + 60), "token-too-large",
-     f"Authorization header is {MAX_TOKEN_CHARS + 67} characters"),
-], ids=["none", "blank", "basic", "three-parts", "long-scheme", "non-ascii-scheme", "unprintable-scheme", "huge"])
-def test_a_refused_authorization_header_says_why(idp: TestIssuer, header: str | None, reason: str,
-                                                 detail: str) -> None:
+@pytest.mark.parametrize(
+    ("header", "reason", "detail"),
+    [
+        (None, "missing-token", "no Authorization header"),
+        (" \t ", "missing-token", "no Authorization header"),
+        (
+            "Basic dXNlcg==",
+            "malformed-authorization",
+            "Authorization must be 'Bearer <token>' (scheme 'Basic', 2 parts)",
+        ),
+        ("Bearer a b", "malformed-authorization", "Authorization must be 'Bearer <token>' (scheme 'Bearer', 3 parts)"),
+        (
+            "Bearerrrrrrrrrrrrrrrrrrrr x",
+            "malformed-authorization",
+            "Authorization must be 'Bearer <token>' (scheme 'Bearerrrrrrrrrrr', 2 parts)",
+        ),
+        ("Bé x", "malformed-authorization", "Authorization must be 'Bearer <token>' (scheme '?', 2 parts)"),
+        ("B\x01 x", "malformed-authorization", "Authorization must be 'Bearer <token>' (scheme '?', 2 parts)"),
+        (
+            "Bearer " + "a" * (MAX_TOKEN_CHARS + 60),
+            "token-too-large",
+            f"Authorization header is {MAX_TOKEN_CHARS + 67} characters",
+        ),
+    ],
+    ids=["none", "blank", "basic", "three-parts", "long-scheme", "non-ascii-scheme", "unprintable-scheme", "huge"],
+)
+def test_a_refused_authorization_header_says_why(idp: TestIssuer, header: str | None, reason: str, detail: str) -> None:
     """GIVEN a malformed Authorization header
     WHEN verified
     THEN the refusal has its reason and the detail says what was wrong (the scheme shown cut and printable)."""
@@ -268,7 +373,7 @@ def test_a_token_at_the_size_limit_is_verified_through_the_header(idp: TestIssue
     WHEN it comes in an Authorization header
     THEN it verifies (the header's own limit leaves room for the scheme)."""
     low, high = 0, MAX_TOKEN_CHARS
-    while low < high:   # the longest padding that keeps the token within the limit
+    while low < high:  # the longest padding that keeps the token within the limit
         mid = (low + high + 1) // 2
         low, high = (mid, high) if len(idp.mint(jti="j", pad="x" * mid)) <= MAX_TOKEN_CHARS else (low, mid - 1)
     token = idp.mint(jti="j", pad="x" * low)
@@ -283,8 +388,11 @@ def test_a_token_at_the_size_limit_is_verified_through_the_header(idp: TestIssue
 # claims
 
 
-@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x1b"],
-                         ids=["line-separator", "paragraph-separator", "next-line", "escape"])
+@pytest.mark.parametrize(
+    "separator",
+    ["\u2028", "\u2029", "\x85", "\x1b"],
+    ids=["line-separator", "paragraph-separator", "next-line", "escape"],
+)
 def test_a_subject_with_a_line_or_paragraph_separator_is_refused(idp: TestIssuer, separator: str) -> None:
     """GIVEN a subject holding a Unicode line or paragraph separator or a control character
     WHEN verified
@@ -309,8 +417,14 @@ def test_expires_at_and_replay_until_come_from_exp_and_the_leeway(idp: TestIssue
 
 
 def _claims(**over: Any) -> dict[str, Any]:
-    claims: dict[str, Any] = {"iss": "https://issuer.test.example", "sub": "alice", "aud": "https://vending.example",
-                              "iat": NOW, "exp": NOW + 600, "groups": ["é", "b"]}
+    claims: dict[str, Any] = {
+        "iss": "https://issuer.test.example",
+        "sub": "alice",
+        "aud": "https://vending.example",
+        "iat": NOW,
+        "exp": NOW + 600,
+        "groups": ["é", "b"],
+    }
     claims.update(over)
     return claims
 
@@ -326,10 +440,20 @@ def test_the_replay_key_of_a_token_without_jti_is_stable_to_the_byte() -> None:
     key = replay_key_of_claims("ci", claims)
 
     assert key == "ci:claims:" + hashlib.sha256(asserted.encode("utf-8")).hexdigest()
-    assert key == "ci:claims:" + hashlib.sha256(
-        ('["https://issuer.test.example", "alice", ' + str(NOW) + ', "{\\"aud\\":\\"https://vending.example\\",'
-         '\\"exp\\":' + str(NOW + 600) + ',\\"groups\\":[\\"\\\\u00e9\\",\\"b\\"],\\"iat\\":' + str(NOW)
-         + ',\\"iss\\":\\"https://issuer.test.example\\",\\"sub\\":\\"alice\\"}"]').encode()).hexdigest()
+    assert (
+        key
+        == "ci:claims:"
+        + hashlib.sha256(
+            (
+                '["https://issuer.test.example", "alice", ' + str(NOW) + ', "{\\"aud\\":\\"https://vending.example\\",'
+                '\\"exp\\":'
+                + str(NOW + 600)
+                + ',\\"groups\\":[\\"\\\\u00e9\\",\\"b\\"],\\"iat\\":'
+                + str(NOW)
+                + ',\\"iss\\":\\"https://issuer.test.example\\",\\"sub\\":\\"alice\\"}"]'
+            ).encode()
+        ).hexdigest()
+    )
 
 
 def test_replay_keys_tell_tokens_apart_by_everything_they_assert() -> None:
@@ -338,8 +462,16 @@ def test_replay_keys_tell_tokens_apart_by_everything_they_assert() -> None:
     THEN every difference gives another key, the order of the claims does not, nor does the issuer... name differ."""
     base = replay_key_of_claims("ci", _claims())
 
-    others = [replay_key_of_claims("ci", _claims(**change)) for change in (
-        {"sub": "bob"}, {"iat": NOW + 1}, {"iss": "https://other.example"}, {"exp": NOW + 601}, {"groups": ["b"]})]
+    others = [
+        replay_key_of_claims("ci", _claims(**change))
+        for change in (
+            {"sub": "bob"},
+            {"iat": NOW + 1},
+            {"iss": "https://other.example"},
+            {"exp": NOW + 601},
+            {"groups": ["b"]},
+        )
+    ]
     reordered = replay_key_of_claims("ci", dict(reversed(list(_claims().items()))))
     other_issuer = replay_key_of_claims("gh", _claims())
 
@@ -373,8 +505,9 @@ def test_an_unavailable_jwks_says_what_failed(idp: TestIssuer) -> None:
     exc = _refusal(lambda: _verifier(idp).verify(idp.mint()))
 
     assert isinstance(exc, JwksUnavailableError)
-    assert exc.detail is not None and exc.detail.startswith(f"JWKS {idp.jwks_uri} unavailable: GET {idp.jwks_uri}: "
-                                                            "HTTP 500")
+    assert exc.detail is not None and exc.detail.startswith(
+        f"JWKS {idp.jwks_uri} unavailable: GET {idp.jwks_uri}: HTTP 500"
+    )
 
 
 def test_a_key_published_for_another_algorithm_is_refused(frozen: Any) -> None:
@@ -413,13 +546,18 @@ def _key_refusal(url: str, kid: str | None, algorithm: str | None) -> Authentica
     return _refusal(lambda: JwksCache(timeout_s=2).key(url, kid, ttl_s=60, cooldown_s=30, algorithm=algorithm))
 
 
-@pytest.mark.parametrize(("kid", "algorithm", "shape"), [
-    ("ec-bare", "RS256", "kty='EC' crv='P-256', unusable for RS256"),
-    ("ec-bare", "ES384", "kty='EC' crv='P-256', unusable for ES384"),
-    ("rsa-bare", "ES256", "kty='RSA' crv=None, unusable for ES256"),
-], ids=["ec-key-for-rs256", "p256-key-for-es384", "rsa-key-for-es256"])
-def test_a_key_without_alg_is_bound_by_its_type_and_curve(idp: TestIssuer, keys_doc: tuple[str, dict[str, Any]],
-                                                          kid: str, algorithm: str, shape: str) -> None:
+@pytest.mark.parametrize(
+    ("kid", "algorithm", "shape"),
+    [
+        ("ec-bare", "RS256", "kty='EC' crv='P-256', unusable for RS256"),
+        ("ec-bare", "ES384", "kty='EC' crv='P-256', unusable for ES384"),
+        ("rsa-bare", "ES256", "kty='RSA' crv=None, unusable for ES256"),
+    ],
+    ids=["ec-key-for-rs256", "p256-key-for-es384", "rsa-key-for-es256"],
+)
+def test_a_key_without_alg_is_bound_by_its_type_and_curve(
+    idp: TestIssuer, keys_doc: tuple[str, dict[str, Any]], kid: str, algorithm: str, shape: str
+) -> None:
     """GIVEN published keys without an alg member: an RSA key and an EC P-256 key
     WHEN one is asked for an algorithm its type or curve does not fit
     THEN it is refused as disallowed-algorithm, the detail naming the key, its URL, type and curve."""
@@ -445,15 +583,17 @@ def test_a_symmetric_algorithm_is_never_built(idp: TestIssuer, keys_doc: tuple[s
     assert exc.detail == "algorithm 'HS256' is not an asymmetric JWS algorithm"
 
 
-def test_without_a_token_algorithm_the_keys_own_decides(idp: TestIssuer,
-                                                       keys_doc: tuple[str, dict[str, Any]]) -> None:
+def test_without_a_token_algorithm_the_keys_own_decides(idp: TestIssuer, keys_doc: tuple[str, dict[str, Any]]) -> None:
     """GIVEN a published RSA key without alg, one published for PS256, and an EC P-521 key published for ES512
     WHEN each is asked for without a token algorithm
     THEN the first is built for RS256, the second for PS256, the third refused: ES512 is not allowed."""
     url, doc = keys_doc
     p521 = SigningKey("p521", "ES512", ec.generate_private_key(ec.SECP521R1()))
-    doc["keys"] = [_bare(idp.rsa, "rsa-bare"), {**idp.rsa.public_jwk(), "kid": "pss", "alg": "PS256"},
-                   p521.public_jwk()]
+    doc["keys"] = [
+        _bare(idp.rsa, "rsa-bare"),
+        {**idp.rsa.public_jwk(), "kid": "pss", "alg": "PS256"},
+        p521.public_jwk(),
+    ]
     cache = JwksCache(timeout_s=2)
 
     bare = cache.key(url, "rsa-bare", ttl_s=60, cooldown_s=30)
@@ -499,8 +639,10 @@ def test_each_key_of_one_issuer_verifies_its_own_tokens_from_a_warm_cache(idp: T
     idp.publish(second)
     verifier = _verifier(idp)
 
-    subjects = [verifier.verify(idp.mint(key=k, sub=f"s{n}")).principal.identity
-                for n, k in enumerate((idp.rsa, second, idp.rsa, second))]
+    subjects = [
+        verifier.verify(idp.mint(key=k, sub=f"s{n}")).principal.identity
+        for n, k in enumerate((idp.rsa, second, idp.rsa, second))
+    ]
 
     assert subjects == ["s0", "s1", "s2", "s3"]
     assert idp.fetches == 1
@@ -535,12 +677,21 @@ def test_an_unknown_kid_within_the_cooldown_says_so(idp: TestIssuer, frozen: Any
     assert second.detail == f"kid 'nope' is not in the JWKS of {idp.jwks_uri} (refetch cooling down)"
 
 
-@pytest.mark.parametrize(("claim", "value", "reason"), [
-    ("nbf", 0, None), ("nbf", MAX_EPOCH_S, "token-not-yet-valid"), ("nbf", MAX_EPOCH_S + 1, "invalid-claim"),
-    ("nbf", -1, "invalid-claim"), ("nbf", 0.0, None), ("nbf", float("inf"), "malformed-token"),
-], ids=["zero", "year-9999", "past-year-9999", "negative", "zero-float", "infinite"])
-def test_time_claims_are_bounded_by_the_epoch_and_year_9999(idp: TestIssuer, claim: str, value: float,
-                                                            reason: str | None) -> None:
+@pytest.mark.parametrize(
+    ("claim", "value", "reason"),
+    [
+        ("nbf", 0, None),
+        ("nbf", MAX_EPOCH_S, "token-not-yet-valid"),
+        ("nbf", MAX_EPOCH_S + 1, "invalid-claim"),
+        ("nbf", -1, "invalid-claim"),
+        ("nbf", 0.0, None),
+        ("nbf", float("inf"), "malformed-token"),
+    ],
+    ids=["zero", "year-9999", "past-year-9999", "negative", "zero-float", "infinite"],
+)
+def test_time_claims_are_bounded_by_the_epoch_and_year_9999(
+    idp: TestIssuer, claim: str, value: float, reason: str | None
+) -> None:
     """GIVEN a token whose nbf is 0, the last second of 9999, one past it, negative, or not finite
     WHEN verified
     THEN 0 and the last second of 9999 are numbers the checks accept (and then judge), the others are refused."""
@@ -556,13 +707,20 @@ def test_time_claims_are_bounded_by_the_epoch_and_year_9999(idp: TestIssuer, cla
 # bot messages
 
 
-@pytest.mark.parametrize(("base", "email", "expected"), [
-    ("https://www.googleapis.com/", BOT, f"https://www.googleapis.com/service_accounts/v1/metadata/jwk/{BOT}"),
-    ("https://keys.example//", "a+b@p.iam.gserviceaccount.com",
-     "https://keys.example/service_accounts/v1/metadata/jwk/a%2Bb@p.iam.gserviceaccount.com"),
-    ("http://127.0.0.1:9", "x/../y@p", "http://127.0.0.1:9/service_accounts/v1/metadata/jwk/x%2F..%2Fy@p"),
-    ("http://127.0.0.1:9/keysX/", BOT, f"http://127.0.0.1:9/keysX/service_accounts/v1/metadata/jwk/{BOT}"),
-], ids=["trailing-slash", "plus-and-double-slash", "path-in-email", "base-ending-in-a-letter"])
+@pytest.mark.parametrize(
+    ("base", "email", "expected"),
+    [
+        ("https://www.googleapis.com/", BOT, f"https://www.googleapis.com/service_accounts/v1/metadata/jwk/{BOT}"),
+        (
+            "https://keys.example//",
+            "a+b@p.iam.gserviceaccount.com",
+            "https://keys.example/service_accounts/v1/metadata/jwk/a%2Bb@p.iam.gserviceaccount.com",
+        ),
+        ("http://127.0.0.1:9", "x/../y@p", "http://127.0.0.1:9/service_accounts/v1/metadata/jwk/x%2F..%2Fy@p"),
+        ("http://127.0.0.1:9/keysX/", BOT, f"http://127.0.0.1:9/keysX/service_accounts/v1/metadata/jwk/{BOT}"),
+    ],
+    ids=["trailing-slash", "plus-and-double-slash", "path-in-email", "base-ending-in-a-letter"],
+)
 def test_the_bot_key_url_keeps_the_at_sign_and_quotes_the_rest(base: str, email: str, expected: str) -> None:
     """GIVEN a keys base URL (with trailing slashes) and a service account email
     WHEN the bot's JWKS URL is built
@@ -574,42 +732,84 @@ def test_the_bot_key_url_keeps_the_at_sign_and_quotes_the_rest(base: str, email:
 
 BOT_DETAILS: list[tuple[str, Callable[[FakeServiceAccountKeys], str], str, str]] = [
     ("no-iss", lambda s: s.message(BOT, BOT_AUD, iss=DROP), "missing-claim", "claim 'iss' is required"),
-    ("unknown-bot", lambda s: s.message(STRANGER, BOT_AUD), "unknown-bot",
-     f"iss {STRANGER!r} is not a configured bot"),
-    ("unknown-bot-long", lambda s: s.message(BOT, BOT_AUD, iss="i" * 300), "unknown-bot",
-     f"iss {'i' * 200!r} is not a configured bot"),
-    ("unknown-bot-not-a-string", lambda s: s.message(BOT, BOT_AUD, iss=["x\n"]), "unknown-bot",
-     "iss \"['x\\\\\\\\n']\" is not a configured bot"),
-    ("alg", lambda s: s.message(BOT, BOT_AUD, alg="RS384"), "disallowed-algorithm",
-     f"alg 'RS384' is not allowed for bot {BOT} (allowed: RS256)"),
-    ("no-kid", lambda s: s.message(BOT, BOT_AUD, kid=None), "unknown-key",
-     "signJwt tokens carry a kid; this one has none"),
+    ("unknown-bot", lambda s: s.message(STRANGER, BOT_AUD), "unknown-bot", f"iss {STRANGER!r} is not a configured bot"),
+    (
+        "unknown-bot-long",
+        lambda s: s.message(BOT, BOT_AUD, iss="i" * 300),
+        "unknown-bot",
+        f"iss {'i' * 200!r} is not a configured bot",
+    ),
+    (
+        "unknown-bot-not-a-string",
+        lambda s: s.message(BOT, BOT_AUD, iss=["x\n"]),
+        "unknown-bot",
+        "iss \"['x\\\\\\\\n']\" is not a configured bot",
+    ),
+    (
+        "alg",
+        lambda s: s.message(BOT, BOT_AUD, alg="RS384"),
+        "disallowed-algorithm",
+        f"alg 'RS384' is not allowed for bot {BOT} (allowed: RS256)",
+    ),
+    (
+        "no-kid",
+        lambda s: s.message(BOT, BOT_AUD, kid=None),
+        "unknown-key",
+        "signJwt tokens carry a kid; this one has none",
+    ),
     ("no-sub", lambda s: s.message(BOT, BOT_AUD, sub=DROP), "missing-claim", "claim 'sub' is required"),
-    ("other-sub", lambda s: s.message(BOT, BOT_AUD, sub="s" * 300), "subject-mismatch",
-     f"sub {'s' * 200!r} is not the signing account {BOT!r}"),
+    (
+        "other-sub",
+        lambda s: s.message(BOT, BOT_AUD, sub="s" * 300),
+        "subject-mismatch",
+        f"sub {'s' * 200!r} is not the signing account {BOT!r}",
+    ),
     ("no-aud", lambda s: s.message(BOT, BOT_AUD, aud=DROP), "missing-claim", "claim 'aud' is required"),
-    ("wrong-aud", lambda s: s.message(BOT, "a" * 300), "wrong-audience",
-     f"aud {'a' * 200!r} is not exactly {BOT_AUD!r}"),
-    ("expired", lambda s: s.message(BOT, BOT_AUD, iat=NOW - 300, exp=NOW), "token-expired",
-     f"message expired at {NOW} (now {NOW})"),
-    ("iat-future", lambda s: s.message(BOT, BOT_AUD, iat=NOW + 31, exp=NOW + 300), "issued-in-future",
-     f"message issued in the future: iat {NOW + 31} (now {NOW})"),
-    ("nbf-future", lambda s: s.message(BOT, BOT_AUD, nbf=NOW + 31), "token-not-yet-valid",
-     f"message not valid before {NOW + 31} (now {NOW})"),
-    ("exp-equals-iat", lambda s: s.message(BOT, BOT_AUD, iat=NOW + 10, exp=NOW + 10), "invalid-claim",
-     f"message exp {NOW + 10} is not after iat {NOW + 10}"),
-    ("lifetime", lambda s: s.message(BOT, BOT_AUD, iat=NOW - 10, exp=NOW + 600), "token-lifetime-too-long",
-     "message lifetime 610s exceeds 600s"),
+    (
+        "wrong-aud",
+        lambda s: s.message(BOT, "a" * 300),
+        "wrong-audience",
+        f"aud {'a' * 200!r} is not exactly {BOT_AUD!r}",
+    ),
+    (
+        "expired",
+        lambda s: s.message(BOT, BOT_AUD, iat=NOW - 300, exp=NOW),
+        "token-expired",
+        f"message expired at {NOW} (now {NOW})",
+    ),
+    (
+        "iat-future",
+        lambda s: s.message(BOT, BOT_AUD, iat=NOW + 31, exp=NOW + 300),
+        "issued-in-future",
+        f"message issued in the future: iat {NOW + 31} (now {NOW})",
+    ),
+    (
+        "nbf-future",
+        lambda s: s.message(BOT, BOT_AUD, nbf=NOW + 31),
+        "token-not-yet-valid",
+        f"message not valid before {NOW + 31} (now {NOW})",
+    ),
+    (
+        "exp-equals-iat",
+        lambda s: s.message(BOT, BOT_AUD, iat=NOW + 10, exp=NOW + 10),
+        "invalid-claim",
+        f"message exp {NOW + 10} is not after iat {NOW + 10}",
+    ),
+    (
+        "lifetime",
+        lambda s: s.message(BOT, BOT_AUD, iat=NOW - 10, exp=NOW + 600),
+        "token-lifetime-too-long",
+        "message lifetime 610s exceeds 600s",
+    ),
     ("no-jti", lambda s: s.message(BOT, BOT_AUD, jti=DROP), "missing-claim", "claim 'jti' is required"),
-    ("empty-jti", lambda s: s.message(BOT, BOT_AUD, jti=""), "invalid-claim",
-     "claim 'jti' must be a non-empty string"),
+    ("empty-jti", lambda s: s.message(BOT, BOT_AUD, jti=""), "invalid-claim", "claim 'jti' must be a non-empty string"),
 ]
 
 
 @pytest.mark.parametrize(("name", "build", "reason", "detail"), BOT_DETAILS, ids=[c[0] for c in BOT_DETAILS])
-def test_a_refused_bot_message_says_why_in_the_log_detail(sa: FakeServiceAccountKeys, name: str,
-                                                        build: Callable[[FakeServiceAccountKeys], str], reason: str,
-                                                        detail: str) -> None:
+def test_a_refused_bot_message_says_why_in_the_log_detail(
+    sa: FakeServiceAccountKeys, name: str, build: Callable[[FakeServiceAccountKeys], str], reason: str, detail: str
+) -> None:
     """GIVEN a bot message broken in one way
     WHEN verified
     THEN the refusal has its reason and its log detail is exactly what went wrong."""
@@ -621,10 +821,14 @@ def test_a_refused_bot_message_says_why_in_the_log_detail(sa: FakeServiceAccount
     assert exc.detail == detail
 
 
-@pytest.mark.parametrize(("nbf", "accepted"), [(NOW + 29, True), (NOW + 30, True), (NOW + 31, False)],
-                         ids=["inside-skew", "at-skew", "past-skew"])
-def test_a_bot_message_nbf_is_allowed_up_to_the_clock_skew(sa: FakeServiceAccountKeys, nbf: int,
-                                                           accepted: bool) -> None:
+@pytest.mark.parametrize(
+    ("nbf", "accepted"),
+    [(NOW + 29, True), (NOW + 30, True), (NOW + 31, False)],
+    ids=["inside-skew", "at-skew", "past-skew"],
+)
+def test_a_bot_message_nbf_is_allowed_up_to_the_clock_skew(
+    sa: FakeServiceAccountKeys, nbf: int, accepted: bool
+) -> None:
     """GIVEN a 30 s clock skew and a bot message with ``nbf`` just before, at and just after now + 30 s
     WHEN verified
     THEN it is accepted up to the skew, refused as token-not-yet-valid after it."""
@@ -662,8 +866,9 @@ def test_a_bot_key_published_for_another_algorithm_is_refused(sa: FakeServiceAcc
     assert "is published for 'RS384', token says 'RS256'" in exc.detail
 
 
-def test_bot_messages_are_verified_with_the_configured_key_cache_timings(sa: FakeServiceAccountKeys,
-                                                                         frozen: Any) -> None:
+def test_bot_messages_are_verified_with_the_configured_key_cache_timings(
+    sa: FakeServiceAccountKeys, frozen: Any
+) -> None:
     """GIVEN a bot verifier whose keys live 60 s with a 5 s refetch cooldown
     WHEN a message is verified, then again after 59 s, then after 61 s
     THEN the keys were fetched once within the TTL and again after it."""

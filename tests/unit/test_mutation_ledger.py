@@ -68,11 +68,27 @@ def ledger(store: SqliteStore, events: MemoryEvents, frozen: Any) -> Ledger:
     return Ledger(store, events, retention_days=90)
 
 
-def _reserve(ledger: Ledger, n: int, *, until: float = 900, replay_key: str | None = None,
-             replay_until: _dt.datetime | None = None, extra: tuple[Any, ...] = (), **grant: Any) -> str:
+def _reserve(
+    ledger: Ledger,
+    n: int,
+    *,
+    until: float = 900,
+    replay_key: str | None = None,
+    replay_until: _dt.datetime | None = None,
+    extra: tuple[Any, ...] = (),
+    **grant: Any,
+) -> str:
     issuance_id = _id(n)
-    ledger.reserve(issuance_id, access_grant(**grant), reserved_until=_at(until), reason="deploy", details={},
-                   replay_key=replay_key, replay_until=replay_until, extra=extra)
+    ledger.reserve(
+        issuance_id,
+        access_grant(**grant),
+        reserved_until=_at(until),
+        reason="deploy",
+        details={},
+        replay_key=replay_key,
+        replay_until=replay_until,
+        extra=extra,
+    )
     return issuance_id
 
 
@@ -98,16 +114,39 @@ def test_a_reservation_records_the_whole_grant_before_the_call(ledger: Ledger, s
     THEN the record holds all of it, state issuing, nothing issued yet, purged 90 days after the reservation."""
     grant = access_grant(request_id="req-1", break_glass=True, delegates=("projects/-/serviceAccounts/hop@p",))
 
-    ledger.reserve(_id(1), grant, reserved_until=_at(900), reason="INC-1: down", details={"scopes": ["s"]},
-                   replay_key=None, replay_until=None)
+    ledger.reserve(
+        _id(1),
+        grant,
+        reserved_until=_at(900),
+        reason="INC-1: down",
+        details={"scopes": ["s"]},
+        replay_key=None,
+        replay_until=None,
+    )
 
     assert _data(store, _id(1)) == {
-        "id": _id(1), "kind": "access_token", "state": "issuing", "principal": grant.caller,
-        "issuer": "ci", "subject": grant.subject, "entitlement": "deploy", "service_account": SA,
-        "delegates": ["projects/-/serviceAccounts/hop@p"], "reason": "INC-1: down", "request_id": "req-1",
-        "break_glass": True, "bounds": grant.bounds.record(), "created_at": T0, "reserved_until": _at(900),
-        "expire_time": None, "issued_at": None, "token_sha256": None, "key_id": None, "failure": None,
-        "purge_at": _at(900) + _dt.timedelta(days=90), "scopes": ["s"],
+        "id": _id(1),
+        "kind": "access_token",
+        "state": "issuing",
+        "principal": grant.caller,
+        "issuer": "ci",
+        "subject": grant.subject,
+        "entitlement": "deploy",
+        "service_account": SA,
+        "delegates": ["projects/-/serviceAccounts/hop@p"],
+        "reason": "INC-1: down",
+        "request_id": "req-1",
+        "break_glass": True,
+        "bounds": grant.bounds.record(),
+        "created_at": T0,
+        "reserved_until": _at(900),
+        "expire_time": None,
+        "issued_at": None,
+        "token_sha256": None,
+        "key_id": None,
+        "failure": None,
+        "purge_at": _at(900) + _dt.timedelta(days=90),
+        "scopes": ["s"],
     }
 
 
@@ -133,8 +172,9 @@ def test_the_default_retention_is_ninety_days(store: SqliteStore, events: Memory
     assert _data(store, _id(1))["purge_at"] == _at(900) + _dt.timedelta(days=90)
 
 
-def test_a_reservation_consumes_the_caller_token_until_it_is_no_longer_accepted(ledger: Ledger,
-                                                                              store: SqliteStore) -> None:
+def test_a_reservation_consumes_the_caller_token_until_it_is_no_longer_accepted(
+    ledger: Ledger, store: SqliteStore
+) -> None:
     """GIVEN a caller token accepted until T0+60
     WHEN a vend reserves with its replay key
     THEN the replay record lives until T0+60 and is purged a day later."""
@@ -169,8 +209,7 @@ def _all(kind: str) -> Query:
     return Query(kind, order_by="expires_at" if kind == REPLAY else "created_at", limit=1000)
 
 
-def test_a_second_vend_with_the_same_token_is_a_replay_and_writes_nothing(ledger: Ledger,
-                                                                          store: SqliteStore) -> None:
+def test_a_second_vend_with_the_same_token_is_a_replay_and_writes_nothing(ledger: Ledger, store: SqliteStore) -> None:
     """GIVEN a reservation that consumed a caller token
     WHEN another reservation (another id) comes with the same token
     THEN it is refused as token-replayed and no second record exists."""
@@ -201,8 +240,16 @@ def test_an_extra_write_that_loses_its_race_undoes_the_whole_batch(ledger: Ledge
     THEN StoreConflict is raised, and neither the record nor the replay record was written."""
     store.write([Create(REPLAY, "taken", {"expires_at": _at(1)})])
 
-    _raised(lambda: _reserve(ledger, 1, replay_key="ci:abc", replay_until=_at(60),
-                             extra=(Create(REPLAY, "taken", {"expires_at": _at(1)}),)), StoreConflict)
+    _raised(
+        lambda: _reserve(
+            ledger,
+            1,
+            replay_key="ci:abc",
+            replay_until=_at(60),
+            extra=(Create(REPLAY, "taken", {"expires_at": _at(1)}),),
+        ),
+        StoreConflict,
+    )
 
     assert store.get(ISSUANCES, _id(1)) is None
     assert store.get(REPLAY, "ci:abc") is None
@@ -261,8 +308,7 @@ def test_consume_without_a_key_writes_nothing(ledger: Ledger, store: SqliteStore
 # the outcome of the IAM call
 
 
-def test_mark_issued_stores_the_digest_never_the_credential(ledger: Ledger, store: SqliteStore,
-                                                            frozen: Any) -> None:
+def test_mark_issued_stores_the_digest_never_the_credential(ledger: Ledger, store: SqliteStore, frozen: Any) -> None:
     """GIVEN a reservation
     WHEN IAM's credential is recorded 2 s later, expiring at T0+600
     THEN the record is active with the credential's SHA-256, when and until, and no failure."""
@@ -274,7 +320,12 @@ def test_mark_issued_stores_the_digest_never_the_credential(ledger: Ledger, stor
     data = _data(store, _id(1))
     assert digest == hashlib.sha256(b"ya29.secret").hexdigest()
     assert (data["state"], data["token_sha256"], data["issued_at"], data["expire_time"], data["key_id"]) == (
-        "active", digest, _at(2), _at(600), "k1")
+        "active",
+        digest,
+        _at(2),
+        _at(600),
+        "k1",
+    )
     assert data["purge_at"] == _at(600) + _dt.timedelta(days=90)
     assert data["failure"] is None
     assert "ya29.secret" not in json.dumps(data, default=str)
@@ -303,7 +354,12 @@ def test_mark_withheld_records_why(ledger: Ledger, store: SqliteStore) -> None:
 
     data = _data(store, _id(1))
     assert (data["state"], data["token_sha256"], data["failure"], data["expire_time"], data["key_id"]) == (
-        "withheld", digest, "too-long", _at(1000), "k9")
+        "withheld",
+        digest,
+        "too-long",
+        _at(1000),
+        "k9",
+    )
 
 
 def test_mark_unconfirmed_covers_the_reservation_horizon(ledger: Ledger, store: SqliteStore) -> None:
@@ -360,23 +416,27 @@ def _issued(ledger: Ledger, n: int, expire: float, *, state: str = L.ACTIVE, **g
     return issuance_id
 
 
-def test_expire_due_expires_each_live_state_at_its_expiry(ledger: Ledger, store: SqliteStore,
-                                                          events: MemoryEvents) -> None:
+def test_expire_due_expires_each_live_state_at_its_expiry(
+    ledger: Ledger, store: SqliteStore, events: MemoryEvents
+) -> None:
     """GIVEN active, unconfirmed and withheld records expiring at T0+600, and one of each a microsecond later
     WHEN the sweep runs at T0+600
     THEN the three due ones are expired (counted per state, one event each), the others are untouched."""
     due = [_issued(ledger, n, 600, state=s) for n, s in enumerate((L.ACTIVE, L.UNCONFIRMED, L.WITHHELD), 1)]
-    later = [_issued(ledger, n, 600.000001, state=s)
-             for n, s in enumerate((L.ACTIVE, L.UNCONFIRMED, L.WITHHELD), 10)]
+    later = [_issued(ledger, n, 600.000001, state=s) for n, s in enumerate((L.ACTIVE, L.UNCONFIRMED, L.WITHHELD), 10)]
 
     counts = ledger.expire_due(_at(600))
 
-    assert counts == {"issuances_expired_from_active": 1, "issuances_expired_from_unconfirmed": 1,
-                      "issuances_expired_from_withheld": 1}
+    assert counts == {
+        "issuances_expired_from_active": 1,
+        "issuances_expired_from_unconfirmed": 1,
+        "issuances_expired_from_withheld": 1,
+    }
     assert [(_data(store, i)["state"], _data(store, i)["expired_at"]) for i in due] == [("expired", _at(600))] * 3
     assert [_data(store, i)["state"] for i in later] == ["active", "unconfirmed", "withheld"]
     assert [(channel, e["type"], e["issuance_id"]) for channel, e in events.published] == [
-        ("notifications", "credential.expired", i) for i in due]
+        ("notifications", "credential.expired", i) for i in due
+    ]
     assert events.published[0][1]["service_account"] == SA
 
 
@@ -394,8 +454,9 @@ def test_expire_due_leaves_finished_states_alone(ledger: Ledger, store: SqliteSt
     assert (_data(store, _id(1))["state"], _data(store, _id(2))["state"]) == ("signed", "failed")
 
 
-def test_unconfirm_stale_takes_reservations_created_up_to_the_cutoff(ledger: Ledger, store: SqliteStore,
-                                                                     frozen: Any) -> None:
+def test_unconfirm_stale_takes_reservations_created_up_to_the_cutoff(
+    ledger: Ledger, store: SqliteStore, frozen: Any
+) -> None:
     """GIVEN reservations created at T0 and T0+1 (horizon T0+900), and an issued one at T0
     WHEN reservations created at or before T0 are declared stale
     THEN only the first becomes unconfirmed until its horizon, with the reason; it is returned."""
@@ -408,15 +469,19 @@ def test_unconfirm_stale_takes_reservations_created_up_to_the_cutoff(ledger: Led
 
     assert [d.id for d in changed] == [_id(1)]
     data = _data(store, _id(1))
-    assert (data["state"], data["expire_time"], data["failure"]) == ("unconfirmed", _at(900),
-                                                                     "reservation-not-finalized")
+    assert (data["state"], data["expire_time"], data["failure"]) == (
+        "unconfirmed",
+        _at(900),
+        "reservation-not-finalized",
+    )
     assert _data(store, _id(2))["state"] == "issuing"
     assert _data(store, _id(3))["state"] == "active"
 
 
 @pytest.mark.parametrize(("now", "left"), [(59.999999, 2), (60, 1), (61, 0)])
-def test_purge_replay_deletes_only_tokens_no_longer_accepted(ledger: Ledger, store: SqliteStore, now: float,
-                                                             left: int) -> None:
+def test_purge_replay_deletes_only_tokens_no_longer_accepted(
+    ledger: Ledger, store: SqliteStore, now: float, left: int
+) -> None:
     """GIVEN tokens accepted until T0+60 and T0+61
     WHEN the sweep purges at ``now``
     THEN only those whose end is at or before ``now`` are deleted (the count says how many)."""
@@ -449,18 +514,31 @@ def test_live_lists_records_that_may_hold_a_valid_credential(ledger: Ledger) -> 
 # effective state and the API view
 
 
-@pytest.mark.parametrize(("record", "now", "expected"), [
-    ({"state": "active", "expire_time": _at(600)}, _at(599.999999), "active"),
-    ({"state": "active", "expire_time": _at(600)}, _at(600), "expired"),
-    ({"state": "withheld", "expire_time": _at(600)}, _at(600), "expired"),
-    ({"state": "active", "expire_time": None}, _at(600), "active"),
-    ({"state": "unconfirmed", "reserved_until": _at(900), "expire_time": _at(100)}, _at(600), "unconfirmed"),
-    ({"state": "unconfirmed", "reserved_until": _at(900), "expire_time": _at(100)}, _at(900), "expired"),
-    ({"state": "issuing", "reserved_until": _at(1), "expire_time": _at(1)}, _at(900), "issuing"),
-    ({"state": "signed", "expire_time": _at(1)}, _at(900), "signed"),
-    ({}, _at(900), ""),
-], ids=["active-before", "active-at", "withheld-at", "active-no-expiry", "unconfirmed-before-horizon",
-        "unconfirmed-at-horizon", "issuing-never", "signed-never", "no-state"])
+@pytest.mark.parametrize(
+    ("record", "now", "expected"),
+    [
+        ({"state": "active", "expire_time": _at(600)}, _at(599.999999), "active"),
+        ({"state": "active", "expire_time": _at(600)}, _at(600), "expired"),
+        ({"state": "withheld", "expire_time": _at(600)}, _at(600), "expired"),
+        ({"state": "active", "expire_time": None}, _at(600), "active"),
+        ({"state": "unconfirmed", "reserved_until": _at(900), "expire_time": _at(100)}, _at(600), "unconfirmed"),
+        ({"state": "unconfirmed", "reserved_until": _at(900), "expire_time": _at(100)}, _at(900), "expired"),
+        ({"state": "issuing", "reserved_until": _at(1), "expire_time": _at(1)}, _at(900), "issuing"),
+        ({"state": "signed", "expire_time": _at(1)}, _at(900), "signed"),
+        ({}, _at(900), ""),
+    ],
+    ids=[
+        "active-before",
+        "active-at",
+        "withheld-at",
+        "active-no-expiry",
+        "unconfirmed-before-horizon",
+        "unconfirmed-at-horizon",
+        "issuing-never",
+        "signed-never",
+        "no-state",
+    ],
+)
 def test_effective_state(record: dict[str, Any], now: _dt.datetime, expected: str) -> None:
     """GIVEN a stored record
     WHEN its effective state is read at ``now``
@@ -483,8 +561,10 @@ def test_the_view_shows_public_fields_as_plain_values(ledger: Ledger, store: Sql
     assert "purge_at" not in view
     assert view["state"] == "expired"
     assert view["expire_time"] == "2026-11-28T12:10:00Z"
-    assert view["bounds"] == {"not_after": "2026-11-28T12:15:00Z",
-                              "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}
+    assert view["bounds"] == {
+        "not_after": "2026-11-28T12:15:00Z",
+        "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
+    }
     assert view["id"] == _id(1)
     assert view["token_sha256"] == hashlib.sha256(b"c1").hexdigest()
     assert set(view) <= set(L.PUBLIC_FIELDS)
@@ -525,8 +605,14 @@ def _history(ledger: Ledger, frozen: Any) -> list[str]:
 
 
 def _list(ledger: Ledger, **query: Any) -> tuple[list[str], str | None]:
-    args: dict[str, Any] = {"state": None, "service_account": None, "principal": None, "since": None,
-                            "page_size": 50, "page_token": None}
+    args: dict[str, Any] = {
+        "state": None,
+        "service_account": None,
+        "principal": None,
+        "since": None,
+        "page_size": 50,
+        "page_token": None,
+    }
     args.update(query)
     page, token = ledger.list(**args)
     return [r["id"] for r in page], token
@@ -557,11 +643,19 @@ def test_listing_by_expired_includes_live_records_past_their_expiry(ledger: Ledg
     assert active == [ids[4], ids[0]]
 
 
-@pytest.mark.parametrize(("query", "expected"), [
-    ({"state": "failed"}, [2]), ({"state": "unconfirmed"}, [3]), ({"service_account": OTHER_SA}, [4]),
-    ({"principal": "ci/bob"}, [4]), ({"since": _at(2)}, [4, 3, 2]), ({"since": _at(2), "state": "active"}, [4]),
-    ({"service_account": SA, "state": "active"}, [0]),
-], ids=["failed", "unconfirmed", "service-account", "principal", "since", "since-and-state", "account-and-state"])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"state": "failed"}, [2]),
+        ({"state": "unconfirmed"}, [3]),
+        ({"service_account": OTHER_SA}, [4]),
+        ({"principal": "ci/bob"}, [4]),
+        ({"since": _at(2)}, [4, 3, 2]),
+        ({"since": _at(2), "state": "active"}, [4]),
+        ({"service_account": SA, "state": "active"}, [0]),
+    ],
+    ids=["failed", "unconfirmed", "service-account", "principal", "since", "since-and-state", "account-and-state"],
+)
 def test_listing_filters(ledger: Ledger, frozen: Any, query: dict[str, Any], expected: list[int]) -> None:
     """GIVEN five records of two accounts and two principals, in several states
     WHEN listed with a filter
@@ -655,8 +749,7 @@ def test_cursor_lengths_cover_every_padding() -> None:
     WHEN encoded
     THEN their tokens need no padding and one padding character (the only two lengths a cursor has: whole
     seconds or microseconds), so the round trip tries both."""
-    lengths = {len(L._encode_cursor(t, _id(7))) % 4 for t in (_at(0), _at(1.5), _at(0.000001), _at(86_400.25),
-                                                              _at(-1))}
+    lengths = {len(L._encode_cursor(t, _id(7))) % 4 for t in (_at(0), _at(1.5), _at(0.000001), _at(86_400.25), _at(-1))}
 
     assert lengths == {0, 3}
 
@@ -675,11 +768,20 @@ def test_a_cursor_in_another_zone_is_read_as_utc() -> None:
     assert decoded[0].utcoffset() == _dt.timedelta(0)
 
 
-@pytest.mark.parametrize("token", [
-    "not base64 !", _token(["2026-11-28T12:00:00", _id(1)]), _token(["2026-11-28T12:00:00+00:00", "short"]),
-    _token(["2026-11-28T12:00:00+00:00", 7]), _token(["2026-11-28T12:00:00+00:00"]), _token({"a": 1}),
-    _token(["yesterday", _id(1)]), _token(["2026-11-28T12:00:00+00:00", _id(1) + "0"]),
-], ids=["not-base64", "naive-time", "short-id", "id-not-string", "one-element", "object", "bad-time", "long-id"])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not base64 !",
+        _token(["2026-11-28T12:00:00", _id(1)]),
+        _token(["2026-11-28T12:00:00+00:00", "short"]),
+        _token(["2026-11-28T12:00:00+00:00", 7]),
+        _token(["2026-11-28T12:00:00+00:00"]),
+        _token({"a": 1}),
+        _token(["yesterday", _id(1)]),
+        _token(["2026-11-28T12:00:00+00:00", _id(1) + "0"]),
+    ],
+    ids=["not-base64", "naive-time", "short-id", "id-not-string", "one-element", "object", "bad-time", "long-id"],
+)
 def test_a_forged_cursor_is_a_bad_request(token: str) -> None:
     """GIVEN a page token this service did not return
     WHEN decoded
@@ -762,14 +864,14 @@ class RacingStore:
         self.inner.close()
 
 
-def test_a_reservation_finalized_during_the_stale_sweep_is_left_alone(ledger: Ledger, store: SqliteStore,
-                                                                      events: MemoryEvents) -> None:
+def test_a_reservation_finalized_during_the_stale_sweep_is_left_alone(
+    ledger: Ledger, store: SqliteStore, events: MemoryEvents
+) -> None:
     """GIVEN a stale reservation, and a vend that finalizes it after the sweep read it but before it wrote
     WHEN the sweep declares stale reservations unconfirmed
     THEN the record stays active (the sweep's write carried the version it read) and is not returned."""
     issuance_id = _reserve(ledger, 1)
-    racing = Ledger(RacingStore(store, lambda: ledger.mark_issued(issuance_id, "c", expire_time=_at(600))),
-                    events)
+    racing = Ledger(RacingStore(store, lambda: ledger.mark_issued(issuance_id, "c", expire_time=_at(600))), events)
 
     changed = racing.unconfirm_stale(_at(10))
 
@@ -777,8 +879,9 @@ def test_a_reservation_finalized_during_the_stale_sweep_is_left_alone(ledger: Le
     assert _data(store, issuance_id)["state"] == "active"
 
 
-def test_a_token_purged_by_another_sweep_is_not_counted_twice(ledger: Ledger, store: SqliteStore,
-                                                             events: MemoryEvents) -> None:
+def test_a_token_purged_by_another_sweep_is_not_counted_twice(
+    ledger: Ledger, store: SqliteStore, events: MemoryEvents
+) -> None:
     """GIVEN a used token past its end, and another sweep that purges it after this one read it
     WHEN this sweep purges
     THEN it counts nothing: the other sweep took it."""
@@ -842,17 +945,34 @@ def test_an_unknown_token_is_not_used(ledger: Ledger) -> None:
 BY, WHY = "ci/sre-lead", "INC-9: key leaked"
 
 
-def _record(n: int, *, state: str, created: float = 0, expire: float | None = None, reserved: float = 900,
-            service_account: str = SA) -> Create:
-    return Create(ISSUANCES, _id(n), {
-        "id": _id(n), "kind": "access_token", "state": state, "principal": "ci/alice", "service_account": service_account,
-        "created_at": _at(created), "reserved_until": _at(reserved),
-        "expire_time": None if expire is None else _at(expire)})
+def _record(
+    n: int,
+    *,
+    state: str,
+    created: float = 0,
+    expire: float | None = None,
+    reserved: float = 900,
+    service_account: str = SA,
+) -> Create:
+    return Create(
+        ISSUANCES,
+        _id(n),
+        {
+            "id": _id(n),
+            "kind": "access_token",
+            "state": state,
+            "principal": "ci/alice",
+            "service_account": service_account,
+            "created_at": _at(created),
+            "reserved_until": _at(reserved),
+            "expire_time": None if expire is None else _at(expire),
+        },
+    )
 
 
 def _write(store: SqliteStore, records: list[Create]) -> None:
     for start in range(0, len(records), 400):
-        store.write(records[start:start + 400])
+        store.write(records[start : start + 400])
 
 
 def test_revoke_live_marks_what_may_hold_a_valid_credential(ledger: Ledger, store: SqliteStore) -> None:
@@ -861,23 +981,42 @@ def test_revoke_live_marks_what_may_hold_a_valid_credential(ledger: Ledger, stor
     WHEN its kill switch revokes at T0+100
     THEN the first five are revoked (who, why, when; an issuing one keeps its horizon as expiry), the rest untouched,
     and the answer counts them and gives the latest expiry."""
-    _write(store, [
-        _record(1, state="issuing", created=-10_000, reserved=950), _record(2, state="issuing", reserved=900),
-        _record(3, state="active", expire=600), _record(4, state="unconfirmed", expire=930),
-        _record(5, state="withheld", expire=700),
-        _record(10, state="expired", expire=50), _record(11, state="failed"), _record(12, state="signed"),
-        _record(13, state="active", expire=100), _record(14, state="active", expire=600, service_account=OTHER_SA)])
+    _write(
+        store,
+        [
+            _record(1, state="issuing", created=-10_000, reserved=950),
+            _record(2, state="issuing", reserved=900),
+            _record(3, state="active", expire=600),
+            _record(4, state="unconfirmed", expire=930),
+            _record(5, state="withheld", expire=700),
+            _record(10, state="expired", expire=50),
+            _record(11, state="failed"),
+            _record(12, state="signed"),
+            _record(13, state="active", expire=100),
+            _record(14, state="active", expire=600, service_account=OTHER_SA),
+        ],
+    )
 
     result = ledger.revoke_live(SA, by=BY, reason=WHY, now=_at(100))
 
     revoked = {n: _data(store, _id(n)) for n in (1, 2, 3, 4, 5)}
-    assert {n: (d["state"], d["revoked_by"], d["revoked_reason"], d["revoked_at"], d["expire_time"])
-            for n, d in revoked.items()} == {
-        1: ("revoked", BY, WHY, _at(100), _at(950)), 2: ("revoked", BY, WHY, _at(100), _at(900)),
-        3: ("revoked", BY, WHY, _at(100), _at(600)), 4: ("revoked", BY, WHY, _at(100), _at(930)),
-        5: ("revoked", BY, WHY, _at(100), _at(700))}
+    assert {
+        n: (d["state"], d["revoked_by"], d["revoked_reason"], d["revoked_at"], d["expire_time"])
+        for n, d in revoked.items()
+    } == {
+        1: ("revoked", BY, WHY, _at(100), _at(950)),
+        2: ("revoked", BY, WHY, _at(100), _at(900)),
+        3: ("revoked", BY, WHY, _at(100), _at(600)),
+        4: ("revoked", BY, WHY, _at(100), _at(930)),
+        5: ("revoked", BY, WHY, _at(100), _at(700)),
+    }
     assert [_data(store, _id(n))["state"] for n in (10, 11, 12, 13, 14)] == [
-        "expired", "failed", "signed", "active", "active"]
+        "expired",
+        "failed",
+        "signed",
+        "active",
+        "active",
+    ]
     assert result == L.Revocation(marked=5, within_expiry=5, safe_at=_at(950))
 
 
@@ -910,16 +1049,20 @@ def test_revoke_live_goes_past_one_page_of_each_kind(ledger: Ledger, store: Sqli
     """GIVEN 201 issuing and 201 active records of one account (a page is 200)
     WHEN its kill switch revokes
     THEN all 402 are revoked and counted."""
-    _write(store, [_record(n, state="issuing", created=n / 1000) for n in range(1, 202)]
-           + [_record(n, state="active", expire=600 + n) for n in range(1001, 1202)])
+    _write(
+        store,
+        [_record(n, state="issuing", created=n / 1000) for n in range(1, 202)]
+        + [_record(n, state="active", expire=600 + n) for n in range(1001, 1202)],
+    )
 
     result = ledger.revoke_live(SA, by=BY, reason=WHY, now=_at(100))
 
     assert result == L.Revocation(marked=402, within_expiry=402, safe_at=_at(600 + 1201))
 
 
-def test_a_vend_finishing_during_revocation_is_revoked_with_its_real_expiry(ledger: Ledger, store: SqliteStore,
-                                                                           events: MemoryEvents) -> None:
+def test_a_vend_finishing_during_revocation_is_revoked_with_its_real_expiry(
+    ledger: Ledger, store: SqliteStore, events: MemoryEvents
+) -> None:
     """GIVEN an issuing record (horizon T0+900) whose vend finishes (expiry T0+600) after the kill switch read it
     WHEN the kill switch revokes
     THEN its stale write loses, the next pass revokes the active record, and the expiry kept is T0+600."""
@@ -948,8 +1091,9 @@ class EverChangingStore(RacingStore):
         return docs
 
 
-def test_revoke_live_gives_up_after_its_passes_when_records_keep_changing(store: SqliteStore,
-                                                                         events: MemoryEvents, frozen: Any) -> None:
+def test_revoke_live_gives_up_after_its_passes_when_records_keep_changing(
+    store: SqliteStore, events: MemoryEvents, frozen: Any
+) -> None:
     """GIVEN a live record that changes after every read
     WHEN the kill switch revokes
     THEN it stops after its passes with kill-switch-busy, telling the caller to call again."""
@@ -974,7 +1118,11 @@ def test_mark_revoked_records_who_why_and_when(ledger: Ledger, store: SqliteStor
 
     data = _data(store, _id(1))
     assert (data["state"], data["revoked_by"], data["revoked_reason"], data["revoked_at"]) == (
-        "revoked", BY, WHY, _at(5))
+        "revoked",
+        BY,
+        WHY,
+        _at(5),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -986,7 +1134,7 @@ def _layout(store: SqliteStore, order: str, *, same_instant: bool) -> dict[str, 
     ids: dict[str, str] = {}
     records = []
     for rank, name in enumerate(order.split()):
-        n = 100 - rank                       # ids descend with the order, so ties list in the same order
+        n = 100 - rank  # ids descend with the order, so ties list in the same order
         ids[name] = _id(n)
         expire = 50 if name.startswith("x") else 3600
         records.append(_record(n, state="active", created=0 if same_instant else -rank, expire=expire))
@@ -997,22 +1145,33 @@ def _layout(store: SqliteStore, order: str, *, same_instant: bool) -> dict[str, 
 def _all_pages(ledger: Ledger, page_size: int) -> list[list[str]]:
     pages, token = [], None
     while True:
-        page, token = ledger.list(state="expired", service_account=None, principal=None, since=None,
-                                  page_size=page_size, page_token=token)
+        page, token = ledger.list(
+            state="expired", service_account=None, principal=None, since=None, page_size=page_size, page_token=token
+        )
         pages.append([r["id"] for r in page])
         if token is None or len(pages) > 10:
             return pages
 
 
 @pytest.mark.parametrize("same_instant", [False, True], ids=["distinct-times", "same-instant"])
-@pytest.mark.parametrize(("order", "page_size", "expected"), [
-    ("x1 l1 x2 l2 x3", 1, [["x1"], ["x2"], ["x3"]]),
-    ("l1 l2 x1 l3 x2 x3", 2, [["x1", "x2"], ["x3"]]),
-    ("l1 x1 l2 l3 x2 l4 x3 x4", 2, [["x1", "x2"], ["x3", "x4"]]),
-], ids=["one-per-page", "two-per-page", "two-per-page-sparse"])
-def test_listing_expired_pages_through_live_records_exactly(ledger: Ledger, store: SqliteStore, frozen: Any,
-                                                            order: str, page_size: int,
-                                                            expected: list[list[str]], same_instant: bool) -> None:
+@pytest.mark.parametrize(
+    ("order", "page_size", "expected"),
+    [
+        ("x1 l1 x2 l2 x3", 1, [["x1"], ["x2"], ["x3"]]),
+        ("l1 l2 x1 l3 x2 x3", 2, [["x1", "x2"], ["x3"]]),
+        ("l1 x1 l2 l3 x2 l4 x3 x4", 2, [["x1", "x2"], ["x3", "x4"]]),
+    ],
+    ids=["one-per-page", "two-per-page", "two-per-page-sparse"],
+)
+def test_listing_expired_pages_through_live_records_exactly(
+    ledger: Ledger,
+    store: SqliteStore,
+    frozen: Any,
+    order: str,
+    page_size: int,
+    expected: list[list[str]],
+    same_instant: bool,
+) -> None:
     """GIVEN active records past their expiry (x) interleaved with live ones (l), at distinct times or one instant
     WHEN listed by state expired, page by page
     THEN each page holds the next matches in order, never one twice, and only the last page has no cursor."""

@@ -33,36 +33,65 @@ READ = "https://www.googleapis.com/auth/devstorage.read_only"
 
 
 def _issuer(name: str) -> dict[str, Any]:
-    return {"name": name, "issuer": f"https://{name}.example", "jwks_uri": f"https://{name}.example/jwks",
-            "audience": "https://vending.example"}
+    return {
+        "name": name,
+        "issuer": f"https://{name}.example",
+        "jwks_uri": f"https://{name}.example/jwks",
+        "audience": "https://vending.example",
+    }
 
 
 def _ent(name: str, **over: Any) -> dict[str, Any]:
-    ent: dict[str, Any] = {"name": name, "principals": [{"issuer": "ci", "claims": {"sub": "alice"}}],
-                           "service_account": SA, "scopes": [CLOUD, READ], "max_lifetime": 900}
+    ent: dict[str, Any] = {
+        "name": name,
+        "principals": [{"issuer": "ci", "claims": {"sub": "alice"}}],
+        "service_account": SA,
+        "scopes": [CLOUD, READ],
+        "max_lifetime": 900,
+    }
     ent.update(over)
     return ent
 
 
 def _policy(*entitlements: dict[str, Any], auditors: tuple[str, ...] = ()) -> Policy:
-    return Policy.model_validate({"issuers": [_issuer("ci"), _issuer("gh")], "entitlements": list(entitlements),
-                                  "auditors": list(auditors)})
+    return Policy.model_validate(
+        {"issuers": [_issuer("ci"), _issuer("gh")], "entitlements": list(entitlements), "auditors": list(auditors)}
+    )
 
 
 def _who(identity: str = "alice", issuer: str = "ci", **claims: Any) -> Principal:
     return Principal(issuer=issuer, identity=identity, claims={"sub": identity, **claims})
 
 
-def _ask(*, service_account: str = SA, scopes: tuple[str, ...] | None = None, lifetime_s: int | None = None,
-         delegates: tuple[str, ...] | None = None) -> AccessTokenBody:
-    return AccessTokenBody(service_account=service_account, scopes=scopes, lifetime_s=lifetime_s,
-                           delegates=delegates, reason=None, request_id=None)
+def _ask(
+    *,
+    service_account: str = SA,
+    scopes: tuple[str, ...] | None = None,
+    lifetime_s: int | None = None,
+    delegates: tuple[str, ...] | None = None,
+) -> AccessTokenBody:
+    return AccessTokenBody(
+        service_account=service_account,
+        scopes=scopes,
+        lifetime_s=lifetime_s,
+        delegates=delegates,
+        reason=None,
+        request_id=None,
+    )
 
 
 def _approval(**over: Any) -> ApprovalUse:
-    fields: dict[str, Any] = {"request_id": "req-1", "entitlement": "prod", "requester": "ci/alice",
-                              "not_after": NOW + _dt.timedelta(seconds=300), "scopes": (CLOUD,), "uses": 0,
-                              "max_uses": 2, "break_glass": False, "version": "v1"}
+    fields: dict[str, Any] = {
+        "request_id": "req-1",
+        "entitlement": "prod",
+        "requester": "ci/alice",
+        "not_after": NOW + _dt.timedelta(seconds=300),
+        "scopes": (CLOUD,),
+        "uses": 0,
+        "max_uses": 2,
+        "break_glass": False,
+        "version": "v1",
+    }
     fields.update(over)
     return ApprovalUse(**fields)
 
@@ -73,8 +102,9 @@ def _refusal(call: Callable[[], Any]) -> VendingError:
     return caught.value
 
 
-def _decide(pol: Policy, who: Principal, ask: Any = None, *, kind: Any = access_token,
-            approval: ApprovalUse | None = None) -> Grant:
+def _decide(
+    pol: Policy, who: Principal, ask: Any = None, *, kind: Any = access_token, approval: ApprovalUse | None = None
+) -> Grant:
     return policy.decide(pol, who, kind, ask or _ask(), NOW, approval)
 
 
@@ -86,8 +116,11 @@ def test_a_rule_needs_the_issuer_and_every_claim() -> None:
     """GIVEN a rule of issuer ci on two claims
     WHEN principals differing in the issuer or in one claim are checked
     THEN only the one with the issuer and both claims matches."""
-    rule = _policy(_ent("e", principals=[{"issuer": "ci", "claims": {"sub": "alice", "ref": "main"}}])
-                   ).entitlements[0].principals[0]
+    rule = (
+        _policy(_ent("e", principals=[{"issuer": "ci", "claims": {"sub": "alice", "ref": "main"}}]))
+        .entitlements[0]
+        .principals[0]
+    )
 
     both = policy.rule_matches(rule, _who(ref="main"))
     other_issuer = policy.rule_matches(rule, _who(issuer="gh", ref="main"))
@@ -117,8 +150,9 @@ def test_an_entitlement_with_several_rules_admits_anyone_matching_one() -> None:
     """GIVEN an entitlement with a rule for alice and a rule for bob
     WHEN each of them, and carol, is checked
     THEN alice and bob are principals of it, carol is not."""
-    ent = _policy(_ent("e", principals=[{"issuer": "ci", "claims": {"sub": "alice"}},
-                                        {"issuer": "ci", "claims": {"sub": "bob"}}])).entitlements[0]
+    ent = _policy(
+        _ent("e", principals=[{"issuer": "ci", "claims": {"sub": "alice"}}, {"issuer": "ci", "claims": {"sub": "bob"}}])
+    ).entitlements[0]
 
     results = [policy.is_principal_of(ent, _who(name)) for name in ("alice", "bob", "carol")]
 
@@ -129,8 +163,11 @@ def test_entitlements_for_needs_both_the_account_and_the_principal() -> None:
     """GIVEN entitlements for (alice, SA), (bob, SA) and (alice, OTHER_SA)
     WHEN alice's entitlements for SA are listed
     THEN only the first is."""
-    pol = _policy(_ent("a"), _ent("b", principals=[{"issuer": "ci", "claims": {"sub": "bob"}}]),
-                  _ent("c", service_account=OTHER_SA))
+    pol = _policy(
+        _ent("a"),
+        _ent("b", principals=[{"issuer": "ci", "claims": {"sub": "bob"}}]),
+        _ent("c", service_account=OTHER_SA),
+    )
 
     found = policy.entitlements_for(pol, _who(), SA)
 
@@ -164,8 +201,11 @@ def test_delegates_equal_to_the_chain_are_granted() -> None:
     assert isinstance(grant.delegates, tuple)
 
 
-@pytest.mark.parametrize("asked", [(), (HOP, HOP), ("projects/-/serviceAccounts/x@proj.iam.gserviceaccount.com",)],
-                         ids=["dropped", "doubled", "other"])
+@pytest.mark.parametrize(
+    "asked",
+    [(), (HOP, HOP), ("projects/-/serviceAccounts/x@proj.iam.gserviceaccount.com",)],
+    ids=["dropped", "doubled", "other"],
+)
 def test_delegates_other_than_the_chain_are_refused(asked: tuple[str, ...]) -> None:
     """GIVEN an entitlement with a one-hop chain
     WHEN the ask names another chain
@@ -216,8 +256,10 @@ def test_an_approval_only_match_asks_for_an_approval_and_names_it() -> None:
     exc = _refusal(lambda: policy.candidates(pol, _who(), "access_token", SA, None))
 
     assert exc.reason == "approval-required"
-    assert exc.message == (f"Credentials for {SA} require an approved access request (entitlement 'needs-ok'); "
-                           "create one with POST /v1/requests.")
+    assert exc.message == (
+        f"Credentials for {SA} require an approved access request (entitlement 'needs-ok'); "
+        "create one with POST /v1/requests."
+    )
 
 
 def test_direct_entitlements_are_preferred_over_approval_ones() -> None:
@@ -247,9 +289,11 @@ def test_candidates_keep_the_policy_order_and_drop_other_kinds() -> None:
     """GIVEN three entitlements for alice and SA, the middle one without access tokens
     WHEN access-token candidates are listed
     THEN the other two are, in policy order."""
-    pol = _policy(_ent("first"),
-                  _ent("ids", credentials=["id_token"], scopes=[], id_token={"audiences": ["https://a.example"]}),
-                  _ent("last"))
+    pol = _policy(
+        _ent("first"),
+        _ent("ids", credentials=["id_token"], scopes=[], id_token={"audiences": ["https://a.example"]}),
+        _ent("last"),
+    )
 
     found = policy.candidates(pol, _who(), "access_token", SA, None)
 
@@ -273,19 +317,56 @@ def test_an_approval_considers_only_its_own_entitlement() -> None:
     assert [e.name for e in found] == ["prod"]
 
 
-@pytest.mark.parametrize(("approval", "who", "sa", "reason", "message"), [
-    (_approval(entitlement="gone"), _who(), SA, "entitlement-removed", "The request's entitlement no longer exists."),
-    (_approval(), _who(), OTHER_SA, "service-account-not-allowed",
-     "The access request is for another service account."),
-    (_approval(requester="ci/bob"), _who(), SA, "not-requester", "This access request belongs to another requester."),
-    (_approval(requester="gh/alice"), _who(), SA, "not-requester",
-     "This access request belongs to another requester."),
-    (_approval(requester="gh/alice"), _who(issuer="gh"), SA, "entitlement-not-allowed",
-     "This caller no longer matches entitlement 'prod''s principal rule."),
-], ids=["entitlement-removed", "other-account", "other-requester", "same-name-other-issuer",
-        "principal-rule-no-longer-matches"])
-def test_an_unusable_approval_is_refused_with_its_reason(approval: ApprovalUse, who: Principal, sa: str,
-                                                         reason: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("approval", "who", "sa", "reason", "message"),
+    [
+        (
+            _approval(entitlement="gone"),
+            _who(),
+            SA,
+            "entitlement-removed",
+            "The request's entitlement no longer exists.",
+        ),
+        (
+            _approval(),
+            _who(),
+            OTHER_SA,
+            "service-account-not-allowed",
+            "The access request is for another service account.",
+        ),
+        (
+            _approval(requester="ci/bob"),
+            _who(),
+            SA,
+            "not-requester",
+            "This access request belongs to another requester.",
+        ),
+        (
+            _approval(requester="gh/alice"),
+            _who(),
+            SA,
+            "not-requester",
+            "This access request belongs to another requester.",
+        ),
+        (
+            _approval(requester="gh/alice"),
+            _who(issuer="gh"),
+            SA,
+            "entitlement-not-allowed",
+            "This caller no longer matches entitlement 'prod''s principal rule.",
+        ),
+    ],
+    ids=[
+        "entitlement-removed",
+        "other-account",
+        "other-requester",
+        "same-name-other-issuer",
+        "principal-rule-no-longer-matches",
+    ],
+)
+def test_an_unusable_approval_is_refused_with_its_reason(
+    approval: ApprovalUse, who: Principal, sa: str, reason: str, message: str
+) -> None:
     """GIVEN an approval for entitlement prod (alice on ci, SA)
     WHEN it is used in a way that breaks one of its checks
     THEN the refusal names that check, and tells the caller why in words."""
@@ -458,8 +539,14 @@ def test_decide_uses_the_kind_module_it_is_given() -> None:
     WHEN alice asks for an ID token for it
     THEN the grant is of kind id_token with that kind's bounds."""
     pol = _policy(_ent("ids", credentials=["id_token"], scopes=[], id_token={"audiences": ["https://a.example"]}))
-    ask = id_token.Ask(service_account=SA, audience="https://a.example", include_email=False, delegates=None,
-                       reason=None, request_id=None)
+    ask = id_token.Ask(
+        service_account=SA,
+        audience="https://a.example",
+        include_email=False,
+        delegates=None,
+        reason=None,
+        request_id=None,
+    )
 
     grant = _decide(pol, _who(), ask, kind=id_token)
 
@@ -471,18 +558,28 @@ def test_decide_uses_the_kind_module_it_is_given() -> None:
 # reading records
 
 
-@pytest.mark.parametrize(("who", "owner", "extra", "auditors", "allowed"), [
-    (_who(), "ci/alice", frozenset(), (), True),
-    (_who(), "ci/bob", frozenset(), (), False),
-    (_who(issuer="gh"), "ci/alice", frozenset(), (), False),
-    (_who("eve"), "ci/bob", frozenset(), ("ci/eve",), True),
-    (_who("eve", issuer="gh"), "ci/bob", frozenset(), ("ci/eve",), False),
-    (_who("carol"), "ci/bob", frozenset({"ci/carol"}), (), True),
-    (_who("carol"), "ci/bob", frozenset({"ci/dave"}), (), False),
-], ids=["owner", "other", "owner-name-other-issuer", "auditor", "auditor-name-other-issuer", "listed-reader",
-        "unlisted-reader"])
-def test_can_read(who: Principal, owner: str, extra: frozenset[str], auditors: tuple[str, ...],
-                  allowed: bool) -> None:
+@pytest.mark.parametrize(
+    ("who", "owner", "extra", "auditors", "allowed"),
+    [
+        (_who(), "ci/alice", frozenset(), (), True),
+        (_who(), "ci/bob", frozenset(), (), False),
+        (_who(issuer="gh"), "ci/alice", frozenset(), (), False),
+        (_who("eve"), "ci/bob", frozenset(), ("ci/eve",), True),
+        (_who("eve", issuer="gh"), "ci/bob", frozenset(), ("ci/eve",), False),
+        (_who("carol"), "ci/bob", frozenset({"ci/carol"}), (), True),
+        (_who("carol"), "ci/bob", frozenset({"ci/dave"}), (), False),
+    ],
+    ids=[
+        "owner",
+        "other",
+        "owner-name-other-issuer",
+        "auditor",
+        "auditor-name-other-issuer",
+        "listed-reader",
+        "unlisted-reader",
+    ],
+)
+def test_can_read(who: Principal, owner: str, extra: frozenset[str], auditors: tuple[str, ...], allowed: bool) -> None:
     """GIVEN an owner, the auditors and extra readers (all qualified)
     WHEN ``who`` asks to read
     THEN only the owner, an auditor or a listed reader may, each by qualified identity."""

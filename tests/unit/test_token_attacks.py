@@ -38,8 +38,8 @@ from vending.identity import MAX_TOKEN_CHARS, JwksCache, Verifier
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 NOW = int(T0.timestamp())
-LEEWAY = 30          # Issuer.leeway_seconds default
-MAX_TTL = 86400      # Issuer.max_token_ttl_seconds default
+LEEWAY = 30  # Issuer.leeway_seconds default
+MAX_TTL = 86400  # Issuer.max_token_ttl_seconds default
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def _with_sig(token: str, signature: bytes | str) -> str:
 
 
 def _flip_bit(data: bytes, index: int) -> bytes:
-    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1:]
+    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1 :]
 
 
 def _segments(token: str) -> list[str]:
@@ -116,46 +116,79 @@ ATTACKS: list[Attack] = [
     Attack("alg-none-capitalized", lambda i, e: i.mint(alg="None"), "disallowed-algorithm"),
     Attack("alg-none-uppercase", lambda i, e: i.mint(alg="NONE"), "disallowed-algorithm"),
     Attack("alg-none-mixed-case", lambda i, e: i.mint(alg="nOnE"), "disallowed-algorithm"),
-    Attack("alg-none-with-real-signature",
-           lambda i, e: _with_sig(tamper_header(i.mint(), alg="none"), _sig(i.mint())), "disallowed-algorithm"),
-    Attack("alg-none-only-allowed-rs256", lambda i, e: i.mint(alg="none"), "disallowed-algorithm",
-           config={"algorithms": ("RS256",)}),
+    Attack(
+        "alg-none-with-real-signature",
+        lambda i, e: _with_sig(tamper_header(i.mint(), alg="none"), _sig(i.mint())),
+        "disallowed-algorithm",
+    ),
+    Attack(
+        "alg-none-only-allowed-rs256",
+        lambda i, e: i.mint(alg="none"),
+        "disallowed-algorithm",
+        config={"algorithms": ("RS256",)},
+    ),
     Attack("alg-empty-string", lambda i, e: i.mint(header={"alg": ""}), "malformed-token"),
     Attack("alg-missing", lambda i, e: i.mint(header={"alg": DROP}), "malformed-token"),
     Attack("alg-not-a-string", lambda i, e: i.mint(header={"alg": ["RS256"]}, alg="RS256"), "malformed-token"),
     Attack("hs256-public-key-pem-as-secret", lambda i, e: i.mint(alg="HS256"), "disallowed-algorithm"),
     Attack("hs384-public-key-pem-as-secret", lambda i, e: i.mint(alg="HS384"), "disallowed-algorithm"),
     Attack("hs512-public-key-pem-as-secret", lambda i, e: i.mint(alg="HS512"), "disallowed-algorithm"),
-    Attack("hs256-public-jwk-json-as-secret",
-           lambda i, e: i.mint(alg="HS256", hs_secret=json.dumps(i.rsa.public_jwk()).encode()),
-           "disallowed-algorithm"),
+    Attack(
+        "hs256-public-jwk-json-as-secret",
+        lambda i, e: i.mint(alg="HS256", hs_secret=json.dumps(i.rsa.public_jwk()).encode()),
+        "disallowed-algorithm",
+    ),
     Attack("hs256-ec-public-key-as-secret", lambda i, e: i.mint(key="ec", alg="HS256"), "disallowed-algorithm"),
-    Attack("es256-not-listed-for-issuer", lambda i, e: i.mint(key="ec"), "disallowed-algorithm",
-           config={"algorithms": ("RS256",)}),
+    Attack(
+        "es256-not-listed-for-issuer",
+        lambda i, e: i.mint(key="ec"),
+        "disallowed-algorithm",
+        config={"algorithms": ("RS256",)},
+    ),
     Attack("rs512-not-listed-for-issuer", lambda i, e: i.mint(alg="RS512"), "disallowed-algorithm"),
-    Attack("ps256-with-key-published-for-rs256", lambda i, e: i.mint(alg="PS256"), "disallowed-algorithm",
-           config={"algorithms": ("RS256", "PS256")}),
+    Attack(
+        "ps256-with-key-published-for-rs256",
+        lambda i, e: i.mint(alg="PS256"),
+        "disallowed-algorithm",
+        config={"algorithms": ("RS256", "PS256")},
+    ),
     # --- keys the issuer never published ------------------------------------------------
     Attack("untrusted-key-copies-iss-own-kid", lambda i, e: i.mint(key="attacker"), "unknown-key"),
-    Attack("untrusted-key-copies-iss-and-trusted-kid", lambda i, e: i.mint(key="attacker", kid="rsa-1"),
-           "invalid-signature"),
-    Attack("untrusted-issuer-token-iss-rewritten-before-signing",
-           lambda i, e: e.mint(iss=i.issuer, aud=i.audience), "invalid-signature"),
-    Attack("untrusted-ec-key-with-trusted-kid",
-           lambda i, e: i.mint(key=SigningKey("ec-1", "ES256", ec_key(3))), "invalid-signature"),
+    Attack(
+        "untrusted-key-copies-iss-and-trusted-kid",
+        lambda i, e: i.mint(key="attacker", kid="rsa-1"),
+        "invalid-signature",
+    ),
+    Attack(
+        "untrusted-issuer-token-iss-rewritten-before-signing",
+        lambda i, e: e.mint(iss=i.issuer, aud=i.audience),
+        "invalid-signature",
+    ),
+    Attack(
+        "untrusted-ec-key-with-trusted-kid",
+        lambda i, e: i.mint(key=SigningKey("ec-1", "ES256", ec_key(3))),
+        "invalid-signature",
+    ),
     Attack("unknown-kid", lambda i, e: i.mint(kid="no-such-key"), "unknown-key"),
     Attack("kid-not-a-string", lambda i, e: i.mint(kid=123), "malformed-token"),
     Attack("kid-empty-string", lambda i, e: i.mint(kid=""), "malformed-token"),
     Attack("kid-missing-with-several-keys", lambda i, e: i.mint(kid=None), "unknown-key"),
-    Attack("kid-missing-wrong-key-single-key-jwks", lambda i, e: i.mint(key="attacker", kid=None),
-           "invalid-signature", setup=_only_rsa),
+    Attack(
+        "kid-missing-wrong-key-single-key-jwks",
+        lambda i, e: i.mint(key="attacker", kid=None),
+        "invalid-signature",
+        setup=_only_rsa,
+    ),
     # --- time ------------------------------------------------------------------------------
     Attack("expired-an-hour-ago", lambda i, e: i.mint(iat=NOW - 7200, exp=NOW - 3600), "token-expired"),
     Attack("exp-exactly-at-leeway-boundary", lambda i, e: i.mint(iat=NOW - 600, exp=NOW - LEEWAY), "token-expired"),
-    Attack("exp-just-past-leeway-boundary", lambda i, e: i.mint(iat=NOW - 600, exp=NOW - LEEWAY - 1),
-           "token-expired"),
-    Attack("exp-past-zero-leeway", lambda i, e: i.mint(iat=NOW - 600, exp=NOW), "token-expired",
-           config={"leeway_seconds": 0}),
+    Attack("exp-just-past-leeway-boundary", lambda i, e: i.mint(iat=NOW - 600, exp=NOW - LEEWAY - 1), "token-expired"),
+    Attack(
+        "exp-past-zero-leeway",
+        lambda i, e: i.mint(iat=NOW - 600, exp=NOW),
+        "token-expired",
+        config={"leeway_seconds": 0},
+    ),
     Attack("nbf-in-the-future", lambda i, e: i.mint(nbf=NOW + LEEWAY + 1), "token-not-yet-valid"),
     Attack("iat-in-the-future", lambda i, e: i.mint(iat=NOW + LEEWAY + 1, exp=NOW + 600), "issued-in-future"),
     Attack("missing-exp", lambda i, e: i.mint(drop=["exp"]), "missing-claim"),
@@ -164,21 +197,31 @@ ATTACKS: list[Attack] = [
     Attack("exp-boolean-true", lambda i, e: i.mint(exp=True), "invalid-claim"),
     Attack("exp-null", lambda i, e: i.mint(exp=None), "invalid-claim"),
     Attack("exp-far-beyond-year-9999", lambda i, e: i.mint(exp=10**20), "invalid-claim"),
-    Attack("exp-nan-literal", lambda i, e: i.mint(raw_payload=json.dumps(i.claims()).replace(
-        f'"exp": {NOW + 600}', '"exp": NaN')), "malformed-token"),
+    Attack(
+        "exp-nan-literal",
+        lambda i, e: i.mint(raw_payload=json.dumps(i.claims()).replace(f'"exp": {NOW + 600}', '"exp": NaN')),
+        "malformed-token",
+    ),
     Attack("nbf-not-numeric", lambda i, e: i.mint(nbf="now"), "invalid-claim"),
-    Attack("lifetime-above-issuer-maximum", lambda i, e: i.mint(iat=NOW, exp=NOW + MAX_TTL + 1),
-           "token-lifetime-too-long"),
-    Attack("lifetime-above-tight-maximum", lambda i, e: i.mint(iat=NOW, exp=NOW + 301), "token-lifetime-too-long",
-           config={"max_token_ttl_seconds": 300}),
+    Attack(
+        "lifetime-above-issuer-maximum", lambda i, e: i.mint(iat=NOW, exp=NOW + MAX_TTL + 1), "token-lifetime-too-long"
+    ),
+    Attack(
+        "lifetime-above-tight-maximum",
+        lambda i, e: i.mint(iat=NOW, exp=NOW + 301),
+        "token-lifetime-too-long",
+        config={"max_token_ttl_seconds": 300},
+    ),
     Attack("exp-before-iat", lambda i, e: i.mint(iat=NOW, exp=NOW - 1), "invalid-claim"),
     # --- audience --------------------------------------------------------------------------
     Attack("wrong-audience", lambda i, e: i.mint(aud="https://other-service.example"), "wrong-audience"),
     Attack("missing-audience", lambda i, e: i.mint(drop=["aud"]), "missing-claim"),
-    Attack("audience-list-with-extra", lambda i, e: i.mint(aud=[i.audience, "https://other.example"]),
-           "wrong-audience"),
-    Attack("audience-list-extra-first", lambda i, e: i.mint(aud=["https://other.example", i.audience]),
-           "wrong-audience"),
+    Attack(
+        "audience-list-with-extra", lambda i, e: i.mint(aud=[i.audience, "https://other.example"]), "wrong-audience"
+    ),
+    Attack(
+        "audience-list-extra-first", lambda i, e: i.mint(aud=["https://other.example", i.audience]), "wrong-audience"
+    ),
     Attack("audience-empty-list", lambda i, e: i.mint(aud=[]), "wrong-audience"),
     Attack("audience-listed-twice", lambda i, e: i.mint(aud=[i.audience, i.audience]), "wrong-audience"),
     Attack("audience-prefix-extended", lambda i, e: i.mint(aud=i.audience + "/extra"), "wrong-audience"),
@@ -191,43 +234,63 @@ ATTACKS: list[Attack] = [
     Attack("issuer-trailing-space", lambda i, e: i.mint(iss=i.issuer + " "), "untrusted-issuer"),
     Attack("issuer-leading-space", lambda i, e: i.mint(iss=" " + i.issuer), "untrusted-issuer"),
     Attack("issuer-case-changed", lambda i, e: i.mint(iss=i.issuer.upper()), "untrusted-issuer"),
-    Attack("issuer-http-scheme", lambda i, e: i.mint(iss=i.issuer.replace("https://", "http://")),
-           "untrusted-issuer"),
+    Attack("issuer-http-scheme", lambda i, e: i.mint(iss=i.issuer.replace("https://", "http://")), "untrusted-issuer"),
     Attack("issuer-missing", lambda i, e: i.mint(drop=["iss"]), "missing-claim"),
     Attack("issuer-as-list", lambda i, e: i.mint(iss=[i.issuer]), "untrusted-issuer"),
     Attack("attacker-issuer-self-signed", lambda i, e: e.mint(), "untrusted-issuer"),
     # --- header tampering after signing --------------------------------------------------
-    Attack("header-kid-swapped-to-other-rsa-key", lambda i, e: tamper_header(i.mint(), kid="rsa-2"),
-           "invalid-signature", setup=_publish_second_rsa),
-    Attack("header-kid-swapped-to-ec-key", lambda i, e: tamper_header(i.mint(), kid="ec-1"),
-           "disallowed-algorithm"),
-    Attack("header-alg-swapped-rs256-to-es256", lambda i, e: tamper_header(i.mint(), alg="ES256"),
-           "disallowed-algorithm"),
-    Attack("header-alg-swapped-es256-to-rs256", lambda i, e: tamper_header(i.mint(key="ec"), alg="RS256"),
-           "disallowed-algorithm"),
-    Attack("header-alg-swapped-rs256-to-hs256", lambda i, e: tamper_header(i.mint(), alg="HS256"),
-           "disallowed-algorithm"),
-    Attack("header-typ-changed-after-signing", lambda i, e: tamper_header(i.mint(), typ="at+jwt"),
-           "invalid-signature"),
-    Attack("header-crit-unknown-extension",
-           lambda i, e: i.mint(header={"crit": ["exp-ext"], "exp-ext": 1}), "unsupported-header"),
-    Attack("header-b64-false-detached", lambda i, e: i.mint(header={"b64": False, "crit": ["b64"]}),
-           "unsupported-header"),
+    Attack(
+        "header-kid-swapped-to-other-rsa-key",
+        lambda i, e: tamper_header(i.mint(), kid="rsa-2"),
+        "invalid-signature",
+        setup=_publish_second_rsa,
+    ),
+    Attack("header-kid-swapped-to-ec-key", lambda i, e: tamper_header(i.mint(), kid="ec-1"), "disallowed-algorithm"),
+    Attack(
+        "header-alg-swapped-rs256-to-es256", lambda i, e: tamper_header(i.mint(), alg="ES256"), "disallowed-algorithm"
+    ),
+    Attack(
+        "header-alg-swapped-es256-to-rs256",
+        lambda i, e: tamper_header(i.mint(key="ec"), alg="RS256"),
+        "disallowed-algorithm",
+    ),
+    Attack(
+        "header-alg-swapped-rs256-to-hs256", lambda i, e: tamper_header(i.mint(), alg="HS256"), "disallowed-algorithm"
+    ),
+    Attack("header-typ-changed-after-signing", lambda i, e: tamper_header(i.mint(), typ="at+jwt"), "invalid-signature"),
+    Attack(
+        "header-crit-unknown-extension",
+        lambda i, e: i.mint(header={"crit": ["exp-ext"], "exp-ext": 1}),
+        "unsupported-header",
+    ),
+    Attack(
+        "header-b64-false-detached", lambda i, e: i.mint(header={"b64": False, "crit": ["b64"]}), "unsupported-header"
+    ),
     # --- payload tampering and signature games ---------------------------------------------
-    Attack("payload-sub-flipped-after-signing", lambda i, e: tamper_payload(i.mint(), sub="admin"),
-           "invalid-signature"),
-    Attack("payload-exp-extended-after-signing", lambda i, e: tamper_payload(i.mint(), exp=NOW + 3000),
-           "invalid-signature"),
-    Attack("payload-aud-rewritten-after-signing",
-           lambda i, e: tamper_payload(i.mint(aud="https://other.example"), aud=i.audience), "invalid-signature"),
+    Attack(
+        "payload-sub-flipped-after-signing", lambda i, e: tamper_payload(i.mint(), sub="admin"), "invalid-signature"
+    ),
+    Attack(
+        "payload-exp-extended-after-signing", lambda i, e: tamper_payload(i.mint(), exp=NOW + 3000), "invalid-signature"
+    ),
+    Attack(
+        "payload-aud-rewritten-after-signing",
+        lambda i, e: tamper_payload(i.mint(aud="https://other.example"), aud=i.audience),
+        "invalid-signature",
+    ),
     Attack("signature-stripped", lambda i, e: _with_sig(i.mint(), ""), "invalid-signature"),
-    Attack("signature-from-another-token", lambda i, e: _with_sig(i.mint(sub="admin"), _sig(i.mint())),
-           "invalid-signature"),
-    Attack("signature-bit-flipped", lambda i, e: _with_sig(i.mint(), _flip_bit(_sig(i.mint()), 100)),
-           "invalid-signature"),
+    Attack(
+        "signature-from-another-token", lambda i, e: _with_sig(i.mint(sub="admin"), _sig(i.mint())), "invalid-signature"
+    ),
+    Attack(
+        "signature-bit-flipped", lambda i, e: _with_sig(i.mint(), _flip_bit(_sig(i.mint()), 100)), "invalid-signature"
+    ),
     Attack("signature-truncated", lambda i, e: _with_sig(i.mint(), _sig(i.mint())[:-3]), "invalid-signature"),
-    Attack("es256-signature-der-encoded-garbage", lambda i, e: _with_sig(i.mint(key="ec"), b"\x30\x06" + b"\x00" * 6),
-           "invalid-signature"),
+    Attack(
+        "es256-signature-der-encoded-garbage",
+        lambda i, e: _with_sig(i.mint(key="ec"), b"\x30\x06" + b"\x00" * 6),
+        "invalid-signature",
+    ),
     # --- structure -------------------------------------------------------------------------
     Attack("empty-token", lambda i, e: "", "missing-token"),
     Attack("whitespace-token", lambda i, e: " ", "malformed-token"),
@@ -238,57 +301,88 @@ ATTACKS: list[Attack] = [
     Attack("one-mib-token", lambda i, e: "a" * (1024 * 1024), "token-too-large"),
     Attack("one-mib-padded-valid-token", lambda i, e: i.mint(pad="x" * (1024 * 1024)), "token-too-large"),
     Attack("just-over-size-limit", lambda i, e: "a" * (MAX_TOKEN_CHARS + 1), "token-too-large"),
-    Attack("bytes-instead-of-str-non-utf8", lambda i, e: cast(str, b"\xff\xfe" + i.mint().encode()),
-           "malformed-token"),
-    Attack("header-bytes-not-utf8", lambda i, e: i.mint(raw_header=b'{"alg":"RS256","kid":"rsa-1","x":"\xff"}'),
-           "malformed-token"),
+    Attack("bytes-instead-of-str-non-utf8", lambda i, e: cast(str, b"\xff\xfe" + i.mint().encode()), "malformed-token"),
+    Attack(
+        "header-bytes-not-utf8",
+        lambda i, e: i.mint(raw_header=b'{"alg":"RS256","kid":"rsa-1","x":"\xff"}'),
+        "malformed-token",
+    ),
     Attack("payload-bytes-not-utf8", lambda i, e: i.mint(raw_payload=b'{"sub":"\xc3\x28"}'), "malformed-token"),
-    Attack("payload-utf16-encoded-json",
-           lambda i, e: i.mint(raw_payload=json.dumps(i.claims()).encode("utf-16")), "malformed-token"),
+    Attack(
+        "payload-utf16-encoded-json",
+        lambda i, e: i.mint(raw_payload=json.dumps(i.claims()).encode("utf-16")),
+        "malformed-token",
+    ),
     Attack("non-ascii-in-segment", lambda i, e: (t := i.mint())[:10] + "é" + t[11:], "malformed-token"),
     Attack("fullwidth-dot-separator", lambda i, e: i.mint().replace(".", "\uff0e", 1), "malformed-token"),
     Attack("invalid-base64-characters", lambda i, e: "!!!!" + i.mint()[4:], "malformed-token"),
-    Attack("standard-base64-alphabet", lambda i, e: _with_sig(i.mint(), "+/+/" + i.mint().rsplit(".", 1)[1][4:]),
-           "malformed-token"),
+    Attack(
+        "standard-base64-alphabet",
+        lambda i, e: _with_sig(i.mint(), "+/+/" + i.mint().rsplit(".", 1)[1][4:]),
+        "malformed-token",
+    ),
     Attack("base64-padding-appended", lambda i, e: i.mint() + "==", "malformed-token"),
-    Attack("base64-impossible-length", lambda i, e: _join(*(s := _segments(i.mint()))[:2], s[2] + "A" * ((1 - len(s[2])) % 4)),
-           "malformed-token"),
+    Attack(
+        "base64-impossible-length",
+        lambda i, e: _join(*(s := _segments(i.mint()))[:2], s[2] + "A" * ((1 - len(s[2])) % 4)),
+        "malformed-token",
+    ),
     Attack("header-not-json", lambda i, e: i.mint(raw_header=b"not json"), "malformed-token"),
     Attack("header-json-array", lambda i, e: i.mint(raw_header=b'["RS256", "rsa-1"]'), "malformed-token"),
     Attack("header-json-string", lambda i, e: i.mint(raw_header=b'"RS256"'), "malformed-token"),
     Attack("payload-not-json", lambda i, e: i.mint(raw_payload=b"{sub: admin}"), "malformed-token"),
     Attack("payload-json-array", lambda i, e: i.mint(raw_payload=json.dumps([i.claims()])), "malformed-token"),
     Attack("payload-json-null", lambda i, e: i.mint(raw_payload=b"null"), "malformed-token"),
-    Attack("payload-deeply-nested", lambda i, e: i.mint(raw_payload=b'{"x":' + b"[" * 5000 + b"]" * 5000 + b"}"),
-           "malformed-token"),
-    Attack("payload-huge-integer", lambda i, e: i.mint(raw_payload=b'{"exp":' + b"9" * 5000 + b"}"),
-           "malformed-token"),
+    Attack(
+        "payload-deeply-nested",
+        lambda i, e: i.mint(raw_payload=b'{"x":' + b"[" * 5000 + b"]" * 5000 + b"}"),
+        "malformed-token",
+    ),
+    Attack("payload-huge-integer", lambda i, e: i.mint(raw_payload=b'{"exp":' + b"9" * 5000 + b"}"), "malformed-token"),
     # --- duplicate keys ----------------------------------------------------------------------
     Attack("duplicate-sub-claim", lambda i, e: i.mint(duplicate={"sub": "admin"}), "duplicate-claim"),
     Attack("duplicate-iss-claim", lambda i, e: i.mint(duplicate={"iss": "https://evil.example"}), "duplicate-claim"),
     Attack("duplicate-exp-claim", lambda i, e: i.mint(duplicate={"exp": NOW + 10**6}), "duplicate-claim"),
-    Attack("duplicate-aud-claim", lambda i, e: i.mint(duplicate={"aud": "https://other.example"}),
-           "duplicate-claim"),
-    Attack("duplicate-key-nested-claim", lambda i, e: i.mint(raw_payload=json.dumps(i.claims())[:-1].encode()
-                                                             + b', "ctx": {"a": 1, "a": 2}}'), "duplicate-claim"),
+    Attack("duplicate-aud-claim", lambda i, e: i.mint(duplicate={"aud": "https://other.example"}), "duplicate-claim"),
+    Attack(
+        "duplicate-key-nested-claim",
+        lambda i, e: i.mint(raw_payload=json.dumps(i.claims())[:-1].encode() + b', "ctx": {"a": 1, "a": 2}}'),
+        "duplicate-claim",
+    ),
     Attack("duplicate-alg-in-header", lambda i, e: i.mint(header_duplicate={"alg": "none"}), "duplicate-header"),
     Attack("duplicate-kid-in-header", lambda i, e: i.mint(header_duplicate={"kid": "ec-1"}), "duplicate-header"),
     # --- keys named by the token -------------------------------------------------------------
-    Attack("jku-to-attacker-jwks-trusted-kid",
-           lambda i, e: e.mint(iss=i.issuer, aud=i.audience, header={"jku": e.jwks_uri}), "invalid-signature"),
-    Attack("jku-to-attacker-jwks-new-kid",
-           lambda i, e: e.mint(key="attacker", iss=i.issuer, aud=i.audience, header={"jku": e.jwks_uri}),
-           "unknown-key"),
-    Attack("x5u-to-attacker", lambda i, e: e.mint(iss=i.issuer, aud=i.audience, header={"x5u": e.jwks_uri}),
-           "invalid-signature"),
-    Attack("embedded-jwk-attacker-key-trusted-kid",
-           lambda i, e: i.mint(key="attacker", kid="rsa-1", header={"jwk": i.attacker.public_jwk()}),
-           "invalid-signature"),
-    Attack("embedded-jwk-attacker-key-own-kid",
-           lambda i, e: i.mint(key="attacker", header={"jwk": i.attacker.public_jwk()}), "unknown-key"),
-    Attack("embedded-jwk-no-kid-single-key-jwks",
-           lambda i, e: i.mint(key="attacker", kid=None, header={"jwk": i.attacker.public_jwk()}),
-           "invalid-signature", setup=_only_rsa),
+    Attack(
+        "jku-to-attacker-jwks-trusted-kid",
+        lambda i, e: e.mint(iss=i.issuer, aud=i.audience, header={"jku": e.jwks_uri}),
+        "invalid-signature",
+    ),
+    Attack(
+        "jku-to-attacker-jwks-new-kid",
+        lambda i, e: e.mint(key="attacker", iss=i.issuer, aud=i.audience, header={"jku": e.jwks_uri}),
+        "unknown-key",
+    ),
+    Attack(
+        "x5u-to-attacker",
+        lambda i, e: e.mint(iss=i.issuer, aud=i.audience, header={"x5u": e.jwks_uri}),
+        "invalid-signature",
+    ),
+    Attack(
+        "embedded-jwk-attacker-key-trusted-kid",
+        lambda i, e: i.mint(key="attacker", kid="rsa-1", header={"jwk": i.attacker.public_jwk()}),
+        "invalid-signature",
+    ),
+    Attack(
+        "embedded-jwk-attacker-key-own-kid",
+        lambda i, e: i.mint(key="attacker", header={"jwk": i.attacker.public_jwk()}),
+        "unknown-key",
+    ),
+    Attack(
+        "embedded-jwk-no-kid-single-key-jwks",
+        lambda i, e: i.mint(key="attacker", kid=None, header={"jwk": i.attacker.public_jwk()}),
+        "invalid-signature",
+        setup=_only_rsa,
+    ),
     # --- identity claims -----------------------------------------------------------------------
     Attack("missing-sub", lambda i, e: i.mint(drop=["sub"]), "missing-claim"),
     Attack("sub-newline-injection", lambda i, e: i.mint(sub="alice\nadmin=true"), "invalid-claim"),
@@ -300,10 +394,18 @@ ATTACKS: list[Attack] = [
     Attack("sub-empty", lambda i, e: i.mint(sub=""), "invalid-claim"),
     Attack("sub-not-a-string", lambda i, e: i.mint(sub=12345), "invalid-claim"),
     Attack("identity-claim-missing", lambda i, e: i.mint(), "missing-claim", config={"identity_claim": "email"}),
-    Attack("identity-claim-newline", lambda i, e: i.mint(email="a@example.com\nb@example.com"), "invalid-claim",
-           config={"identity_claim": "email"}),
-    Attack("identity-claim-not-a-string", lambda i, e: i.mint(email=["a@example.com"]), "invalid-claim",
-           config={"identity_claim": "email"}),
+    Attack(
+        "identity-claim-newline",
+        lambda i, e: i.mint(email="a@example.com\nb@example.com"),
+        "invalid-claim",
+        config={"identity_claim": "email"},
+    ),
+    Attack(
+        "identity-claim-not-a-string",
+        lambda i, e: i.mint(email=["a@example.com"]),
+        "invalid-claim",
+        config={"identity_claim": "email"},
+    ),
     Attack("jti-empty", lambda i, e: i.mint(jti=""), "invalid-claim"),
     Attack("jti-not-a-string", lambda i, e: i.mint(jti=7), "invalid-claim"),
 ]
@@ -389,8 +491,9 @@ AUTH_CASES: list[tuple[str, Callable[[str], str | None], str]] = [
 
 
 @pytest.mark.parametrize(("name", "make", "reason"), AUTH_CASES, ids=[c[0] for c in AUTH_CASES])
-def test_authorization_header_is_rejected(name: str, make: Callable[[str], str | None], reason: str,
-                                          idp: TestIssuer) -> None:
+def test_authorization_header_is_rejected(
+    name: str, make: Callable[[str], str | None], reason: str, idp: TestIssuer
+) -> None:
     # GIVEN a valid token inside a malformed Authorization header
     verifier = Verifier([idp.issuer_config()], jwks=JwksCache(timeout_s=2))
     header = make(idp.mint())
@@ -512,7 +615,7 @@ def test_any_single_character_change_is_rejected(idp: TestIssuer, position: int,
     position %= len(token)
     if token[position] == replacement:
         return
-    mutated = token[:position] + replacement + token[position + 1:]
+    mutated = token[:position] + replacement + token[position + 1 :]
     verifier = Verifier([idp.issuer_config()], jwks=JwksCache(timeout_s=2))
 
     # WHEN / THEN it never verifies, and only AuthenticationError comes out

@@ -43,8 +43,9 @@ class Api:
         self.url = args.url.rstrip("/")
         self.caller = Caller(args, self.url)
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             params: dict[str, str] | None = None) -> dict[str, Any]:
+    def call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self.caller.token()}"}
         resp = send(method, f"{self.url}{path}", json=body, params=params, headers=headers)
         if not 200 <= resp.status_code < 300:
@@ -60,8 +61,13 @@ class Api:
 
 # -- commands ------------------------------------------------------------------------------
 def _vend_body(args: argparse.Namespace, **fields: Any) -> dict[str, Any]:
-    body = {"service_account": args.service_account, "delegates": args.delegate or None, "reason": args.reason,
-            "request_id": args.access_request, **fields}
+    body = {
+        "service_account": args.service_account,
+        "delegates": args.delegate or None,
+        "reason": args.reason,
+        "request_id": args.access_request,
+        **fields,
+    }
     return {k: v for k, v in body.items() if v is not None}
 
 
@@ -135,15 +141,27 @@ def _describe(req: dict[str, Any]) -> str:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    body = {"entitlement": args.entitlement, "service_account": args.service_account, "kill_switch": args.kill_switch,
-            "justification": args.justification, "duration": as_seconds(args.duration), "scopes": args.scope or None}
+    body = {
+        "entitlement": args.entitlement,
+        "service_account": args.service_account,
+        "kill_switch": args.kill_switch,
+        "justification": args.justification,
+        "duration": as_seconds(args.duration),
+        "scopes": args.scope or None,
+    }
     req = Api(args).call("POST", "/v1/requests", {k: v for k, v in body.items() if v is not None})
     if args.format == "json":
         print(json.dumps(req, indent=2))
     else:
         print(req.get("id"))
-        note(_describe(req) + (f"; follow it with: vending status {req.get('id')} --wait"
-                                if req.get("state") == "APPROVAL_AWAITED" else ""))
+        note(
+            _describe(req)
+            + (
+                f"; follow it with: vending status {req.get('id')} --wait"
+                if req.get("state") == "APPROVAL_AWAITED"
+                else ""
+            )
+        )
     return 0
 
 
@@ -178,8 +196,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         if req and req.get("state") != "APPROVAL_AWAITED":
             break
         count = len(req.get("approvals") or [])
-        line = (f"waiting for approval: {count}/{req.get('quorum', '?')} approvals, "
-                f"{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d} elapsed")
+        line = (
+            f"waiting for approval: {count}/{req.get('quorum', '?')} approvals, "
+            f"{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d} elapsed"
+        )
         if tty:
             sys.stderr.write("\r\033[K" + line)
             sys.stderr.flush()
@@ -209,8 +229,13 @@ def _live_until(issuance: dict[str, Any]) -> str | None:
 
 def cmd_issuances(args: argparse.Namespace) -> int:
     api = Api(args)
-    params = {"state": "active" if args.active else args.state, "service_account": args.service_account,
-              "principal": args.principal, "since": args.since, "page_size": str(args.page_size)}
+    params = {
+        "state": "active" if args.active else args.state,
+        "service_account": args.service_account,
+        "principal": args.principal,
+        "since": args.since,
+        "page_size": str(args.page_size),
+    }
     params = {k: v for k, v in params.items() if v}
     rows: list[dict[str, Any]] = []
     while True:
@@ -223,15 +248,22 @@ def cmd_issuances(args: argparse.Namespace) -> int:
         print(json.dumps({"issuances": rows}, indent=2))
         return 0
     header = ("ID", "KIND", "STATE", "SERVICE ACCOUNT", "PRINCIPAL", "EXPIRES")
-    table = [header] + [(str(r.get("id")), str(r.get("kind")), str(r.get("state")) + ("!" if r.get("break_glass")
-                         else ""), str(r.get("service_account")), str(r.get("principal")),
-                         human_time(_live_until(r))) for r in rows]
+    table = [header] + [
+        (
+            str(r.get("id")),
+            str(r.get("kind")),
+            str(r.get("state")) + ("!" if r.get("break_glass") else ""),
+            str(r.get("service_account")),
+            str(r.get("principal")),
+            human_time(_live_until(r)),
+        )
+        for r in rows
+    ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     note(f"{len(rows)} issuance(s)" + (" (! = break-glass)" if any(r.get("break_glass") for r in rows) else ""))
     return 0
-
 
 
 # -- access requests: the inbox, decisions, who am I ---------------------------------------
@@ -249,8 +281,12 @@ def _last_comment(req: dict[str, Any]) -> str:
 
 def cmd_requests(args: argparse.Namespace) -> int:
     role = args.role or ("approver" if args.pending else "requester")
-    params = {"role": role, "state": "APPROVAL_AWAITED" if args.pending else args.state,
-              "entitlement": args.entitlement, "page_size": str(min(args.limit, 500))}
+    params = {
+        "role": role,
+        "state": "APPROVAL_AWAITED" if args.pending else args.state,
+        "entitlement": args.entitlement,
+        "page_size": str(min(args.limit, 500)),
+    }
     params = {k: v for k, v in params.items() if v}
     api = Api(args)
     rows: list[dict[str, Any]] = []
@@ -260,17 +296,29 @@ def cmd_requests(args: argparse.Namespace) -> int:
         if not page.get("next_page_token"):
             break
         params["page_token"] = str(page["next_page_token"])
-    rows = rows[:args.limit]
+    rows = rows[: args.limit]
     if args.format == "json":
         print(json.dumps({"requests": rows}, indent=2))
         return 0
-    _table(("ID", "STATE", "ENTITLEMENT", "REQUESTER", "APPROVALS", "FILED", "JUSTIFICATION"),
-           [(str(r.get("id")), str(r.get("state")) + ("!" if r.get("break_glass") else ""), str(r.get("entitlement")),
-             str(r.get("requester")), f"{len(r.get('approvals') or [])}/{r.get('quorum')}",
-             human_time(r.get("created_at")), " ".join(str(r.get("justification") or "-").split())[:60]
-             + (f"  [{_last_comment(r)}]" if _last_comment(r) else "")) for r in rows])
-    note(f"{len(rows)} request(s) as {role}" + (" (! = break-glass)" if any(r.get("break_glass") for r in rows)
-                                                else ""))
+    _table(
+        ("ID", "STATE", "ENTITLEMENT", "REQUESTER", "APPROVALS", "FILED", "JUSTIFICATION"),
+        [
+            (
+                str(r.get("id")),
+                str(r.get("state")) + ("!" if r.get("break_glass") else ""),
+                str(r.get("entitlement")),
+                str(r.get("requester")),
+                f"{len(r.get('approvals') or [])}/{r.get('quorum')}",
+                human_time(r.get("created_at")),
+                " ".join(str(r.get("justification") or "-").split())[:60]
+                + (f"  [{_last_comment(r)}]" if _last_comment(r) else ""),
+            )
+            for r in rows
+        ],
+    )
+    note(
+        f"{len(rows)} request(s) as {role}" + (" (! = break-glass)" if any(r.get("break_glass") for r in rows) else "")
+    )
     return 0
 
 
@@ -289,15 +337,20 @@ def cmd_whoami(args: argparse.Namespace) -> int:
         print(json.dumps(me, indent=2))
         return 0
     print(me.get("identity"))
-    roles = (["auditor"] if me.get("auditor") else []) + [f"approver of {', '.join(me['approver_of'])}"] * bool(
-        me.get("approver_of")) + (["kill switch operator"] if me.get("kill_switch_operator") else []) + (
-        ["kill switch approver"] if me.get("kill_switch_approver") else [])
+    roles = (
+        (["auditor"] if me.get("auditor") else [])
+        + [f"approver of {', '.join(me['approver_of'])}"] * bool(me.get("approver_of"))
+        + (["kill switch operator"] if me.get("kill_switch_operator") else [])
+        + (["kill switch approver"] if me.get("kill_switch_approver") else [])
+    )
     print(f"roles: {'; '.join(roles) or 'none'}")
     if me.get("may_request"):
         print(f"may request: {', '.join(me['may_request'])}")
     for bg in me.get("break_glass_active") or []:
-        print(f"BREAK-GLASS ACTIVE: {bg.get('requester')} holds {bg.get('entitlement')} until "
-              f"{human_time(bg.get('window_end'))}")
+        print(
+            f"BREAK-GLASS ACTIVE: {bg.get('requester')} holds {bg.get('entitlement')} until "
+            f"{human_time(bg.get('window_end'))}"
+        )
     return 0
 
 
@@ -308,15 +361,18 @@ def describe_kill_switch(ks: dict[str, Any]) -> str:
     if state == "NOT_ENGAGED":
         text = f"{sa}: kill switch NOT_ENGAGED (vends allowed)"
     else:
-        text = (f"{sa}: kill switch {state} by {ks.get('engaged_by')} at {human_time(ks.get('requested_at'))} "
-                f"({ks.get('justification')!r})")
+        text = (
+            f"{sa}: kill switch {state} by {ks.get('engaged_by')} at {human_time(ks.get('requested_at'))} "
+            f"({ks.get('justification')!r})"
+        )
         if state == "RELEASED":
             text += f"; released by {ks.get('released_by')} at {human_time(ks.get('released_at'))}"
             if ks.get("released_early"):
                 text += " EARLY: credentials issued before the kill that had not expired are valid again"
         elif ks.get("revoked_at"):
-            text += (f"; {ks.get('revoked')} credential(s) revoked; safe to release "
-                     + ("now" if ks.get("safe_now") else f"at {human_time(ks.get('safe_at'))}"))
+            text += f"; {ks.get('revoked')} credential(s) revoked; safe to release " + (
+                "now" if ks.get("safe_now") else f"at {human_time(ks.get('safe_at'))}"
+            )
         if ks.get("failure"):
             text += f"; last IAM failure: {ks.get('failure')}"
     if ks.get("iam_disabled") is not None:

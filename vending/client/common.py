@@ -19,9 +19,17 @@ EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_RATE_LIMITED, EXIT_UNAVAILABLE, EXIT_NETWORK
 EXIT_NO_IDENTITY = 11
 STATE_EXIT = {"ACTIVE": 0, "DENIED": 20, "REVOKED": 21, "WITHDRAWN": 22, "EXPIRED": 23, "ENDED": 24}
 EXIT_WAIT_TIMEOUT = 25
-EXIT_NOT_SAFE = 26          # kill-switch release refused: credentials issued before the kill still live
-HTTP_EXIT = {400: EXIT_BAD_REQUEST, 401: EXIT_AUTH, 403: EXIT_DENIED, 404: EXIT_NOT_FOUND,
-             405: EXIT_BAD_REQUEST, 409: EXIT_CONFLICT, 413: EXIT_BAD_REQUEST, 429: EXIT_RATE_LIMITED}
+EXIT_NOT_SAFE = 26  # kill-switch release refused: credentials issued before the kill still live
+HTTP_EXIT = {
+    400: EXIT_BAD_REQUEST,
+    401: EXIT_AUTH,
+    403: EXIT_DENIED,
+    404: EXIT_NOT_FOUND,
+    405: EXIT_BAD_REQUEST,
+    409: EXIT_CONFLICT,
+    413: EXIT_BAD_REQUEST,
+    429: EXIT_RATE_LIMITED,
+}
 
 EPILOG = """\
 exit codes:
@@ -97,8 +105,9 @@ def send(method: str, url: str, **kw: Any) -> requests.Response:
     try:
         return requests.request(method, url, **kw)
     except requests.RequestException as exc:
-        raise ClientError(f"network error: cannot reach {url.split('?')[0]} ({type(exc).__name__})",
-                          EXIT_NETWORK) from None
+        raise ClientError(
+            f"network error: cannot reach {url.split('?')[0]} ({type(exc).__name__})", EXIT_NETWORK
+        ) from None
 
 
 def as_seconds(value: str | None) -> str | None:

@@ -53,13 +53,19 @@ def _from_github(audience: str) -> str | None:
         return None
     sep = "&" if "?" in url else "?"
     try:
-        resp = requests.get(f"{url}{sep}audience={quote(audience, safe='')}", timeout=(5, 15),
-                            headers={"Authorization": f"bearer {bearer}", "User-Agent": USER_AGENT})
+        resp = requests.get(
+            f"{url}{sep}audience={quote(audience, safe='')}",
+            timeout=(5, 15),
+            headers={"Authorization": f"bearer {bearer}", "User-Agent": USER_AGENT},
+        )
         resp.raise_for_status()
         token = _jwt_or_none(resp.json().get("value"))
     except (requests.RequestException, ValueError, AttributeError) as exc:
-        raise ClientError(f"GitHub Actions OIDC token request failed ({type(exc).__name__}); "
-                          "does the job have `permissions: id-token: write`?", EXIT_NO_IDENTITY) from None
+        raise ClientError(
+            f"GitHub Actions OIDC token request failed ({type(exc).__name__}); "
+            "does the job have `permissions: id-token: write`?",
+            EXIT_NO_IDENTITY,
+        ) from None
     if token is None:
         raise ClientError("GitHub Actions OIDC endpoint returned no token.", EXIT_NO_IDENTITY)
     return token
@@ -97,9 +103,12 @@ def _from_metadata(audience: str) -> str | None:
             return None
         host = METADATA_HOST
     try:
-        resp = requests.get(f"http://{host}{METADATA_IDENTITY_PATH}",
-                            params={"audience": audience, "format": "full"},
-                            headers={"Metadata-Flavor": "Google"}, timeout=(1, 5))
+        resp = requests.get(
+            f"http://{host}{METADATA_IDENTITY_PATH}",
+            params={"audience": audience, "format": "full"},
+            headers={"Metadata-Flavor": "Google"},
+            timeout=(1, 5),
+        )
     except requests.RequestException:
         return None
     return _jwt_or_none(resp.text) if resp.status_code == 200 else None
@@ -110,8 +119,14 @@ def _from_gcloud(audience: str) -> str | None:
     if gcloud is None:
         return None
     try:
-        done = subprocess.run([gcloud, "auth", "print-identity-token", f"--audiences={audience}"],
-                              check=False, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            [gcloud, "auth", "print-identity-token", f"--audiences={audience}"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return _jwt_or_none(done.stdout) if done.returncode == 0 else None
@@ -119,21 +134,25 @@ def _from_gcloud(audience: str) -> str | None:
 
 def _from_command(command: str) -> str:
     try:
-        done = subprocess.run(shlex.split(command), check=False, capture_output=True, text=True, timeout=60,
-                              stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            shlex.split(command), check=False, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
-        raise ClientError(f"--id-token-command failed: {type(exc).__name__}: {one_line(exc, 200)}",
-                          EXIT_NO_IDENTITY) from None
+        raise ClientError(
+            f"--id-token-command failed: {type(exc).__name__}: {one_line(exc, 200)}", EXIT_NO_IDENTITY
+        ) from None
     token = _jwt_or_none(done.stdout)
     if done.returncode != 0 or token is None:
         last = (done.stderr.strip().splitlines() or ["it printed no JWT"])[-1]
-        raise ClientError(f"--id-token-command failed (exit {done.returncode}): {one_line(last, 200)}",
-                          EXIT_NO_IDENTITY)
+        raise ClientError(
+            f"--id-token-command failed (exit {done.returncode}): {one_line(last, 200)}", EXIT_NO_IDENTITY
+        )
     return token
 
 
-def discover_id_token(audience: str, *, token_file: str | None = None, command: str | None = None,
-                      gitlab_var: str = GITLAB_DEFAULT_VAR) -> tuple[str, str]:
+def discover_id_token(
+    audience: str, *, token_file: str | None = None, command: str | None = None, gitlab_var: str = GITLAB_DEFAULT_VAR
+) -> tuple[str, str]:
     """The caller's OIDC token for ``audience`` and where it came from."""
     if token_file:
         try:
@@ -147,15 +166,21 @@ def discover_id_token(audience: str, *, token_file: str | None = None, command: 
     if command:
         return _from_command(command), "command"
     sources: list[tuple[str, Callable[[], str | None]]] = [
-        ("github-actions", lambda: _from_github(audience)), ("gitlab", lambda: _from_gitlab(gitlab_var)),
-        ("metadata-server", lambda: _from_metadata(audience)), ("gcloud", lambda: _from_gcloud(audience))]
+        ("github-actions", lambda: _from_github(audience)),
+        ("gitlab", lambda: _from_gitlab(gitlab_var)),
+        ("metadata-server", lambda: _from_metadata(audience)),
+        ("gcloud", lambda: _from_gcloud(audience)),
+    ]
     for name, source in sources:
         token = source()
         if token:
             return token, name
-    raise ClientError("no caller identity token found (tried GitHub Actions, GitLab $" + gitlab_var +
-                      ", the metadata server, gcloud); use --id-token-file or --id-token-command.",
-                      EXIT_NO_IDENTITY)
+    raise ClientError(
+        "no caller identity token found (tried GitHub Actions, GitLab $"
+        + gitlab_var
+        + ", the metadata server, gcloud); use --id-token-file or --id-token-command.",
+        EXIT_NO_IDENTITY,
+    )
 
 
 class Caller:
@@ -169,11 +194,10 @@ class Caller:
     def token(self) -> str:
         if self._token is None:
             a = self._args
-            self._token, _ = discover_id_token(self._audience, token_file=a.id_token_file,
-                                               command=a.id_token_command, gitlab_var=a.gitlab_var)
+            self._token, _ = discover_id_token(
+                self._audience, token_file=a.id_token_file, command=a.id_token_command, gitlab_var=a.gitlab_var
+            )
         return self._token
 
     def refresh(self) -> None:
         self._token = None
-
-

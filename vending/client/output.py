@@ -89,35 +89,50 @@ def emit(kind: str, result: dict[str, Any], args: argparse.Namespace) -> None:
     secret = str(result.get(field, ""))
     if not secret:
         raise ClientError(f"the service returned no {field}.", EXIT_UNAVAILABLE)
-    raw_meta = {"VENDING_EXPIRE_TIME": result.get("expire_time"), "VENDING_ISSUANCE_ID": result.get("issuance_id"),
-                "VENDING_KEY_ID": result.get("key_id")}
+    raw_meta = {
+        "VENDING_EXPIRE_TIME": result.get("expire_time"),
+        "VENDING_ISSUANCE_ID": result.get("issuance_id"),
+        "VENDING_KEY_ID": result.get("key_id"),
+    }
     meta = {k: str(v) for k, v in raw_meta.items() if v}
     _write_sink(args, field, secret, env_names, meta, label, result)
     if result.get("expire_time"):  # after the sink: with --format github the mask comes first
-        note(f"{label} for {result.get('service_account', args.service_account)} expires "
-             f"{human_time(result['expire_time'])}")
+        note(
+            f"{label} for {result.get('service_account', args.service_account)} expires "
+            f"{human_time(result['expire_time'])}"
+        )
     else:
         note(f"{label} by key {result.get('key_id')} (valid while that key lives)")
 
 
-def _write_sink(args: argparse.Namespace, field: str, secret: str, env_names: tuple[str, ...],
-                meta: dict[str, str], label: str, result: dict[str, Any]) -> None:
+def _write_sink(
+    args: argparse.Namespace,
+    field: str,
+    secret: str,
+    env_names: tuple[str, ...],
+    meta: dict[str, str],
+    label: str,
+    result: dict[str, Any],
+) -> None:
     if args.format == "github":
         print(f"::add-mask::{secret}", flush=True)  # before the value is written anywhere
         outputs = {field: secret, **{k.removeprefix("VENDING_").lower(): v for k, v in meta.items()}}
         path = _append(GITHUB_OUTPUT_ENV, outputs)
         if args.export:
             _append(GITHUB_ENV_ENV, {**dict.fromkeys(env_names, secret), **meta})
-        note(f"{label} is in the step outputs ({', '.join(outputs)}) of {path}"
-             + (" and in $GITHUB_ENV" if args.export else ""))
+        note(
+            f"{label} is in the step outputs ({', '.join(outputs)}) of {path}"
+            + (" and in $GITHUB_ENV" if args.export else "")
+        )
     elif args.format == "gcloud":
         token_file = Path(args.output).absolute() if args.output else default_token_file()
         write_private(token_file, secret, private_dir=not args.output)
         print(f"export CLOUDSDK_AUTH_ACCESS_TOKEN_FILE={shlex.quote(str(token_file))}")
     else:
         if args.format == "env":
-            text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in
-                           [*((name, secret) for name in env_names), *meta.items()])
+            text = "".join(
+                f"export {k}={shlex.quote(v)}\n" for k, v in [*((name, secret) for name in env_names), *meta.items()]
+            )
         else:
             text = json.dumps(result, indent=2) + "\n"
         if args.output:

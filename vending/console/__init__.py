@@ -40,13 +40,20 @@ from vending.errors import (
 from vending.sessions import COOKIE, CSRF_HEADER, Sessions, session_view
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
-                 ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
 GOOGLE_ISSUER = "https://accounts.google.com"
 GIS_SCRIPT = "https://accounts.google.com/gsi/client"
 GIS_ORIGIN = "https://accounts.google.com/gsi/"
-STRICT_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-              "frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'")
+STRICT_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
+)
 MAX_SIGN_IN_BODY = 16 * 1024
 
 
@@ -54,9 +61,11 @@ def content_security_policy(google: bool) -> str:
     """The strict policy; with Google sign-in configured, GIS's script, frame and styles are added by name."""
     if not google:
         return STRICT_CSP
-    return (f"default-src 'self'; script-src 'self' {GIS_SCRIPT}; style-src 'self' {GIS_ORIGIN}style; "
-            f"img-src 'self'; connect-src 'self' {GIS_ORIGIN}; frame-src {GIS_ORIGIN}; frame-ancestors 'none'; "
-            "base-uri 'none'; form-action 'self'; object-src 'none'")
+    return (
+        f"default-src 'self'; script-src 'self' {GIS_SCRIPT}; style-src 'self' {GIS_ORIGIN}style; "
+        f"img-src 'self'; connect-src 'self' {GIS_ORIGIN}; frame-src {GIS_ORIGIN}; frame-ancestors 'none'; "
+        "base-uri 'none'; form-action 'self'; object-src 'none'"
+    )
 
 
 def secure_headers(response: Response, *, google: bool = False) -> Response:
@@ -86,14 +95,13 @@ def development_subjects(policy: Policy, issuer: str) -> list[str]:
             if rule.issuer == issuer and isinstance(sub, str):
                 named.add(prefix + sub)
     named.update(policy.kill_switch_operator_set)
-    return sorted(n[len(prefix):] for n in named if n.startswith(prefix))
+    return sorted(n[len(prefix) :] for n in named if n.startswith(prefix))
 
 
 class Console:
     """Serves the console's files and its session endpoints."""
 
-    def __init__(self, sessions: Sessions, policy: Policy, *, development: bool,
-                 static_dir: Path = STATIC_DIR) -> None:
+    def __init__(self, sessions: Sessions, policy: Policy, *, development: bool, static_dir: Path = STATIC_DIR) -> None:
         self.sessions = sessions
         self.policy = policy
         self.static_dir = static_dir
@@ -104,7 +112,8 @@ class Console:
 
     def handle(self, request: Request, path: str, request_id: str) -> Response:
         routes: dict[str, dict[str, Callable[[Request], Response]]] = {
-            "/console": {"GET": self._index}, "/console/": {"GET": self._index},
+            "/console": {"GET": self._index},
+            "/console/": {"GET": self._index},
             "/console/session": {"GET": self._whoami, "POST": self._sign_in, "DELETE": self._sign_out},
         }
         if path.startswith("/console/static/"):
@@ -114,8 +123,9 @@ class Console:
             raise NotFoundError(f"No such endpoint: {path[:200]}.", reason="unknown-path")
         method = "GET" if request.method == "HEAD" else request.method
         if method not in methods:
-            raise MethodNotAllowedError(f"Method {request.method} is not allowed on {path}.",
-                                        detail=", ".join(sorted(methods)))
+            raise MethodNotAllowedError(
+                f"Method {request.method} is not allowed on {path}.", detail=", ".join(sorted(methods))
+            )
         response = methods[method](request)
         response.headers["X-Request-Id"] = request_id
         return secure_headers(response, google=self.google is not None)
@@ -133,7 +143,7 @@ class Console:
         return self._file("index.html")
 
     def _static(self, request: Request) -> Response:
-        name = request.path[len("/console/static/"):]
+        name = request.path[len("/console/static/") :]
         if name == "index.html":
             raise NotFoundError("No such file.", reason="unknown-path")
         return self._file(name)
@@ -146,9 +156,9 @@ class Console:
 
     def sign_in_options(self) -> dict[str, Any]:
         return {
-            "development": {"issuer": self.dev_issuer,
-                            "subjects": development_subjects(self.policy, self.dev_issuer)}
-            if self.dev_issuer else None,
+            "development": {"issuer": self.dev_issuer, "subjects": development_subjects(self.policy, self.dev_issuer)}
+            if self.dev_issuer
+            else None,
             "google": {"client_id": self.google.audience, "issuer": self.google.name} if self.google else None,
         }
 
@@ -167,14 +177,17 @@ class Console:
     def _same_origin(self, request: Request) -> None:
         """Refuse a sign-in posted from another site (login CSRF): JSON only, same origin only."""
         if request.mimetype != "application/json":
-            raise BadRequestError("Sign-in takes a JSON body (Content-Type: application/json).",
-                                  reason="invalid-content-type")
+            raise BadRequestError(
+                "Sign-in takes a JSON body (Content-Type: application/json).", reason="invalid-content-type"
+            )
         site = request.headers.get("Sec-Fetch-Site")
         origin = request.headers.get("Origin")
         if (site is not None and site not in ("same-origin", "none")) or (
-                origin is not None and urlsplit(origin).netloc != request.host):
-            raise PermissionDeniedError("Sign-in is accepted from the console's own origin only.",
-                                        reason="cross-origin-sign-in")
+            origin is not None and urlsplit(origin).netloc != request.host
+        ):
+            raise PermissionDeniedError(
+                "Sign-in is accepted from the console's own origin only.", reason="cross-origin-sign-in"
+            )
 
     def _sign_in(self, request: Request) -> Response:
         self._same_origin(request)
@@ -187,12 +200,12 @@ class Console:
         if (token is None) == (subject is None):
             raise BadRequestError("Give exactly one of id_token and dev_subject.", reason="invalid-sign-in")
         if subject is not None:
-            if (not isinstance(subject, str) or not subject.strip() or len(subject) > 320
-                    or _has_control(subject)):
+            if not isinstance(subject, str) or not subject.strip() or len(subject) > 320 or _has_control(subject):
                 raise BadRequestError("dev_subject must be an identity.", reason="invalid-sign-in")
             if self.dev_issuer is None:
-                raise PermissionDeniedError("Development sign-in exists only on the embedded default.",
-                                            reason="development-sign-in-disabled")
+                raise PermissionDeniedError(
+                    "Development sign-in exists only on the embedded default.", reason="development-sign-in-disabled"
+                )
             cookie, session = self.sessions.start_development(subject.strip())
             via = "development"
         else:
@@ -200,13 +213,18 @@ class Console:
                 raise BadRequestError("id_token must be a string.", reason="invalid-sign-in")
             cookie, session = self.sessions.start(token)
             via = "id-token"
-        log.notice("console session started", audit=True, principal=session.principal.qualified,
-                   issuer=session.principal.issuer, via=via, session=_sid_digest(session.sid),
-                   expires_at=session.expires_at.isoformat())
+        log.notice(
+            "console session started",
+            audit=True,
+            principal=session.principal.qualified,
+            issuer=session.principal.issuer,
+            via=via,
+            session=_sid_digest(session.sid),
+            expires_at=session.expires_at.isoformat(),
+        )
         response = self._json(session_view(self.sessions, session))
         max_age = max(1, int((session.expires_at - session.issued_at).total_seconds()))
-        response.set_cookie(COOKIE, cookie, max_age=max_age, path="/", secure=True, httponly=True,
-                            samesite="Strict")
+        response.set_cookie(COOKIE, cookie, max_age=max_age, path="/", secure=True, httponly=True, samesite="Strict")
         return response
 
     def _sign_out(self, request: Request) -> Response:
@@ -215,16 +233,19 @@ class Console:
             session = self.sessions.read(cookie)
             self.sessions.check_csrf(session, request.headers.get(CSRF_HEADER))
             self.sessions.end(session)
-            log.notice("console session ended", audit=True, principal=session.principal.qualified,
-                       session=_sid_digest(session.sid))
+            log.notice(
+                "console session ended",
+                audit=True,
+                principal=session.principal.qualified,
+                session=_sid_digest(session.sid),
+            )
         response = self._json({"signed_in": False, "sign_in": self.sign_in_options()})
         self._clear(response)
         return response
 
     @staticmethod
     def _clear(response: Response) -> None:
-        response.set_cookie(COOKIE, "", max_age=0, expires=0, path="/", secure=True, httponly=True,
-                            samesite="Strict")
+        response.set_cookie(COOKIE, "", max_age=0, expires=0, path="/", secure=True, httponly=True, samesite="Strict")
 
 
 def _sid_digest(sid: str) -> str:

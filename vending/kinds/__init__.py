@@ -37,8 +37,9 @@ class OutOfBoundsError(UpstreamError):
     reason = "credential-out-of-bounds"
 
     def __init__(self, detail: str) -> None:
-        super().__init__("The IAM Credentials API returned a credential outside the grant; it was withheld.",
-                         detail=detail)
+        super().__init__(
+            "The IAM Credentials API returned a credential outside the grant; it was withheld.", detail=detail
+        )
 
 
 def registry() -> dict[str, ModuleType]:

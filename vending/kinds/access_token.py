@@ -45,13 +45,16 @@ def terms(ent: Entitlement, b: Bounds, ask: Ask, now: _dt.datetime) -> Terms:
     wanted = tuple(dict.fromkeys(ask.scopes)) if ask.scopes else b.scopes
     extra = [s for s in wanted if s not in b.scopes]
     if extra or not wanted:
-        raise PermissionDeniedError(f"Scope(s) {extra or list(wanted)} are not granted by the entitlement"
-                                    f"{' or its approval' if b.uses_left is not None else ''}.",
-                                    reason="scope-not-allowed")
+        raise PermissionDeniedError(
+            f"Scope(s) {extra or list(wanted)} are not granted by the entitlement"
+            f"{' or its approval' if b.uses_left is not None else ''}.",
+            reason="scope-not-allowed",
+        )
     if ask.lifetime_s is not None and ask.lifetime_s > ent.max_lifetime:
         raise BadRequestError(
             f"lifetime {ask.lifetime_s}s is above the maximum of {ent.max_lifetime}s for this service account.",
-            reason="lifetime-too-long")
+            reason="lifetime-too-long",
+        )
     left = int((b.not_after - now).total_seconds())
     if left < 1:
         raise PermissionDeniedError("The approval window ends now; ask for a new request.", reason="approval-expired")
@@ -63,8 +66,9 @@ def reserve_until(grant: Grant, now: _dt.datetime, deadline_s: float) -> _dt.dat
 
 
 def mint(iam: IamCredentials, grant: Grant, reason: str) -> Minted:
-    tok = iam.generate_access_token(grant.service_account, grant.terms.scopes, grant.terms.lifetime_s,
-                                    grant.delegates, reason=reason)
+    tok = iam.generate_access_token(
+        grant.service_account, grant.terms.scopes, grant.terms.lifetime_s, grant.delegates, reason=reason
+    )
     return Minted(tok.token, tok.expire_time)
 
 

@@ -44,12 +44,17 @@ def bounds(ent: Entitlement, now: _dt.datetime) -> Bounds:
 
 def terms(ent: Entitlement, b: Bounds, ask: Ask, now: _dt.datetime) -> Terms:
     if not any(matches(m, ask.audience) for m in b.audiences):
-        raise PermissionDeniedError(f"Audience {ask.audience[:200]!r} is not allowed for ID tokens "
-                                    "of this service account.", reason="audience-not-allowed")
+        raise PermissionDeniedError(
+            f"Audience {ask.audience[:200]!r} is not allowed for ID tokens of this service account.",
+            reason="audience-not-allowed",
+        )
     left = int((b.not_after - now).total_seconds())
     if left < LIFETIME_S:
-        raise PermissionDeniedError(f"ID tokens live {LIFETIME_S}s (fixed by IAM) but the approval window ends in "
-                                    f"{max(left, 0)}s; an ID token would outlive it.", reason="window-too-short")
+        raise PermissionDeniedError(
+            f"ID tokens live {LIFETIME_S}s (fixed by IAM) but the approval window ends in "
+            f"{max(left, 0)}s; an ID token would outlive it.",
+            reason="window-too-short",
+        )
     return Terms(ask.audience, ask.include_email)
 
 
@@ -58,8 +63,9 @@ def reserve_until(grant: Grant, now: _dt.datetime, deadline_s: float) -> _dt.dat
 
 
 def mint(iam: IamCredentials, grant: Grant, reason: str) -> Minted:
-    token = iam.generate_id_token(grant.service_account, grant.terms.audience, grant.terms.include_email,
-                                  grant.delegates, reason=reason)
+    token = iam.generate_id_token(
+        grant.service_account, grant.terms.audience, grant.terms.include_email, grant.delegates, reason=reason
+    )
     claims = decode_jwt_part(token, 1)
     exp = claims.get("exp") if isinstance(claims, dict) else None
     expire = clock.from_epoch(exp) if isinstance(exp, int) and not isinstance(exp, bool) else None
@@ -83,6 +89,9 @@ def audit(ask: Ask) -> dict[str, Any]:
 
 
 def response(minted: Minted, grant: Grant, issuance_id: str, now: _dt.datetime) -> dict[str, Any]:
-    return {"id_token": minted.credential,
-            "expire_time": clock.rfc3339(minted.expire_time) if minted.expire_time else None,
-            "issuance_id": issuance_id, "service_account": grant.service_account}
+    return {
+        "id_token": minted.credential,
+        "expire_time": clock.rfc3339(minted.expire_time) if minted.expire_time else None,
+        "issuance_id": issuance_id,
+        "service_account": grant.service_account,
+    }

@@ -35,7 +35,7 @@ from vending.kinds import Minted, OutOfBoundsError
 NAME = "signed_blob"
 PATH = "/v1/signed-blobs"
 MAX_BODY_BYTES = inputs.MAX_BLOB_BODY_BYTES
-RAW_RECORD_HORIZON_S = 43200   # a raw signature has no expiry; its reservation is kept this long
+RAW_RECORD_HORIZON_S = 43200  # a raw signature has no expiry; its reservation is kept this long
 
 Ask = inputs.SignedBlobBody
 
@@ -46,7 +46,7 @@ _V2_EXPIRY = re.compile(rb"[0-9]{1,12}")
 @dataclass(frozen=True)
 class Terms:
     payload: bytes
-    url: gcs.V4Request | None   # a V4 signed URL, or None for a raw blob
+    url: gcs.V4Request | None  # a V4 signed URL, or None for a raw blob
 
 
 def decode(body: dict[str, Any]) -> Ask:
@@ -56,8 +56,12 @@ def decode(body: dict[str, Any]) -> Ask:
 def bounds(ent: Entitlement, now: _dt.datetime) -> Bounds:
     rules = ent.signed_blob
     assert rules is not None
-    return Bounds(not_after=now + _dt.timedelta(seconds=rules.max_ttl), max_payload_bytes=rules.max_payload_bytes,
-                  buckets=rules.buckets, raw_blobs=rules.acknowledge_raw_signing)
+    return Bounds(
+        not_after=now + _dt.timedelta(seconds=rules.max_ttl),
+        max_payload_bytes=rules.max_payload_bytes,
+        buckets=rules.buckets,
+        raw_blobs=rules.acknowledge_raw_signing,
+    )
 
 
 def is_jwt_signing_input(payload: bytes) -> bool:
@@ -78,37 +82,53 @@ def is_signed_url_input(payload: bytes) -> bool:
     if payload.startswith((b"GOOG4-", b"GOOG1\n")):
         return True
     lines = payload.split(b"\n")
-    return (len(lines) >= 5 and lines[0] in (b"GET", b"HEAD", b"PUT", b"POST", b"DELETE")
-            and _V2_EXPIRY.fullmatch(lines[3]) is not None)
+    return (
+        len(lines) >= 5
+        and lines[0] in (b"GET", b"HEAD", b"PUT", b"POST", b"DELETE")
+        and _V2_EXPIRY.fullmatch(lines[3]) is not None
+    )
 
 
 def terms(ent: Entitlement, b: Bounds, ask: Ask, now: _dt.datetime) -> Terms:
     if len(ask.payload) > b.max_payload_bytes:
-        raise BadRequestError(f"payload is {len(ask.payload)} bytes; the maximum is {b.max_payload_bytes}.",
-                              reason="payload-too-large")
+        raise BadRequestError(
+            f"payload is {len(ask.payload)} bytes; the maximum is {b.max_payload_bytes}.", reason="payload-too-large"
+        )
     if is_jwt_signing_input(ask.payload):
-        raise PermissionDeniedError("The payload is a JWT signing input; use POST /v1/signed-jwts, whose claims "
-                                    "the entitlement bounds.", reason="payload-is-jwt")
+        raise PermissionDeniedError(
+            "The payload is a JWT signing input; use POST /v1/signed-jwts, whose claims the entitlement bounds.",
+            reason="payload-is-jwt",
+        )
     if not b.buckets:
         if not b.raw_blobs:
-            raise PermissionDeniedError("This entitlement allows no raw blob signing.", reason="raw-signing-not-allowed")
+            raise PermissionDeniedError(
+                "This entitlement allows no raw blob signing.", reason="raw-signing-not-allowed"
+            )
         if is_signed_url_input(ask.payload):
-            raise PermissionDeniedError("The payload is a Cloud Storage signed-URL string-to-sign; only an "
-                                        "entitlement with gcs_v4_only and buckets may sign URLs.",
-                                        reason="payload-is-signed-url")
+            raise PermissionDeniedError(
+                "The payload is a Cloud Storage signed-URL string-to-sign; only an "
+                "entitlement with gcs_v4_only and buckets may sign URLs.",
+                reason="payload-is-signed-url",
+            )
         return Terms(ask.payload, None)
     url = gcs.parse(ask.payload, ask.canonical_request, now)
     rule = next((r for r in b.buckets if matches(r.bucket, url.bucket)), None)
     if rule is None:
-        raise PermissionDeniedError(f"Signing URLs for bucket {url.bucket!r} is not allowed.",
-                                    reason="bucket-not-allowed")
+        raise PermissionDeniedError(
+            f"Signing URLs for bucket {url.bucket!r} is not allowed.", reason="bucket-not-allowed"
+        )
     if url.method not in rule.methods:
-        raise PermissionDeniedError(f"Signing {url.method} URLs for bucket {url.bucket!r} is not allowed "
-                                    f"(allowed: {', '.join(rule.methods)}).", reason="method-not-allowed")
+        raise PermissionDeniedError(
+            f"Signing {url.method} URLs for bucket {url.bucket!r} is not allowed (allowed: {', '.join(rule.methods)}).",
+            reason="method-not-allowed",
+        )
     if url.expires_at > b.not_after:
         left = max(0, int((b.not_after - now).total_seconds()))
-        raise BadRequestError(f"The signed URL would expire {int((url.expires_at - now).total_seconds())}s from now; "
-                              f"the maximum is {left}s.", reason="expires-too-far")
+        raise BadRequestError(
+            f"The signed URL would expire {int((url.expires_at - now).total_seconds())}s from now; "
+            f"the maximum is {left}s.",
+            reason="expires-too-far",
+        )
     return Terms(ask.payload, url)
 
 
@@ -146,8 +166,12 @@ def audit(ask: Ask) -> dict[str, Any]:
 
 
 def response(minted: Minted, grant: Grant, issuance_id: str, now: _dt.datetime) -> dict[str, Any]:
-    out: dict[str, Any] = {"signed_blob": minted.credential, "key_id": minted.key_id, "issuance_id": issuance_id,
-                           "service_account": grant.service_account}
+    out: dict[str, Any] = {
+        "signed_blob": minted.credential,
+        "key_id": minted.key_id,
+        "issuance_id": issuance_id,
+        "service_account": grant.service_account,
+    }
     if minted.expire_time is not None:
         out["expire_time"] = clock.rfc3339(minted.expire_time)
     return out

@@ -35,7 +35,7 @@ RESERVED_CLAIMS = frozenset({"iss", "sub", "iat"})
 
 @dataclass(frozen=True)
 class Terms:
-    claims: dict[str, Any]    # exactly what IAM signs
+    claims: dict[str, Any]  # exactly what IAM signs
 
     @property
     def expire_time(self) -> _dt.datetime:
@@ -49,24 +49,29 @@ def decode(body: dict[str, Any]) -> Ask:
 def bounds(ent: Entitlement, now: _dt.datetime) -> Bounds:
     rules = ent.signed_jwt
     assert rules is not None
-    return Bounds(not_after=now + _dt.timedelta(seconds=min(rules.max_ttl, SIGNED_JWT_MAX_TTL_S)),
-                  audiences=rules.audiences, claims=rules.allowed_claims)
+    return Bounds(
+        not_after=now + _dt.timedelta(seconds=min(rules.max_ttl, SIGNED_JWT_MAX_TTL_S)),
+        audiences=rules.audiences,
+        claims=rules.allowed_claims,
+    )
 
 
 def terms(ent: Entitlement, b: Bounds, ask: Ask, now: _dt.datetime) -> Terms:
     requested = ask.claims
-    refused = sorted(k for k in requested if k in RESERVED_CLAIMS or (k not in ("aud", "exp")
-                                                                       and k not in b.claims))
+    refused = sorted(k for k in requested if k in RESERVED_CLAIMS or (k not in ("aud", "exp") and k not in b.claims))
     if refused:
         shown = ", ".join(repr(k[:100]) for k in refused[:10])
-        raise PermissionDeniedError(f"Claim(s) {shown} may not be set: iss, sub and iat are set by the service; "
-                                    f"aud, exp and {list(b.claims) or 'no other claims'} may be set.",
-                                    reason="claim-not-allowed")
+        raise PermissionDeniedError(
+            f"Claim(s) {shown} may not be set: iss, sub and iat are set by the service; "
+            f"aud, exp and {list(b.claims) or 'no other claims'} may be set.",
+            reason="claim-not-allowed",
+        )
     aud = requested.get("aud")
     if not isinstance(aud, str) or not any(matches(m, aud) for m in b.audiences):
         what = f"Audience {aud[:200]!r} is" if isinstance(aud, str) else "claims.aud must be a string and"
-        raise PermissionDeniedError(f"{what} not allowed for signed JWTs of this service account.",
-                                    reason="audience-not-allowed")
+        raise PermissionDeniedError(
+            f"{what} not allowed for signed JWTs of this service account.", reason="audience-not-allowed"
+        )
     now_s = int(now.timestamp())
     google_api = GOOGLE_API_AUDIENCE.fullmatch(aud) is not None
     latest = int(b.not_after.timestamp())
@@ -79,13 +84,15 @@ def terms(ent: Entitlement, b: Bounds, ask: Ask, now: _dt.datetime) -> Terms:
     if exp is None:  # absent (or null): the latest allowed
         exp = latest
     if not isinstance(exp, int) or isinstance(exp, bool):
-        raise BadRequestError("claims.exp must be an integer timestamp (seconds since the epoch).",
-                              reason="invalid-exp")
+        raise BadRequestError(
+            "claims.exp must be an integer timestamp (seconds since the epoch).", reason="invalid-exp"
+        )
     if exp <= now_s:
         raise BadRequestError("claims.exp must be in the future.", reason="invalid-exp")
     if exp > latest:
-        raise BadRequestError(f"claims.exp is {exp - now_s}s away; the maximum is {max(latest - now_s, 0)}s{why}.",
-                              reason="exp-too-far")
+        raise BadRequestError(
+            f"claims.exp is {exp - now_s}s away; the maximum is {max(latest - now_s, 0)}s{why}.", reason="exp-too-far"
+        )
     return Terms({**requested, "exp": exp, "iss": ent.service_account, "sub": ent.service_account, "iat": now_s})
 
 
@@ -116,6 +123,10 @@ def audit(ask: Ask) -> dict[str, Any]:
 
 
 def response(minted: Minted, grant: Grant, issuance_id: str, now: _dt.datetime) -> dict[str, Any]:
-    return {"signed_jwt": minted.credential, "key_id": minted.key_id,
-            "expire_time": clock.rfc3339(grant.terms.expire_time), "issuance_id": issuance_id,
-            "service_account": grant.service_account}
+    return {
+        "signed_jwt": minted.credential,
+        "key_id": minted.key_id,
+        "expire_time": clock.rfc3339(grant.terms.expire_time),
+        "issuance_id": issuance_id,
+        "service_account": grant.service_account,
+    }

@@ -39,13 +39,16 @@ ENABLE = "iam.serviceAccounts.enable"
 GET = "iam.serviceAccounts.get"
 ADMIN_PERMISSIONS = frozenset({DISABLE, ENABLE, GET})
 
-DEFAULT_MAX_LIFETIME_S = 3600      # access tokens without the org-policy extension
-EXTENDED_MAX_LIFETIME_S = 43200    # with constraints/iam.allowServiceAccountCredentialLifetimeExtension
+DEFAULT_MAX_LIFETIME_S = 3600  # access tokens without the org-policy extension
+EXTENDED_MAX_LIFETIME_S = 43200  # with constraints/iam.allowServiceAccountCredentialLifetimeExtension
 
-_SA_EMAIL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?@[a-z0-9](?:[a-z0-9.-]{0,200}[a-z0-9])?\.gserviceaccount\.com")
+_SA_EMAIL_RE = re.compile(
+    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?@[a-z0-9](?:[a-z0-9.-]{0,200}[a-z0-9])?\.gserviceaccount\.com"
+)
 _UNIQUE_ID_RE = re.compile(r"[1-9][0-9]{20}")
-_TOP_LEVEL_KEYS = frozenset({"project", "callers", "service_accounts", "token_creators", "service_account_admins",
-                             "lifetime_extension"})
+_TOP_LEVEL_KEYS = frozenset(
+    {"project", "callers", "service_accounts", "token_creators", "service_account_admins", "lifetime_extension"}
+)
 
 
 class PolicyError(ValueError):
@@ -224,8 +227,9 @@ def _parse_callers(raw: Any, source: str) -> dict[str, str]:
     return callers
 
 
-def _parse_token_creators(raw: Any, known: set[str], source: str,
-                          key: str = "token_creators") -> dict[str, frozenset[str]]:
+def _parse_token_creators(
+    raw: Any, known: set[str], source: str, key: str = "token_creators"
+) -> dict[str, frozenset[str]]:
     where = f"{source}: {key}"
     if raw is None:
         return {}
@@ -253,6 +257,7 @@ def _parse_email_list(raw: Any, known: set[str], where: str) -> list[str]:
 
 def _sa_email(raw: Any, where: str) -> str:
     if not isinstance(raw, str) or not _SA_EMAIL_RE.fullmatch(raw.strip().lower()):
-        raise PolicyError(f"{where}: must be a service account email (NAME@PROJECT.iam.gserviceaccount.com), got {raw!r}")
+        raise PolicyError(
+            f"{where}: must be a service account email (NAME@PROJECT.iam.gserviceaccount.com), got {raw!r}"
+        )
     return raw.strip().lower()
-

@@ -228,7 +228,9 @@ _DURATION_RE = re.compile(r"(-)?([0-9]+)(?:\.([0-9]{1,9}))?s")
 _API_PATH_RE = re.compile(r"/v1/projects/([^/]+)/serviceAccounts/([^/]+):([A-Za-z]+)")
 _LOCATIONS_PATH_RE = re.compile(r"/v1/projects/([^/]+)/serviceAccounts/([^/:]+)/allowedLocations")
 _ACCOUNT_PATH_RE = re.compile(r"/v1/projects/([^/]+)/serviceAccounts/([^/:]+)")
-_KEYS_PATH_RE = re.compile(r"/(?:service_accounts/v1/metadata/(x509|jwk|raw)|service_accounts/v1/(jwk)|robot/v1/metadata/(x509))/([^/]+)")
+_KEYS_PATH_RE = re.compile(
+    r"/(?:service_accounts/v1/metadata/(x509|jwk|raw)|service_accounts/v1/(jwk)|robot/v1/metadata/(x509))/([^/]+)"
+)
 _DELEGATE_RE = re.compile(r"projects/([^/]+)/serviceAccounts/([^/]+)")
 
 
@@ -262,18 +264,27 @@ class ApiError(Exception):
 
 
 def _error_info(reason: str, domain: str, metadata: Mapping[str, str]) -> dict[str, Any]:
-    return {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": domain, "metadata": dict(metadata)}
+    return {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": reason,
+        "domain": domain,
+        "metadata": dict(metadata),
+    }
 
 
 def _bad_request(message: str, field_name: str | None = None) -> ApiError:
     violation: dict[str, str] = {"description": message}
     if field_name is not None:
         violation = {"field": field_name, "description": message}
-    return ApiError(400, message, details=[{"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [violation]}])
+    return ApiError(
+        400, message, details=[{"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [violation]}]
+    )
 
 
 def _invalid_value(proto_field: str, value: Any, type_name: str | None = None) -> ApiError:
-    text = TEXT_INVALID_VALUE.format(field=proto_field, type=type_name or _FIELD_TYPES.get(proto_field, "TYPE_STRING"), value=json.dumps(value))
+    text = TEXT_INVALID_VALUE.format(
+        field=proto_field, type=type_name or _FIELD_TYPES.get(proto_field, "TYPE_STRING"), value=json.dumps(value)
+    )
     return _bad_request(text, proto_field)
 
 
@@ -306,7 +317,9 @@ class SigningKey:
     def __init__(self, subject: str, private_key: rsa.RSAPrivateKey) -> None:
         self.subject = subject
         self.private_key = private_key
-        spki = private_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki = private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         self.key_id = hashlib.sha1(spki, usedforsecurity=False).hexdigest()
         self._certificate_pem: str | None = None
         self._lock = threading.Lock()
@@ -346,7 +359,14 @@ class SigningKey:
 
     def jwk(self) -> dict[str, str]:
         numbers = self.public_key.public_numbers()
-        return {"kty": "RSA", "alg": "RS256", "use": "sig", "kid": self.key_id, "n": _b64url(_int_bytes(numbers.n)), "e": _b64url(_int_bytes(numbers.e))}
+        return {
+            "kty": "RSA",
+            "alg": "RS256",
+            "use": "sig",
+            "kid": self.key_id,
+            "n": _b64url(_int_bytes(numbers.n)),
+            "e": _b64url(_int_bytes(numbers.e)),
+        }
 
     def raw(self) -> dict[str, str]:
         numbers = self.public_key.public_numbers()
@@ -427,7 +447,9 @@ class KeyRing:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        pem = key.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        pem = key.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
         tmp.touch(mode=0o600)
         tmp.write_bytes(pem)
@@ -442,17 +464,17 @@ class MintedCredential:
     """One credential the stand-in returned. ``credential`` is the raw value (memory only)."""
 
     method: str
-    target: str                           # service account email
-    delegates: tuple[str, ...]            # canonical, in order: projects/-/serviceAccounts/EMAIL
+    target: str  # service account email
+    delegates: tuple[str, ...]  # canonical, in order: projects/-/serviceAccounts/EMAIL
     caller: str
     issued_at: _dt.datetime
     expire_time: _dt.datetime | None
     sha256: str
     key_id: str | None
     credential: str = field(repr=False)
-    scopes: tuple[str, ...] = ()          # generateAccessToken
-    audience: str | None = None           # generateIdToken
-    request_reason: str | None = None     # the X-Goog-Request-Reason header, if sent
+    scopes: tuple[str, ...] = ()  # generateAccessToken
+    audience: str | None = None  # generateIdToken
+    request_reason: str | None = None  # the X-Goog-Request-Reason header, if sent
 
     def to_json(self, *, include_credential: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -475,10 +497,10 @@ class MintedCredential:
 
 @dataclass
 class _Fault:
-    kind: str                          # "status" or "hang"
+    kind: str  # "status" or "hang"
     status: int = 0
     hang_s: float = 0.0
-    remaining: int | None = None       # None: until cleared
+    remaining: int | None = None  # None: until cleared
     methods: frozenset[str] | None = None
     retry_after_s: int = 1
 
@@ -496,9 +518,9 @@ class _Fault:
 @dataclass
 class _Reply:
     status: int
-    body: Any = None                   # JSON-serialisable; None for no body
+    body: Any = None  # JSON-serialisable; None for no body
     headers: dict[str, str] = field(default_factory=dict)
-    hang_s: float | None = None        # close without answering after this long
+    hang_s: float | None = None  # close without answering after this long
     hang_release: threading.Event | None = None
     latency_s: float = 0.0
 
@@ -509,7 +531,7 @@ class _Call:
 
     caller: str
     target: ServiceAccount
-    delegates: tuple[str, ...]            # canonical: projects/-/serviceAccounts/EMAIL
+    delegates: tuple[str, ...]  # canonical: projects/-/serviceAccounts/EMAIL
     request_reason: str | None
 
 
@@ -648,7 +670,10 @@ class IamStandIn:
         self._stopping.clear()
         self._httpd = _HttpServer((self.host, self._requested_port), self)
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"iam-standin:{self.port}", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"iam-standin:{self.port}",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -671,7 +696,9 @@ class IamStandIn:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     @property
@@ -733,7 +760,9 @@ class IamStandIn:
 
     # ---- test hooks -----------------------------------------------------
 
-    def set_fault(self, status: int, count: int | None = None, *, methods: set[str] | None = None, retry_after_s: int = 1) -> None:
+    def set_fault(
+        self, status: int, count: int | None = None, *, methods: set[str] | None = None, retry_after_s: int = 1
+    ) -> None:
         """Answer the next ``count`` API requests (all, if None) with ``status``.
 
         ``status`` is one of 429, 500, 502, 503, 504; ``methods`` limits the
@@ -741,7 +770,13 @@ class IamStandIn:
         """
         if status not in FAULT_STATUSES:
             raise ValueError(f"fault status must be one of {sorted(FAULT_STATUSES)}, got {status}")
-        fault = _Fault("status", status=status, remaining=_check_count(count), methods=_check_methods(methods), retry_after_s=int(retry_after_s))
+        fault = _Fault(
+            "status",
+            status=status,
+            remaining=_check_count(count),
+            methods=_check_methods(methods),
+            retry_after_s=int(retry_after_s),
+        )
         with self._lock:
             self._fault = fault
 
@@ -831,7 +866,9 @@ class IamStandIn:
                 reply.latency_s = self._latency_s
         return reply
 
-    def _route(self, verb: str, path: str, query: Mapping[str, list[str]], headers: Mapping[str, str], body: bytes) -> _Reply:
+    def _route(
+        self, verb: str, path: str, query: Mapping[str, list[str]], headers: Mapping[str, str], body: bytes
+    ) -> _Reply:
         if path.startswith("/_standin/"):
             return self._admin(verb, path, query, body)
 
@@ -878,7 +915,9 @@ class IamStandIn:
         caller = self._authenticate(method, headers.get("authorization"))
         body = _parse_body(method, raw)
         permission = METHOD_PERMISSIONS[method]
-        if method == "generateAccessToken" and (not body.get("scope") or not all(_valid_scope(s) for s in body["scope"])):
+        if method == "generateAccessToken" and (
+            not body.get("scope") or not all(_valid_scope(s) for s in body["scope"])
+        ):
             raise ApiError(400, TEXT_INVALID_ARGUMENT)
         if method == "generateIdToken" and not body.get("audience"):
             raise ApiError(400, TEXT_INVALID_ARGUMENT)
@@ -997,7 +1036,12 @@ class IamStandIn:
                 ),
                 {
                     "@type": "type.googleapis.com/google.rpc.Help",
-                    "links": [{"description": "Request a higher quota limit.", "url": "https://cloud.google.com/docs/quotas/help/request_increase"}],
+                    "links": [
+                        {
+                            "description": "Request a higher quota limit.",
+                            "url": "https://cloud.google.com/docs/quotas/help/request_increase",
+                        }
+                    ],
                 },
             ],
             headers={"Retry-After": str(fault.retry_after_s)},
@@ -1063,8 +1107,18 @@ class IamStandIn:
             raise _not_found(ident)
         return account
 
-    def _record(self, call: _Call, method: str, issued_at: _dt.datetime, expire: _dt.datetime | None, credential: str,
-                key_id: str | None, *, scopes: tuple[str, ...] = (), audience: str | None = None) -> None:
+    def _record(
+        self,
+        call: _Call,
+        method: str,
+        issued_at: _dt.datetime,
+        expire: _dt.datetime | None,
+        credential: str,
+        key_id: str | None,
+        *,
+        scopes: tuple[str, ...] = (),
+        audience: str | None = None,
+    ) -> None:
         record = MintedCredential(
             method=method,
             target=call.target.email,
@@ -1112,11 +1166,22 @@ class IamStandIn:
         if body.get("include_email"):
             claims["email"] = call.target.email
             claims["email_verified"] = True
-        claims.update({"exp": iat + ID_TOKEN_LIFETIME_S, "iat": iat, "iss": GOOGLE_ISSUER, "sub": call.target.unique_id})
+        claims.update(
+            {"exp": iat + ID_TOKEN_LIFETIME_S, "iat": iat, "iss": GOOGLE_ISSUER, "sub": call.target.unique_id}
+        )
         key = self.keys.current(_OAUTH_KEY_NAME)
-        token = key.sign_jwt({"alg": "RS256", "kid": key.key_id, "typ": "JWT"}, json.dumps(claims, separators=(",", ":")).encode())
-        self._record(call, "generateIdToken", now, clock.from_epoch(iat + ID_TOKEN_LIFETIME_S), token, key.key_id,
-                     audience=body["audience"])
+        token = key.sign_jwt(
+            {"alg": "RS256", "kid": key.key_id, "typ": "JWT"}, json.dumps(claims, separators=(",", ":")).encode()
+        )
+        self._record(
+            call,
+            "generateIdToken",
+            now,
+            clock.from_epoch(iat + ID_TOKEN_LIFETIME_S),
+            token,
+            key.key_id,
+            audience=body["audience"],
+        )
         return _Reply(200, {"token": token})
 
     def _sign_blob(self, policy: StandInPolicy, call: _Call, body: Mapping[str, Any]) -> _Reply:
@@ -1230,7 +1295,12 @@ class IamStandIn:
             if data.get("status") is not None and data.get("hang_seconds") is not None:
                 raise ValueError("give either status or hang_seconds, not both")
             if data.get("status") is not None:
-                self.set_fault(int(data["status"]), data.get("count"), methods=methods, retry_after_s=int(data.get("retry_after_s", 1)))
+                self.set_fault(
+                    int(data["status"]),
+                    data.get("count"),
+                    methods=methods,
+                    retry_after_s=int(data.get("retry_after_s", 1)),
+                )
             if data.get("hang_seconds") is not None:
                 self.set_hang(float(data["hang_seconds"]), data.get("count"), methods=methods)
             if data.get("latency_ms") is not None:
@@ -1295,7 +1365,11 @@ def _not_found_path(path: str) -> ApiError:
 
 
 def _method_not_allowed(verb: str, path: str, allowed: list[str]) -> ApiError:
-    return ApiError(405, f"Method {verb} is not allowed for {path}; use {', '.join(allowed)}.", headers={"Allow": ", ".join(allowed)})
+    return ApiError(
+        405,
+        f"Method {verb} is not allowed for {path}; use {', '.join(allowed)}.",
+        headers={"Allow": ", ".join(allowed)},
+    )
 
 
 def _require_verb(verb: str, expected: str, path: str) -> None:
@@ -1345,9 +1419,9 @@ class _HttpServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    timeout = 120                   # idle keep-alive connections
+    timeout = 120  # idle keep-alive connections
     disable_nagle_algorithm = True  # TCP_NODELAY: no 40 ms delayed-ACK stalls
-    wbufsize = -1                   # headers and body leave in one write (flushed per request)
+    wbufsize = -1  # headers and body leave in one write (flushed per request)
     server: _HttpServer
 
     def setup(self) -> None:
@@ -1419,7 +1493,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             self.close_connection = True
-            reply = _error_reply(ApiError(400, "Invalid request body: bad Content-Length or chunked encoding, or larger than 8 MiB."))
+            reply = _error_reply(
+                ApiError(400, "Invalid request body: bad Content-Length or chunked encoding, or larger than 8 MiB.")
+            )
         else:
             headers = {name.lower(): value for name, value in self.headers.items()}
             reply = standin._dispatch(verb, self.path, headers, body)
@@ -1457,10 +1533,14 @@ class _Handler(BaseHTTPRequestHandler):
 def main(argv: list[str] | None = None) -> int:
     """``python -m vending.local.iamcredentials --policy FILE --port 8081``."""
     parser = argparse.ArgumentParser(prog="python -m vending.local.iamcredentials", description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", type=Path, default=DEFAULT_POLICY_PATH, help="YAML policy file (default: %(default)s)")
+    parser.add_argument(
+        "--policy", type=Path, default=DEFAULT_POLICY_PATH, help="YAML policy file (default: %(default)s)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8081, help="port to listen on, 0 for any (default: %(default)s)")
-    parser.add_argument("--key-dir", type=Path, default=None, help="keep signing keys here as PEM files across restarts")
+    parser.add_argument(
+        "--key-dir", type=Path, default=None, help="keep signing keys here as PEM files across restarts"
+    )
     args = parser.parse_args(argv)
     try:
         policy = StandInPolicy.load(args.policy)

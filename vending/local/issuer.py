@@ -43,8 +43,9 @@ def _load_or_create(path: Path) -> rsa.RSAPrivateKey:
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -81,8 +82,7 @@ class DevIssuer:
     def jwks(self) -> dict[str, Any]:
         return {"keys": [dict(self._jwk)]}
 
-    def mint(self, subject: str, audience: str, *, ttl_s: int = 600,
-             extra_claims: dict[str, Any] | None = None) -> str:
+    def mint(self, subject: str, audience: str, *, ttl_s: int = 600, extra_claims: dict[str, Any] | None = None) -> str:
         """An RS256 token for ``subject`` valid ``ttl_s`` seconds from now."""
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
@@ -91,6 +91,14 @@ class DevIssuer:
         if clash:
             raise ValueError(f"extra_claims may not set {sorted(clash)}")
         now = int(clock.epoch())
-        claims = {**extra, "iss": self.issuer_url, "sub": subject, "aud": audience,
-                  "iat": now, "nbf": now, "exp": now + ttl_s, "jti": secrets.token_urlsafe(16)}
+        claims = {
+            **extra,
+            "iss": self.issuer_url,
+            "sub": subject,
+            "aud": audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl_s,
+            "jti": secrets.token_urlsafe(16),
+        }
         return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})

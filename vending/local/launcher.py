@@ -41,11 +41,11 @@ def local_env(port: int = 8080, iam_port: int = 8081, state_dir: Path = STATE_DI
         "VENDING_STORE": f"sqlite:{state_dir}/vending.db",
         "VENDING_PROJECT": "local-project",
         "VENDING_IAM_ENDPOINT": f"http://127.0.0.1:{iam_port}",
-        "VENDING_IAM_ADMIN_ENDPOINT": f"http://127.0.0.1:{iam_port}",   # the kill switch: the same stand-in
+        "VENDING_IAM_ADMIN_ENDPOINT": f"http://127.0.0.1:{iam_port}",  # the kill switch: the same stand-in
         "VENDING_IAM_TOKEN": LOCAL_IAM_TOKEN,
         "VENDING_KEYS_BASE_URL": f"http://127.0.0.1:{iam_port}",
         "VENDING_EVENTS_FILE": f"{state_dir}/events.jsonl",
-        "VENDING_SESSION_KEY": session_key(state_dir),   # signs console sessions; kept across restarts
+        "VENDING_SESSION_KEY": session_key(state_dir),  # signs console sessions; kept across restarts
     }
 
 
@@ -125,9 +125,11 @@ def _suggest(port: int, taken: set[int]) -> int:
 
 def busy_port_message(flag: str, port: int, taken: set[int]) -> str:
     alt = _suggest(port, taken)
-    return (f"vending serve: port {port} ({flag}) is already in use on 127.0.0.1, by another `make run` or "
-            f"another program.\nStop it, or choose another port: make run ARGS=\"{flag} {alt}\" "
-            f"(python -m vending serve {flag} {alt})")
+    return (
+        f"vending serve: port {port} ({flag}) is already in use on 127.0.0.1, by another `make run` or "
+        f'another program.\nStop it, or choose another port: make run ARGS="{flag} {alt}" '
+        f"(python -m vending serve {flag} {alt})"
+    )
 
 
 def check_ports(ports: dict[str, int]) -> None:
@@ -148,8 +150,10 @@ def _check_issuer_port(config_path: str, jwks_uri: str, issuer_port: int) -> Non
     """The development issuer's keys are served where the policy says they are."""
     parts = urlsplit(jwks_uri)
     if parts.hostname in ("127.0.0.1", "localhost") and parts.port != issuer_port:
-        raise LaunchError(f"vending serve: {config_path}: the development issuer's jwks_uri {jwks_uri} is not on "
-                          f"--issuer-port {issuer_port}; use the same port in both (and in its issuer)")
+        raise LaunchError(
+            f"vending serve: {config_path}: the development issuer's jwks_uri {jwks_uri} is not on "
+            f"--issuer-port {issuer_port}; use the same port in both (and in its issuer)"
+        )
 
 
 def cli_command() -> str:
@@ -164,11 +168,14 @@ def cli_command() -> str:
 
 
 def vend_command(port: int = 8080) -> str:
-    body = json.dumps({"service_account": DEMO_SA, "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
-                       "lifetime": "600s"})
-    return (f"curl -s -X POST http://127.0.0.1:{port}/v1/access-tokens "
-            f"-H \"Authorization: Bearer $({cli_command()} dev-token --subject {DEMO_SUBJECT})\" "
-            f"-H 'Content-Type: application/json' -d {shlex.quote(body)}")
+    body = json.dumps(
+        {"service_account": DEMO_SA, "scopes": ["https://www.googleapis.com/auth/cloud-platform"], "lifetime": "600s"}
+    )
+    return (
+        f"curl -s -X POST http://127.0.0.1:{port}/v1/access-tokens "
+        f'-H "Authorization: Bearer $({cli_command()} dev-token --subject {DEMO_SUBJECT})" '
+        f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
+    )
 
 
 def _answers(url: str) -> bool:
@@ -199,10 +206,31 @@ class Launch:
 
     def spawn(self, target: str, port: int, kind: str, env: dict[str, str]) -> None:
         # Own process group (stopped as a whole), and tied to this process: see vending.local.child.
-        self.children.append((target, subprocess.Popen(
-            [sys.executable, "-m", "vending.local.child", str(os.getpid()), "--target", target,
-             "--source", "main.py", "--signature-type", kind, "--host", "127.0.0.1", "--port", str(port)],
-            env=env, start_new_session=True)))
+        self.children.append(
+            (
+                target,
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "vending.local.child",
+                        str(os.getpid()),
+                        "--target",
+                        target,
+                        "--source",
+                        "main.py",
+                        "--signature-type",
+                        kind,
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                    ],
+                    env=env,
+                    start_new_session=True,
+                ),
+            )
+        )
 
     def exited(self) -> tuple[str, int] | None:
         for target, child in self.children:
@@ -289,8 +317,9 @@ def _serve(port: int, iam_port: int, issuer_port: int, pubsub_port: int) -> int:
         print("Press Ctrl-C to stop.", flush=True)
         while (gone := launch.exited()) is None:
             time.sleep(0.5)
-        raise LaunchError(f"vending serve: the {gone[0]} function process exited (code {gone[1]}); "
-                          "stopping everything", 1)
+        raise LaunchError(
+            f"vending serve: the {gone[0]} function process exited (code {gone[1]}); stopping everything", 1
+        )
     except _Stop as stop:
         if stop.signum == signal.SIGINT:
             print("\nStopping...", flush=True)
@@ -303,8 +332,9 @@ def _start_local_parts(launch: Launch, issuer_url: str, iam_port: int, issuer_po
     from vending.local.iamcredentials import IamStandIn, StandInPolicy
     from vending.local.issuer import DevIssuer
 
-    iam = IamStandIn(StandInPolicy.load("config/local-iam.yaml"), host="127.0.0.1", port=iam_port,
-                     key_dir=STATE_DIR / "iam-keys")
+    iam = IamStandIn(
+        StandInPolicy.load("config/local-iam.yaml"), host="127.0.0.1", port=iam_port, key_dir=STATE_DIR / "iam-keys"
+    )
     try:
         iam.start()
     except OSError:
@@ -332,8 +362,11 @@ def _wait_until_up(launch: Launch, port: int, pubsub_port: int) -> None:
         if gone is not None:
             target, code = gone
             flag = "--port" if target == "vend_http" else "--pubsub-port"
-            raise LaunchError(f"vending serve: the {target} function process exited (code {code}) before it "
-                              f"answered; its output is above (a port taken since the check? see {flag})", 1)
+            raise LaunchError(
+                f"vending serve: the {target} function process exited (code {code}) before it "
+                f"answered; its output is above (a port taken since the check? see {flag})",
+                1,
+            )
         if time.monotonic() > deadline:
             raise LaunchError(f"vending serve: the function processes did not answer within {START_TIMEOUT_S:g}s", 1)
         pending = {url for url in pending if not _answers(url)}

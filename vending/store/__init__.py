@@ -30,8 +30,20 @@ if TYPE_CHECKING:
     from vending.store.sqlite import SqliteStore
 
 __all__ = [
-    "Create", "Delete", "Doc", "Filter", "FirestoreStore", "Op", "Query", "SqliteStore", "Store",
-    "StoreConflict", "StoreUnavailable", "Update", "Write", "open_store",
+    "Create",
+    "Delete",
+    "Doc",
+    "Filter",
+    "FirestoreStore",
+    "Op",
+    "Query",
+    "SqliteStore",
+    "Store",
+    "StoreConflict",
+    "StoreUnavailable",
+    "Update",
+    "Write",
+    "open_store",
 ]
 
 

@@ -149,9 +149,14 @@ def check_kind(kind: str) -> str:
 
 def check_id(doc_id: str) -> str:
     """Firestore's document id rules, applied by every backend."""
-    if (not isinstance(doc_id, str) or not doc_id or "/" in doc_id or doc_id in (".", "..")
-            or (doc_id.startswith("__") and doc_id.endswith("__"))
-            or len(doc_id.encode("utf-8")) > 1500):
+    if (
+        not isinstance(doc_id, str)
+        or not doc_id
+        or "/" in doc_id
+        or doc_id in (".", "..")
+        or (doc_id.startswith("__") and doc_id.endswith("__"))
+        or len(doc_id.encode("utf-8")) > 1500
+    ):
         raise ValueError(f"invalid document id {doc_id!r}")
     return doc_id
 
@@ -182,7 +187,7 @@ class QueryPlan:
     kind: str
     equality: tuple[Filter, ...]
     ranges: tuple[Filter, ...]
-    order: str | None          # the order_by field, or the range field when order_by is None
+    order: str | None  # the order_by field, or the range field when order_by is None
     descending: bool
     limit: int
     start_after: tuple[Any, str] | None
@@ -230,8 +235,9 @@ def plan_query(query: Query) -> QueryPlan:
         if len(start_after) != 2 or isinstance(start_after[0], (dict, list, tuple)):
             raise TypeError("start_after must be (order value, id)")
         start_after = (_normalize(start_after[0], "start_after"), check_id(start_after[1]))
-    return QueryPlan(query.kind, tuple(equality), tuple(ranges), order, bool(query.descending),
-                     query.limit, start_after)
+    return QueryPlan(
+        query.kind, tuple(equality), tuple(ranges), order, bool(query.descending), query.limit, start_after
+    )
 
 
 def normalize_data(data: dict[str, Any]) -> dict[str, Any]:

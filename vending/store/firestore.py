@@ -57,8 +57,13 @@ from vending.store.base import (
 _UTC = _dt.UTC
 _VERSION_RE = re.compile(r"([0-9]{1,12})\.([0-9]{9})")
 _CONFLICTS = (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted, gexc.Conflict)
-_TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError,
-              gexc.TooManyRequests, gexc.ResourceExhausted)
+_TRANSIENT = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+    gexc.TooManyRequests,
+    gexc.ResourceExhausted,
+)
 _PING_COLLECTION = "_ping"
 
 T = TypeVar("T")
@@ -113,7 +118,10 @@ class FirestoreStore:
         # reports a conflict, so it can never produce two winners.
         self._retry = gretry.Retry(
             predicate=gretry.if_exception_type(*_TRANSIENT),
-            initial=0.05, maximum=0.5, multiplier=2.0, timeout=retry_deadline_s,
+            initial=0.05,
+            maximum=0.5,
+            multiplier=2.0,
+            timeout=retry_deadline_s,
         )
 
     # -- helpers -----------------------------------------------------------
@@ -160,8 +168,9 @@ class FirestoreStore:
             if w.expect_version is not None:
                 ts = decode_version(w.expect_version)
                 if ts is None:  # not a version this backend ever issued: cannot match
-                    raise StoreConflict(f"{w.kind}/{w.id} changed since it was read",
-                                        detail=f"foreign version {w.expect_version!r}")
+                    raise StoreConflict(
+                        f"{w.kind}/{w.id} changed since it was read", detail=f"foreign version {w.expect_version!r}"
+                    )
                 option: Any = client.write_option(last_update_time=ts)
             else:
                 option = client.write_option(exists=True) if isinstance(w, Delete) else None

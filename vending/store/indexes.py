@@ -17,7 +17,7 @@ ISSUANCES = "issuances"
 REQUESTS = "requests"
 REPLAY = "replay"
 USES = "uses"
-KILL_SWITCHES = "kill_switches"   # one document per service account (id: its email); read by id only
+KILL_SWITCHES = "kill_switches"  # one document per service account (id: its email); read by id only
 
 
 @dataclass(frozen=True)

@@ -50,17 +50,24 @@ def decode_cursor(token: str) -> Cursor:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         phase, value, doc_id = json.loads(raw)
         when = _dt.datetime.fromisoformat(value)
-        if (type(phase) is not int or phase not in (0, 1) or when.tzinfo is None or not isinstance(doc_id, str)
-                or len(doc_id) != 32):
+        if (
+            type(phase) is not int
+            or phase not in (0, 1)
+            or when.tzinfo is None
+            or not isinstance(doc_id, str)
+            or len(doc_id) != 32
+        ):
             raise ValueError("bad cursor")
         return Cursor(phase, when.astimezone(clock.UTC), doc_id)
     except (ValueError, TypeError, OverflowError, RecursionError, UnicodeDecodeError) as exc:
-        raise BadRequestError("page_token is not a token returned by this service.",
-                              reason="invalid-page-token") from exc
+        raise BadRequestError(
+            "page_token is not a token returned by this service.", reason="invalid-page-token"
+        ) from exc
 
 
-def merged_page(store: Store, kind: str, parts: Sequence[Part], *, order: str, page_size: int,
-                page_token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+def merged_page(
+    store: Store, kind: str, parts: Sequence[Part], *, order: str, page_size: int, page_token: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
     """Up to ``page_size`` documents of ``parts``: phase by phase, newest first; and the next cursor."""
     cursor = decode_cursor(page_token) if page_token else None
     found: dict[str, tuple[int, Doc]] = {}
@@ -70,8 +77,9 @@ def merged_page(store: Store, kind: str, parts: Sequence[Part], *, order: str, p
         after = (cursor.value, cursor.id) if cursor is not None and part.phase == cursor.phase else None
         matched = 0
         while True:
-            batch = store.query(Query(kind, part.filters, order_by=order, descending=True, limit=page_size + 1,
-                                      start_after=after))
+            batch = store.query(
+                Query(kind, part.filters, order_by=order, descending=True, limit=page_size + 1, start_after=after)
+            )
             for doc in batch:
                 if part.keep is None or part.keep(doc.data):
                     found.setdefault(doc.id, (part.phase, doc))

@@ -68,11 +68,11 @@ _SQL_OPS = {"==": "=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
 # -- value codec -------------------------------------------------------------
 
+
 def encode_datetime(value: _dt.datetime) -> str:
     """Fixed-width, sortable UTC text: ``2026-11-28T22:40:07.123456Z``."""
     v = value.astimezone(_UTC)
-    return (f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:"
-            f"{v.second:02d}.{v.microsecond:06d}Z")
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}Z"
 
 
 def _to_json(value: Any) -> Any:
@@ -139,6 +139,7 @@ def _table(kind: str) -> str:
 
 # -- the store ---------------------------------------------------------------
 
+
 class SqliteStore:
     """``Store`` on one SQLite file (or ``:memory:``)."""
 
@@ -149,8 +150,8 @@ class SqliteStore:
         self._pool_size = pool_size
         self._pool: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
-        self._write_lock = threading.RLock()    # one writer at a time in this process
-        self._shared_lock = threading.RLock()   # :memory: only: guards the one connection
+        self._write_lock = threading.RLock()  # one writer at a time in this process
+        self._shared_lock = threading.RLock()  # :memory: only: guards the one connection
         self._shared: sqlite3.Connection | None = None
         self._initialized = False
         self._init_lock = threading.Lock()
@@ -162,8 +163,7 @@ class SqliteStore:
     def _open(self) -> sqlite3.Connection:
         if not self._memory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
-                               check_same_thread=False)
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA synchronous=NORMAL")
             with self._init_lock:
@@ -225,8 +225,10 @@ class SqliteStore:
             with self._connection() as conn:
                 for kind in sorted(missing - self._known_kinds):
                     table = _table(kind)
-                    conn.execute(f"CREATE TABLE IF NOT EXISTS {table} "
-                                 "(id TEXT PRIMARY KEY, data TEXT NOT NULL, version INTEGER NOT NULL)")
+                    conn.execute(
+                        f"CREATE TABLE IF NOT EXISTS {table} "
+                        "(id TEXT PRIMARY KEY, data TEXT NOT NULL, version INTEGER NOT NULL)"
+                    )
                     for shape in INDEXES:
                         if shape.kind != kind:
                             continue
@@ -280,13 +282,15 @@ class SqliteStore:
 
     @staticmethod
     def _apply(conn: sqlite3.Connection, encoded: list[tuple[Write, Any]]) -> None:
-        version = conn.execute(
-            "UPDATE _meta SET value = value + 1 WHERE name = 'version' RETURNING value").fetchall()[0][0]
+        version = conn.execute("UPDATE _meta SET value = value + 1 WHERE name = 'version' RETURNING value").fetchall()[
+            0
+        ][0]
         for w, payload in encoded:
             table = _table(w.kind)
             if isinstance(w, Create):
-                cur = conn.execute(f"INSERT OR IGNORE INTO {table} (id, data, version) VALUES (?, ?, ?)",
-                                   (w.id, payload, version))
+                cur = conn.execute(
+                    f"INSERT OR IGNORE INTO {table} (id, data, version) VALUES (?, ?, ?)", (w.id, payload, version)
+                )
                 if cur.rowcount != 1:
                     raise StoreConflict(f"{w.kind}/{w.id} already exists")
                 continue
@@ -298,8 +302,7 @@ class SqliteStore:
             if isinstance(w, Update):
                 data = json.loads(row[0])
                 data.update(payload)
-                conn.execute(f"UPDATE {table} SET data = ?, version = ? WHERE id = ?",
-                             (_dumps(data), version, w.id))
+                conn.execute(f"UPDATE {table} SET data = ?, version = ? WHERE id = ?", (_dumps(data), version, w.id))
             else:
                 assert isinstance(w, Delete)
                 conn.execute(f"DELETE FROM {table} WHERE id = ?", (w.id,))
@@ -332,9 +335,11 @@ class SqliteStore:
                 where.append(f"id {'<' if plan.descending else '>'} ?")
                 params.append(plan.start_after[1])
             order_sql = f"id {direction}"
-        sql = (f"SELECT id, data, version FROM {_table(plan.kind)}"
-               + (" WHERE " + " AND ".join(where) if where else "")
-               + f" ORDER BY {order_sql} LIMIT ?")
+        sql = (
+            f"SELECT id, data, version FROM {_table(plan.kind)}"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY {order_sql} LIMIT ?"
+        )
         params.append(plan.limit)
         self._ensure_kinds({plan.kind})
         with self._connection() as conn:
