@@ -612,28 +612,22 @@ def test_the_runtime_token_creator_grants_are_derived_from_the_policy(tf: Terraf
 
 
 def test_the_source_archive_ships_the_code_but_not_the_tests() -> None:
-    # GIVEN the module's source_include / source_exclude defaults
-    tf = load_terraform(TERRAFORM_DIR / "modules" / "token-vending")
-    variables = next(iter(tf.variables.values()))
-    include = variables["source_include"]["default"]
-    exclude = variables["source_exclude"]["default"]
+    # GIVEN the module's source_include / source_exclude defaults, matched as Terraform's fileset()
+    from tests.support.archive import archive_files
 
-    def matches(rel: str, pattern: str) -> bool:  # Terraform fileset(): ** spans directories
-        regex = re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
-        return re.fullmatch(regex, rel) is not None
-
+    shipped = set(archive_files(REPO))
     files = set()
-    for dirpath, dirnames, filenames in os.walk(REPO):
-        dirnames[:] = [d for d in dirnames if d != ".git" and not d.startswith(".venv")]
+    for dirpath, _dirnames, filenames in os.walk(REPO / "vending"):
         files.update((Path(dirpath) / f).relative_to(REPO).as_posix() for f in filenames)
-    shipped = {f for f in files if any(matches(f, p) for p in include) and not any(matches(f, p) for p in exclude)}
-    # THEN main.py, requirements.txt and every module of the package ship, nothing from tests/ or venvs
+    # THEN main.py, requirements.txt and every runtime module ship
     assert {"main.py", "requirements.txt"} <= shipped
-    package = {f for f in files if f.startswith("vending/") and f.endswith(".py") and "__pycache__" not in f}
+    local_only = ("vending/local/", "vending/client/", "vending/cli.py", "vending/__main__.py")
+    package = {f for f in files if f.endswith(".py") and "__pycache__" not in f and not f.startswith(local_only)}
     assert package and package <= shipped
     console = {f for f in files if f.startswith("vending/console/static/")}  # the web console (issue 15)
     assert {"vending/console/static/index.html", "vending/console/static/console.js"} <= console <= shipped
-    assert not [f for f in shipped if f.startswith(("tests/", ".venv", "terraform/", "config/"))]
+    # AND nothing from tests, venvs, benchmarks, the local stand-ins or the client (issue 17)
+    assert not [f for f in shipped if f.startswith(("tests/", ".venv", "terraform/", "config/", "bench/", *local_only))]
 
 
 def test_the_example_policy_is_valid_for_production() -> None:

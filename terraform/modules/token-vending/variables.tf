@@ -66,7 +66,15 @@ variable "source_include" {
 }
 
 variable "source_exclude" {
-  description = "Glob patterns removed again from the included files."
+  description = <<-EOT
+    Glob patterns removed again from the included files. The archive holds only
+    what runs in the cloud: the local stand-ins (vending/local/: an IAM
+    Credentials stand-in with unauthenticated admin routes, the development
+    issuer, the launcher), the command-line client (vending/client/,
+    vending/cli.py, vending/__main__.py), tests and benchmarks never ship.
+    tests/functional/test_archive.py builds the archive from these same lists,
+    imports main from it alone and serves a vend.
+  EOT
   type        = list(string)
   default = [
     "**/__pycache__/**",
@@ -77,6 +85,10 @@ variable "source_exclude" {
     ".venv*/**",
     ".vending-local/**",
     "config/**",
+    "vending/local/**",
+    "vending/client/**",
+    "vending/cli.py",
+    "vending/__main__.py",
   ]
 }
 
