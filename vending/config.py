@@ -85,6 +85,24 @@ class Pattern(_Model):
 Matcher = str | Pattern
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def secure_url(value: str) -> bool:
+    """An https URL with a host (no credentials in it), or plain http on a loopback host (local stand-ins)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    if not host or parts.username or parts.password:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS)
+
+
 def _has_control(value: str) -> bool:
     """C0 and C1 control characters (NEL among them), DEL, and the Unicode line / paragraph separators."""
     return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in value)
@@ -115,6 +133,16 @@ class Issuer(_Model):
     jwks_cooldown_seconds: int = Field(default=30, ge=0)
     max_token_ttl_seconds: int = Field(default=86400, gt=0)
     development: bool = False
+
+    @model_validator(mode="after")
+    def _keys_over_https(self) -> Issuer:
+        """Keys travel over https: plain http is accepted only on a loopback host or for a development issuer."""
+        if not self.development and not secure_url(self.jwks_uri):
+            raise ValueError(
+                f"jwks_uri must be https://HOST/... (plain http only on a loopback host, or for a "
+                f"development issuer), got {self.jwks_uri!r}"
+            )
+        return self
 
     @field_validator("algorithms")
     @classmethod
@@ -548,7 +576,6 @@ ENV_VARS = (
 )
 SESSION_KEY_MIN_CHARS = 32
 IAM_ADMIN_ENDPOINT = "https://iam.googleapis.com"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -573,12 +600,10 @@ def _endpoint(name: str, value: str) -> str:
 
     try:
         parts = urlsplit(value)
-        host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
         raise ConfigError(f"{name}: {value!r} is not a URL") from exc
-    ok = bool(host) and (parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS))
-    if not ok or parts.username or parts.password or parts.query or parts.fragment:
+    if not secure_url(value) or parts.query or parts.fragment:
         raise ConfigError(f"{name}: must be https://HOST (plain http only on loopback), got {value!r}")
     return value.rstrip("/")
 
@@ -591,9 +616,10 @@ def load_settings() -> Settings:
     config_path = _env("VENDING_CONFIG", "config/example.yaml") or ""
     policy = load_policy(config_path)
     project = _env("VENDING_PROJECT") or _env("GOOGLE_CLOUD_PROJECT") or "local-project"
-    iam_endpoint = (_env("VENDING_IAM_ENDPOINT", "https://iamcredentials.googleapis.com") or "").rstrip("/")
-    if not iam_endpoint.startswith(("https://", "http://127.0.0.1", "http://localhost")):
-        raise ConfigError("VENDING_IAM_ENDPOINT: must be https:// (plain http only on loopback)")
+    # A host check, not a prefix check: http://127.0.0.1.example.com is not loopback.
+    iam_endpoint = _endpoint(
+        "VENDING_IAM_ENDPOINT", _env("VENDING_IAM_ENDPOINT", "https://iamcredentials.googleapis.com") or ""
+    )
     settings = Settings(
         config_path=config_path,
         store=store,
@@ -603,7 +629,10 @@ def load_settings() -> Settings:
         iam_token=_env("VENDING_IAM_TOKEN"),
         iam_timeout_s=_number("VENDING_IAM_TIMEOUT", "10", float, 0.1, 60),
         iam_retries=_number("VENDING_IAM_RETRIES", "2", int, 0, 5),
-        keys_base_url=(_env("VENDING_KEYS_BASE_URL", "https://www.googleapis.com") or "").rstrip("/"),
+        # Bots' public keys: https (plain http only on loopback), like every other key source.
+        keys_base_url=_endpoint(
+            "VENDING_KEYS_BASE_URL", _env("VENDING_KEYS_BASE_URL", "https://www.googleapis.com") or ""
+        ),
         notifications_topic=_env("VENDING_NOTIFICATIONS_TOPIC"),
         alerts_topic=_env("VENDING_ALERTS_TOPIC"),
         events_file=_env("VENDING_EVENTS_FILE"),
