@@ -3,6 +3,9 @@
 - ``vend_http``: the HTTP JSON API (vend credentials, access requests, ledger).
 - ``handle_pubsub``: signed chat-ops approval messages (Pub/Sub CloudEvent).
 - ``sweep_expired``: the scheduled expiry sweep (Cloud Scheduler -> Pub/Sub).
+- ``chat_google_http`` / ``chat_slack_http``: the chat-ops apps' interaction endpoints (a verified
+  click becomes a signed approval); ``chat_notify``: cards and alerts from the notifications and
+  alerts topics (``vending.chat``, imported only by these three: ``vend_http`` never loads it).
 
 Settings and the policy file are validated at import (cold start): a bad
 file stops the process with a message naming the file and the field.
@@ -49,3 +52,24 @@ def handle_pubsub(event: Any) -> None:
 @functions_framework.cloud_event
 def sweep_expired(event: Any) -> None:
     wiring.service().sweep()
+
+
+@functions_framework.http
+def chat_google_http(request: Any) -> Any:
+    from vending.chat import wiring as chat
+
+    return chat.respond(chat.google_app, request)
+
+
+@functions_framework.http
+def chat_slack_http(request: Any) -> Any:
+    from vending.chat import wiring as chat
+
+    return chat.respond(chat.slack_app, request)
+
+
+@functions_framework.cloud_event
+def chat_notify(event: Any) -> None:
+    from vending.chat import wiring as chat
+
+    chat.notifier().handle(event)
