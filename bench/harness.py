@@ -35,12 +35,15 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Plan:
-    latency_n: int  # measured vends per latency series (split in two interleaved blocks)
+    latency_n: int  # measured sequential vends per latency series (split in interleaved blocks)
     warmup: int  # unmeasured requests before each block
     naive_n: int
-    rss_half: int  # vends per half of the RSS run (target: 5,000 + 5,000)
+    rss_half: int  # vends per half of the RSS run at concurrency 8 (target: 5,000 + 5,000)
+    floor_tp_n: int  # floor vends per block at concurrency 8 (two blocks, between ours)
+    sqlite_tp_n: int  # vends per block at concurrency 8 on SQLite (ours and floor, two blocks each)
+    c32_n: int  # vends per block at concurrency 32 (ours and floor, two blocks each)
     trivial_n: int
-    concurrency: int  # client threads for throughput (= the server's 8 threads)
+    concurrency: int  # client threads for throughput (= the server's default 8 threads)
     cold_reps: int
     roundtrip_n: int
     sweep_sizes: tuple[int, int]
@@ -50,13 +53,16 @@ class Plan:
 
 
 FULL = Plan(
-    latency_n=2000,
+    latency_n=1600,
     warmup=50,
-    naive_n=500,
+    naive_n=300,
     rss_half=5000,
-    trivial_n=5000,
+    floor_tp_n=1500,
+    sqlite_tp_n=1500,
+    c32_n=1000,
+    trivial_n=2000,
     concurrency=8,
-    cold_reps=10,
+    cold_reps=8,
     roundtrip_n=200,
     sweep_sizes=(1000, 10000),
     sweep_due=100,
@@ -68,6 +74,9 @@ QUICK = Plan(
     warmup=5,
     naive_n=10,
     rss_half=100,
+    floor_tp_n=100,
+    sqlite_tp_n=100,
+    c32_n=64,
     trivial_n=200,
     concurrency=8,
     cold_reps=1,
@@ -77,6 +86,8 @@ QUICK = Plan(
     sweep_reps=1,
     verify_n=200,
 )
+
+CONCURRENCY_LEVELS = (1, 8, 32)
 
 COLD_MAIN = """\
 import time
@@ -107,13 +118,27 @@ print("BENCH_RESULT " + json.dumps({"s": _t1 - _t0}), flush=True)
 COLD_FLOOR = """\
 import time
 _t0 = time.perf_counter()
-import functions_framework
-import google.cloud.firestore
-import google.auth
+import json, sys
+from functions_framework import create_app
+client = create_app("floor_vend", "bench/floorapp.py").test_client()
+resp = client.post("/v1/access-tokens", data=sys.argv[2].encode(),
+                   headers={"Authorization": "Bearer " + sys.argv[1], "Content-Type": "application/json"})
 _t1 = time.perf_counter()
-import json
+if resp.status_code != 200:
+    raise SystemExit(f"cold floor answered {resp.status_code}: {resp.get_data(as_text=True)[:300]}")
 print("BENCH_RESULT " + json.dumps({"s": _t1 - _t0}), flush=True)
 """
+
+
+def _block(result: dict[str, Any]) -> dict[str, Any]:
+    """What a load block leaves for the report: its size, wall time, latency summary and CPU."""
+    return {
+        "n": result["n"],
+        "wall_s": result["wall_s"],
+        "rps": result["throughput_rps"],
+        "latency_ms": summary(result["latencies_ms"]),
+        "cpu_s": result["server_cpu"],
+    }
 
 
 def _proc_status(pid: int) -> dict[str, int]:
@@ -235,16 +260,29 @@ class Bench:
         out = self._path(name)
         return run_json([*argv, "--out", str(out)], env, out, self.logs / f"{name}.log")
 
-    def serve(self, name: str, target: str, source: str, env: dict[str, str], health: str = "/") -> tuple[Child, str]:
-        """A real functions-framework server process (gunicorn defaults: 1 worker, 8 threads).
+    def serve(
+        self,
+        name: str,
+        target: str,
+        source: str,
+        env: dict[str, str],
+        health: str = "/",
+        *,
+        threads: int | None = None,
+        reset_iam: bool = True,
+    ) -> tuple[Child, str]:
+        """A real functions-framework server process (gunicorn: 1 worker, ``threads`` threads; default 8 here).
 
         The IAM stand-in is reset first (records, counters), so no phase inherits another's state.
         """
         import requests
 
-        requests.post(self.iam_url + "/_standin/reset", timeout=10).raise_for_status()
+        if reset_iam:
+            requests.post(self.iam_url + "/_standin/reset", timeout=10).raise_for_status()
         port = free_port()
         env = {k: v for k, v in env.items() if k not in ("WORKERS", "THREADS")}
+        if threads is not None:
+            env["THREADS"] = str(threads)
         child = self._child(
             name,
             [
@@ -268,6 +306,31 @@ class Bench:
         except RuntimeError as exc:
             raise RuntimeError(f"{name}: {exc}\n{child.tail()}") from None
         return child, url
+
+    def serve_pair(self, backend: str, threads: int | None = None) -> tuple[tuple[Child, str], tuple[Child, str]]:
+        """The vend function and its floor function, both live, on the same backend and settings."""
+        env, floor_env = (self.env_fs, self.env_fs_floor) if backend == "firestore" else self.sqlite_envs()
+        suffix = f"-{backend}-t{threads or 8}"
+        ours = self.serve("server" + suffix, "vend_http", "main.py", env, "/healthz", threads=threads)
+        floor = self.serve(
+            "floor" + suffix, "floor_vend", "bench/floorapp.py", floor_env, "/", threads=threads, reset_iam=False
+        )
+        return ours, floor
+
+    def sqlite_envs(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Fresh SQLite files for the vend and the floor (the floor's schema made by the service's store)."""
+        from vending.store.indexes import ISSUANCES, KILL_SWITCHES, REPLAY
+        from vending.store.sqlite import SqliteStore
+
+        self._seq += 1
+        ours, floor = self.run_dir / f"vending-{self._seq}.db", self.run_dir / f"floor-{self._seq}.db"
+        store = SqliteStore(str(floor))
+        store._ensure_kinds({ISSUANCES, REPLAY, KILL_SWITCHES})  # deploy-time schema, as the service's
+        store.close()
+        return {**self.env_base, "VENDING_STORE": f"sqlite:{ours}"}, {
+            **self.env_floor,
+            "VENDING_STORE": f"sqlite:{floor}",
+        }
 
     def stop_child(self, child: Child) -> None:
         child.stop()
@@ -302,24 +365,14 @@ class Bench:
             )
         return result
 
-    def floor(self, name: str, mode: str, n: int) -> dict[str, Any]:
-        result: dict[str, Any] = self.run_json(
-            name,
-            [
-                PY,
-                "-m",
-                "bench.floor",
-                "--mode",
-                mode,
-                "--iam",
-                self.iam_url,
-                "--n",
-                str(n),
-                "--warmup",
-                str(self.plan.warmup),
-            ],
-            self.env_base,
-        )
+    def metered(self, name: str, server: Child, url: str, n: int, concurrency: int) -> dict[str, Any]:
+        """One load block with the server's CPU (and the emulator's, the stand-in's) measured around it."""
+        cpu = CpuMeter(self, server.pid)
+        result = self.loadgen(name, url + common.VEND_PATH, n, concurrency=concurrency)
+        cpu_s = cpu.stop()
+        cpu_s["requests"] = result["n"] + self.plan.warmup
+        cpu_s["loadgen_per_request"] = result["cpu_s"] / max(1, result["n"])
+        result["server_cpu"] = cpu_s
         return result
 
     # -- setup ----------------------------------------------------------------------------------
@@ -330,7 +383,7 @@ class Bench:
         self.say(f"run directory {self.run_dir}")
         self.say("starting the Firestore emulator")
         self.emulator = emulators.firestore_emulator(common.PROJECT, log_dir=self.logs)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VENDING_", "NAIVE_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VENDING_", "NAIVE_", "FLOOR_"))}
         env.update(
             FIRESTORE_EMULATOR_HOST=self.emulator.host, GOOGLE_CLOUD_PROJECT=common.PROJECT, PYTHONPATH=str(ROOT)
         )
@@ -365,7 +418,8 @@ class Bench:
             "VENDING_STORE": "firestore",  # production settings: the session key is required
             "VENDING_SESSION_KEY": "bench-console-session-key-not-a-secret-0123456789",
         }
-        self.env_sqlite = {**env, "VENDING_STORE": f"sqlite:{self.run_dir / 'vending.db'}"}
+        self.env_floor = {**env, "FLOOR_JWKS_URL": f"{self.jwks_url}/.well-known/jwks.json"}
+        self.env_fs_floor = {**self.env_floor, "VENDING_STORE": "firestore"}
         self.env_naive = {
             **env,
             "NAIVE_AUDIENCE": common.AUDIENCE,
@@ -420,14 +474,17 @@ class Bench:
 
     def fig_cold_start(self) -> None:
         reps = self.plan.cold_reps
-        self.say(f"cold start: {reps} fresh processes each for main (import + first vend) and the imports floor")
-        tokens = common.mint_tokens(self.state, reps + 1)
+        self.say(
+            f"cold start: {reps} fresh processes each for main and the floor function (import + first vend), "
+            "on Firestore and on SQLite"
+        )
+        tokens = iter(common.mint_tokens(self.state, 4 * reps + 4))
         body = common.vend_body().decode()
 
-        def once(script: str, *extra: str) -> float:
+        def once(script: str, env: dict[str, str], *extra: str) -> float:
             proc = subprocess.run(
                 [PY, "-c", script, *extra],
-                env=self.env_fs,
+                env=env,
                 cwd=ROOT,
                 capture_output=True,
                 text=True,
@@ -439,61 +496,106 @@ class Bench:
                 raise RuntimeError(f"cold start child failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
             return float(json.loads(lines[-1].split(" ", 1)[1])["s"])
 
-        once(COLD_FLOOR)  # compile caches, warm the page cache: not measured
-        once(COLD_IMPORT)
-        once(COLD_MAIN, tokens[0], body)
-        ours, floor, imports = [], [], []
-        for i in range(reps):  # interleaved, so drift hits all alike
-            floor.append(once(COLD_FLOOR))
-            imports.append(once(COLD_IMPORT))
-            ours.append(once(COLD_MAIN, tokens[i + 1], body))
-        self.raw["cold_start"] = {
-            "ours_s": ours,
-            "floor_s": floor,
-            "import_s": imports,
-            "ours_median_s": median(ours),
-            "floor_median_s": median(floor),
-            "import_median_s": median(imports),
-        }
+        for backend in ("firestore", "sqlite"):
+            env, floor_env = (self.env_fs, self.env_fs_floor) if backend == "firestore" else self.sqlite_envs()
+            once(COLD_FLOOR, floor_env, next(tokens), body)  # compile caches, warm the page cache: not measured
+            once(COLD_MAIN, env, next(tokens), body)
+            ours, floor, imports = [], [], []
+            for _ in range(reps):  # interleaved, so drift hits all alike
+                floor.append(once(COLD_FLOOR, floor_env, next(tokens), body))
+                ours.append(once(COLD_MAIN, env, next(tokens), body))
+                if backend == "firestore":
+                    imports.append(once(COLD_IMPORT, env))
+            key = "cold_start" if backend == "firestore" else "cold_start_sqlite"
+            self.raw[key] = {
+                "ours_s": ours,
+                "floor_s": floor,
+                "import_s": imports,
+                "ours_median_s": median(ours),
+                "floor_median_s": median(floor),
+                "import_median_s": median(imports) if imports else None,
+            }
 
-    def fig_latency_firestore(self) -> None:
-        n = self.plan.latency_n
-        self.say(f"warm vend latency, Firestore: {n} vends through the HTTP function vs {n} direct floors")
-        server, url = self.serve("server-firestore", "vend_http", "main.py", self.env_fs, "/healthz")
+    def fig_backend(self, backend: str) -> None:
+        """Warm latency (concurrency 1), then CPU per vend at concurrency 8 and 32: the vend function and
+        its floor function on the same server settings, interleaved blocks, server CPU metered per block."""
+        plan, c = self.plan, self.plan.concurrency
+        n = plan.latency_n
+        self.say(f"{backend}: warm latency, {n} sequential vends through the vend function and its floor function")
+        (server, url), (fserver, furl) = self.serve_pair(backend)
+        levels: dict[str, dict[str, list[dict[str, Any]]]] = {str(k): {"ours": [], "floor": []} for k in (1, c, 32)}
+        rss: dict[str, Any] = {}
         try:
-            ours, floor = [], []
-            blocks = self.blocks
-            for block in range(blocks):  # interleaved blocks (floor, ours, floor, ours...): drift hits both alike
-                floor += self.floor(f"floor-firestore-{block}", "firestore", n // blocks)["latencies_ms"]
-                ours += self.loadgen(f"latency-firestore-{block}", url + common.VEND_PATH, n // blocks)["latencies_ms"]
+            ours_ms, floor_ms = [], []
+            for block in range(self.blocks):  # interleaved (floor, ours, floor, ours...): drift hits both alike
+                r = self.metered(f"floor-{backend}-c1-{block}", fserver, furl, n // self.blocks, 1)
+                floor_ms += r["latencies_ms"]
+                levels["1"]["floor"].append(_block(r))
+                r = self.metered(f"latency-{backend}-c1-{block}", server, url, n // self.blocks, 1)
+                ours_ms += r["latencies_ms"]
+                levels["1"]["ours"].append(_block(r))
+            self.raw[f"latency_{backend}"] = {"ours_ms": ours_ms, "floor_ms": floor_ms}
+            if backend == "firestore":
+                rss = self._throughput_with_rss(server, url, fserver, furl, levels[str(c)])
+            else:
+                self.say(f"{backend}: concurrency {c}, {2 * plan.sqlite_tp_n} vends each, interleaved")
+                for block in range(2):
+                    r = self.metered(f"floor-{backend}-c{c}-{block}", fserver, furl, plan.sqlite_tp_n, c)
+                    levels[str(c)]["floor"].append(_block(r))
+                    r = self.metered(f"throughput-{backend}-c{c}-{block}", server, url, plan.sqlite_tp_n, c)
+                    levels[str(c)]["ours"].append(_block(r))
         finally:
             self.stop_child(server)
-        self.raw["latency_firestore"] = {"ours_ms": ours, "floor_ms": floor}
-
-    def fig_latency_sqlite(self) -> None:
-        n, c = self.plan.latency_n, self.plan.concurrency
-        self.say(f"warm vend latency, embedded SQLite: {n} vends vs {n} IAM calls alone; then throughput")
-        server, url = self.serve("server-sqlite", "vend_http", "main.py", self.env_sqlite, "/healthz")
+            self.stop_child(fserver)
+        self.say(f"{backend}: concurrency 32 (servers with 32 threads), {2 * plan.c32_n} vends each, interleaved")
+        (server, url), (fserver, furl) = self.serve_pair(backend, threads=32)
         try:
-            ours, floor = [], []
-            blocks = self.blocks
-            for block in range(blocks):
-                floor += self.floor(f"floor-iam-{block}", "iam", n // blocks)["latencies_ms"]
-                ours += self.loadgen(f"latency-sqlite-{block}", url + common.VEND_PATH, n // blocks)["latencies_ms"]
-            cpu = CpuMeter(self, server.pid)
-            tp = self.loadgen("throughput-sqlite", url + common.VEND_PATH, self.plan.trivial_n, concurrency=c)
-            cpu_s = cpu.stop()
-            cpu_s["requests"] = tp["n"] + self.plan.warmup
-            cpu_s["loadgen_per_request"] = tp["cpu_s"] / tp["n"]
+            for block in range(2):
+                r = self.metered(f"floor-{backend}-c32-{block}", fserver, furl, plan.c32_n, 32)
+                levels["32"]["floor"].append(_block(r))
+                r = self.metered(f"throughput-{backend}-c32-{block}", server, url, plan.c32_n, 32)
+                levels["32"]["ours"].append(_block(r))
         finally:
             self.stop_child(server)
-        self.raw["latency_sqlite"] = {"ours_ms": ours, "floor_ms": floor}
-        self.raw["throughput_sqlite"] = {
-            "vends": tp["n"],
-            "wall_s": tp["wall_s"],
-            "rps": tp["throughput_rps"],
-            "cpu_s": cpu_s,
-            "latency_ms": summary(tp["latencies_ms"]),
+            self.stop_child(fserver)
+        self.raw[f"cpu_{backend}"] = levels
+        if rss:
+            self.raw["rss"] = rss
+
+    def _throughput_with_rss(
+        self, server: Child, url: str, fserver: Child, furl: str, level: dict[str, list[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Firestore at concurrency 8: two halves of ``rss_half`` vends (RSS after each), floor blocks between."""
+        import psutil
+
+        half, c = self.plan.rss_half, self.plan.concurrency
+        self.say(f"firestore: concurrency {c}, {2 * half} vends (RSS sampled) and floor blocks between them")
+        workers = psutil.Process(server.pid).children(recursive=True)
+        if len(workers) != 1:
+            raise RuntimeError(f"expected one gunicorn worker, found {len(workers)}")
+        worker = workers[0].pid
+        sampler = RssSampler(worker)
+        idle = _proc_status(worker)["VmRSS"]
+        after: list[int] = []
+        for block in range(2):
+            r = self.metered(f"floor-firestore-c{c}-{block}", fserver, furl, self.plan.floor_tp_n, c)
+            level["floor"].append(_block(r))
+            r = self.metered(f"throughput-firestore-c{c}-{block}", server, url, half, c)
+            level["ours"].append(_block(r))
+            after.append(_proc_status(worker)["VmRSS"])
+        status = _proc_status(worker)
+        sampler.stop()
+        return {
+            "worker_pid": worker,
+            "idle_rss": idle,
+            "rss_after_first_half": after[0],
+            "rss_after_all": after[1],
+            "peak_rss_vmhwm": status["VmHWM"],
+            "peak_rss_sampled": sampler.peak,
+            "arbiter_rss": _proc_status(server.pid)["VmRSS"],
+            "vends_per_half": half,
+            "vends_before": self.plan.latency_n + self.blocks * self.plan.warmup,
+            "samples": sampler.samples[:: max(1, len(sampler.samples) // 400)],
         }
 
     def fig_naive(self) -> None:
@@ -517,52 +619,9 @@ class Bench:
             "vends": n + self.plan.warmup,
         }
 
-    def fig_throughput_rss(self) -> None:
-        half, c = self.plan.rss_half, self.plan.concurrency
-        self.say(f"throughput and RSS: {2 * half} vends at concurrency {c} on a fresh Firestore instance")
-        server, url = self.serve("server-rss", "vend_http", "main.py", self.env_fs, "/healthz")
-        try:
-            import psutil
-
-            workers = psutil.Process(server.pid).children(recursive=True)
-            if len(workers) != 1:
-                raise RuntimeError(f"expected one gunicorn worker, found {len(workers)}")
-            worker = workers[0].pid
-            sampler = RssSampler(worker)
-            idle = _proc_status(worker)["VmRSS"]
-            cpu = CpuMeter(self, server.pid)
-            first = self.loadgen("throughput-1", url + common.VEND_PATH, half, concurrency=c)
-            after_first = _proc_status(worker)["VmRSS"]
-            second = self.loadgen("throughput-2", url + common.VEND_PATH, half, concurrency=c)
-            cpu_s = cpu.stop()
-            status = _proc_status(worker)
-            sampler.stop()
-            arbiter = _proc_status(server.pid)["VmRSS"]
-        finally:
-            self.stop_child(server)
-        vends = first["n"] + second["n"]
-        wall = first["wall_s"] + second["wall_s"]
-        self.raw["rss"] = {
-            "worker_pid": worker,
-            "idle_rss": idle,
-            "rss_after_first_half": after_first,
-            "rss_after_all": status["VmRSS"],
-            "peak_rss_vmhwm": status["VmHWM"],
-            "peak_rss_sampled": sampler.peak,
-            "arbiter_rss": arbiter,
-            "vends_per_half": half,
-            "samples": sampler.samples[:: max(1, len(sampler.samples) // 400)],
-        }
-        cpu_s["requests"] = vends + 2 * self.plan.warmup
-        cpu_s["loadgen_per_request"] = (first["cpu_s"] + second["cpu_s"]) / vends
-        self.raw["throughput"] = {
-            "vends": vends,
-            "wall_s": wall,
-            "rps": vends / wall,
-            "cpu_s": cpu_s,
-            "latency_ms": summary(first["latencies_ms"] + second["latencies_ms"]),
-        }
-        self.say("throughput and sequential latency of a trivial handler on the same server")
+    def fig_trivial(self) -> None:
+        c = self.plan.concurrency
+        self.say("a do-nothing handler on the same server: the HTTP hop (sequential) and its CPU per request")
         server, url = self.serve("server-trivial", "trivial", "bench/trivial.py", self.env_base)
         try:
             cpu = CpuMeter(self, server.pid)
@@ -582,12 +641,7 @@ class Bench:
             )
         finally:
             self.stop_child(server)
-        self.raw["throughput"].update(
-            trivial_rps=result["throughput_rps"],
-            trivial_vends=result["n"],
-            trivial_cpu_s=cpu_s,
-            trivial_latency_ms=summary(result["latencies_ms"]),
-        )
+        self.raw["trivial"] = {"rps": result["throughput_rps"], "cpu_s": cpu_s}
         self.raw["http_hop"] = {"ms": hop["latencies_ms"]}
 
     def fig_sweep(self) -> None:
@@ -619,10 +673,10 @@ class Bench:
         self.fig_verify()
         self.fig_roundtrips()
         self.fig_cold_start()
-        self.fig_latency_firestore()
-        self.fig_latency_sqlite()
+        self.fig_backend("firestore")
+        self.fig_backend("sqlite")
+        self.fig_trivial()
         self.fig_naive()
-        self.fig_throughput_rss()
         self.fig_sweep()
         duration = time.monotonic() - t0
         return {

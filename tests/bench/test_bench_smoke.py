@@ -1,5 +1,5 @@
 """Smoke run of the benchmark harness (``python -m bench --quick``): it runs end to end and
-reports every figure of issue 8. The real benchmarks (``make bench``) never run in ``make test``."""
+reports every figure of issues 8 and 18. The real benchmarks (``make bench``) never run in ``make test``."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ FIGURES = {
     "vend_latency_p99_sqlite",
     "http_hop_p50",
     "cold_start",
-    "throughput",
-    "throughput_sqlite",
+    "cold_start_sqlite",
+    *(f"cpu_per_vend_{backend}_c{c}" for backend in ("firestore", "sqlite") for c in (1, 8, 32)),
     "peak_rss",
     "rss_growth_last_half",
     "iam_calls_per_vend",
