@@ -8,6 +8,11 @@
 - ``functions-framework --target handle_pubsub`` on :8083, where a chat-ops
   bot delivers signed messages as CloudEvents (there is no Pub/Sub locally),
 then prints a command that vends a token. Ctrl-C stops everything it started.
+
+With ``chat_ports`` (``python -m vending.local.chat serve``, what ``make run-chat`` calls) it also
+starts the chat-ops apps against local fakes that sign like the platforms (``vending.local.chat``):
+``chat_slack_http`` (:8084), ``chat_google_http`` (:8085), ``chat_notify`` (:8086, fed the events
+file as Pub/Sub would), and the fake Slack / Google Chat workspace with Chat's token keys (:8087).
 """
 
 from __future__ import annotations
@@ -260,23 +265,39 @@ class Launch:
             stopper()
 
 
-def serve(port: int = 8080, iam_port: int = 8081, issuer_port: int = 8082, pubsub_port: int = 8083) -> int:
+def serve(
+    port: int = 8080,
+    iam_port: int = 8081,
+    issuer_port: int = 8082,
+    pubsub_port: int = 8083,
+    *,
+    chat_ports: dict[str, int] | None = None,
+) -> int:
     """Start the embedded default; return the exit code (0 after Ctrl-C, SIGTERM or SIGHUP; 2 when it cannot
-    start: a bad setting or policy, a busy port; 1 when a function process fails)."""
+    start: a bad setting or policy, a busy port; 1 when a function process fails). ``chat_ports`` (flag ->
+    port, ``vending.local.chat.CHAT_PORTS``) adds the chat-ops apps and their local fakes."""
     try:
-        return _serve(port, iam_port, issuer_port, pubsub_port)
+        return _serve(port, iam_port, issuer_port, pubsub_port, chat_ports)
     except LaunchError as exc:
         print(exc.message, file=sys.stderr, flush=True)
         return exc.code
 
 
-def _serve(port: int, iam_port: int, issuer_port: int, pubsub_port: int) -> int:
+def _serve(port: int, iam_port: int, issuer_port: int, pubsub_port: int, chat_ports: dict[str, int] | None) -> int:
     from vending.config import load_settings
     from vending.errors import ConfigError
 
     if os.environ.get("VENDING_STORE") == "firestore":
         raise LaunchError("vending serve: the development issuer only runs with the embedded SQLite store")
-    check_ports({"--port": port, "--iam-port": iam_port, "--issuer-port": issuer_port, "--pubsub-port": pubsub_port})
+    check_ports(
+        {
+            "--port": port,
+            "--iam-port": iam_port,
+            "--issuer-port": issuer_port,
+            "--pubsub-port": pubsub_port,
+            **(chat_ports or {}),
+        }
+    )
     STATE_DIR.mkdir(mode=0o700, exist_ok=True)
     # The function processes get exactly these settings: validate them here, once, before starting any.
     os.environ.update(local_env(port, iam_port))
@@ -304,12 +325,29 @@ def _serve(port: int, iam_port: int, issuer_port: int, pubsub_port: int) -> int:
         # The function processes take longest (their imports): start them first.
         launch.spawn("vend_http", port, "http", env)
         launch.spawn("handle_pubsub", pubsub_port, "cloudevent", env)
+        waits = {
+            f"http://127.0.0.1:{port}/healthz": "--port",
+            f"http://127.0.0.1:{pubsub_port}/": "--pubsub-port",
+        }
+        if chat_ports:
+            waits.update(_spawn_chat(launch, env, chat_ports, pubsub_port))
         _start_local_parts(launch, dev.issuer, iam_port, issuer_port)
-        _wait_until_up(launch, port, pubsub_port)
+        if chat_ports:
+            _start_chat_parts(launch, chat_ports)
+        _wait_until_up(launch, waits)
         print(f"\nToken vending service (embedded default) on http://127.0.0.1:{port}")
         print(f"  IAM Credentials stand-in  http://127.0.0.1:{iam_port}  (and the IAM API, for the kill switch)")
         print(f"  development issuer        {dev.issuer}")
         print(f"  chat-ops bot endpoint     http://127.0.0.1:{pubsub_port}  (CloudEvents for handle_pubsub)")
+        if chat_ports:
+            print(f"  Slack app (interactivity) http://127.0.0.1:{chat_ports['--slack-port']}  (chat_slack_http)")
+            print(
+                f"  Google Chat app           http://127.0.0.1:{chat_ports['--google-chat-port']}  (chat_google_http)"
+            )
+            print(f"  chat notifier             http://127.0.0.1:{chat_ports['--notifier-port']}  (chat_notify)")
+            print(
+                f"  local chat workspace      http://127.0.0.1:{chat_ports['--workspace-port']}  (fake Slack and Chat)"
+            )
         print(f"  store                     {settings.store}")
         print(f"  web console               http://127.0.0.1:{port}/console/  (development sign-in)\n")
         print("Vend a token (run from this directory):\n")
@@ -353,15 +391,53 @@ def _start_local_parts(launch: Launch, issuer_url: str, iam_port: int, issuer_po
     launch.stoppers.append(stop_jwks)
 
 
-def _wait_until_up(launch: Launch, port: int, pubsub_port: int) -> None:
-    """Until both function processes answer; at once when one of them exits."""
+CHAT_TARGETS = {
+    "chat_slack_http": ("--slack-port", "http"),
+    "chat_google_http": ("--google-chat-port", "http"),
+    "chat_notify": ("--notifier-port", "cloudevent"),
+}
+
+
+def _spawn_chat(launch: Launch, env: dict[str, str], chat_ports: dict[str, int], pubsub_port: int) -> dict[str, str]:
+    """The chat function processes, with their own settings; the URLs to wait for, with their flags."""
+    from vending.local.chat import local_chat_env
+
+    chat_env = {**env, **local_chat_env(chat_ports, pubsub_port, STATE_DIR)}
+    waits = {}
+    for target, (flag, kind) in CHAT_TARGETS.items():
+        launch.spawn(target, chat_ports[flag], kind, chat_env)
+        waits[f"http://127.0.0.1:{chat_ports[flag]}/"] = flag
+    return waits
+
+
+def _start_chat_parts(launch: Launch, chat_ports: dict[str, int]) -> None:
+    """The fake chat workspace (with Chat's token keys) and the events file -> notifier delivery."""
+    from vending.local.chat import EventForwarder, FakeWorkspace, LocalChatIssuer, slack_bot_token
+
+    workspace = FakeWorkspace(
+        chat_ports["--workspace-port"], bot_token=slack_bot_token(STATE_DIR), jwks=LocalChatIssuer(STATE_DIR).jwks()
+    )
+    try:
+        workspace.start()
+    except OSError:
+        port = chat_ports["--workspace-port"]
+        raise LaunchError(busy_port_message("--workspace-port", port, {port})) from None
+    launch.stoppers.append(workspace.stop)
+    forwarder = EventForwarder(STATE_DIR / "events.jsonl", f"http://127.0.0.1:{chat_ports['--notifier-port']}/")
+    forwarder.start()
+    launch.stoppers.append(forwarder.stop)
+
+
+def _wait_until_up(launch: Launch, waits: dict[str, str]) -> None:
+    """Until every function process answers (``waits``: URL -> its port flag); at once when one exits."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    pending = {f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{pubsub_port}/"}
+    pending = set(waits)
+    flags = {"vend_http": "--port", "handle_pubsub": "--pubsub-port"} | {t: f for t, (f, _) in CHAT_TARGETS.items()}
     while pending:
         gone = launch.exited()
         if gone is not None:
             target, code = gone
-            flag = "--port" if target == "vend_http" else "--pubsub-port"
+            flag = flags.get(target, "--port")
             raise LaunchError(
                 f"vending serve: the {target} function process exited (code {code}) before it "
                 f"answered; its output is above (a port taken since the check? see {flag})",
