@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-dev
 # Options for `vending serve` (e.g. make run ARGS="--port 9080 --iam-port 9081").
 ARGS ?=
 
-.PHONY: run test test-long bench lint venv clean
+.PHONY: run run-chat test test-long bench lint venv clean
 
 $(RUN_STAMP): requirements.txt pyproject.toml scripts/venv.sh
 	bash scripts/venv.sh run
@@ -25,6 +25,10 @@ venv: $(STAMP)
 ## The service on the embedded default: SQLite store, local IAM stand-in, dev issuer.
 run: $(RUN_STAMP)
 	$(PY) -m vending serve $(ARGS)
+
+## The same, with the chat-ops apps (Slack, Google Chat, notifier) on local fakes: docs/chatops.md.
+run-chat: $(RUN_STAMP)
+	$(PY) -m vending.local.chat serve $(ARGS)
 
 ## The whole suite: unit, functional, contract (SQLite + Firestore emulator),
 ## integration (emulators), security, faults, Terraform offline checks.

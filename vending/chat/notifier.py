@@ -79,8 +79,11 @@ def event_id(event: dict[str, Any]) -> str:
 
 
 class Notifier:
-    def __init__(self, policy: Policy, store: Store, posters: Sequence[Poster], *, bot: str) -> None:
-        self._policy, self._store, self._posters, self._bot = policy, store, tuple(posters), bot
+    def __init__(self, policy: Policy, requests: Store, state: Store, posters: Sequence[Poster], *, bot: str) -> None:
+        """``requests``: the service's store, only read (the access requests); ``state``: the chat
+        apps' own records (handled events, posted cards); the same store when none is configured."""
+        self._policy, self._requests, self._store = policy, requests, state
+        self._posters, self._bot = tuple(posters), bot
 
     def handle(self, cloud_event: Any) -> None:
         """Pub/Sub semantics: retryable failures raise (redelivered), permanent ones are logged and acked."""
@@ -124,7 +127,7 @@ class Notifier:
     # -- cards ---------------------------------------------------------------------------------
     def _refresh(self, request_id: str) -> None:
         try:
-            card = load_card(self._store, request_id)
+            card = load_card(self._requests, request_id)
         except NotFoundError:
             log.warning("chat notification for an unknown access request", access_request_id=request_id[:64])
             return

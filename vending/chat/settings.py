@@ -48,6 +48,10 @@ class ChatSettings(BaseModel):
     approvals_topic: str | None = None
     deliver_to: str | None = None
     bot_service_account: str | None = None  # the policy's bot that signs; default: its first bot
+    # The apps' own records (replayed clicks, handled events, posted cards): "firestore:DATABASE" or
+    # "sqlite:PATH"; None: the service's store. Production keeps them in a database of their own, so
+    # the apps only read the service's (its access requests) and can write nothing there.
+    store: str | None = None
     message_ttl_s: int = Field(default=300, ge=30, le=600)  # exp - iat of a signed approval, seconds
 
     # Google Chat: the bearer token Chat sends is a JWT from CHAT_ISSUER for the project number.
@@ -71,6 +75,13 @@ class ChatSettings(BaseModel):
     @classmethod
     def _urls(cls, value: str | None, info: Any) -> str | None:
         return None if value is None else _url(value, PREFIX + info.field_name.upper())
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str | None) -> str | None:
+        if value is not None and not (value.startswith(("firestore:", "sqlite:")) and len(value.split(":", 1)[1]) > 0):
+            raise ValueError(f"must be firestore:DATABASE or sqlite:PATH, got {value!r}")
+        return value
 
     @field_validator("approvals_topic")
     @classmethod

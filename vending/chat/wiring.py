@@ -40,6 +40,24 @@ def store() -> Any:
     return _cached("store", build)
 
 
+def chat_store() -> Any:
+    """The apps' own records: ``VENDING_CHAT_STORE``, else the service's store."""
+
+    def build() -> Any:
+        kind, _, where = (chat_settings().store or "").partition(":")
+        if kind == "firestore":
+            from vending.store.firestore import FirestoreStore
+
+            return FirestoreStore(wiring.settings().project, where)
+        if kind == "sqlite":
+            from vending.store.sqlite import SqliteStore
+
+            return SqliteStore(where)
+        return store()
+
+    return _cached("chat_store", build)
+
+
 def publisher() -> ApprovalPublisher:
     def build() -> ApprovalPublisher:
         from vending.iam import GoogleCredentialsToken, IamCredentials, StaticToken
@@ -80,7 +98,7 @@ def google_app() -> Any:
         if c.google_audience is None:
             raise NotFoundError("Google Chat is not configured.", reason="chat-not-configured")
         verifier = ChatTokenVerifier(c.google_issuer, c.google_jwks_uri, c.google_audience)
-        return GoogleChatApp(c, verifier, publisher(), store(), ReplayGuard(store()))
+        return GoogleChatApp(c, verifier, publisher(), store(), ReplayGuard(chat_store()))
 
     return _cached("google_app", build)
 
@@ -93,7 +111,7 @@ def slack_app() -> Any:
         if c.slack_signing_secret is None:
             raise NotFoundError("Slack is not configured.", reason="chat-not-configured")
         signature = SlackSignature(
-            c.slack_signing_secret.get_secret_value(), ReplayGuard(store()), max_age_s=c.slack_max_age_s
+            c.slack_signing_secret.get_secret_value(), ReplayGuard(chat_store()), max_age_s=c.slack_max_age_s
         )
         return SlackApp(c, signature, publisher(), slack_poster())
 
@@ -110,7 +128,9 @@ def notifier() -> Any:
             posters.append(slack_poster())
         if c.google_enabled:
             posters.append(google_poster())
-        return Notifier(s.policy, store(), posters, bot=bot_of(s.policy, c.bot_service_account).service_account)
+        return Notifier(
+            s.policy, store(), chat_store(), posters, bot=bot_of(s.policy, c.bot_service_account).service_account
+        )
 
     return _cached("notifier", build)
 

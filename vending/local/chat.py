@@ -429,22 +429,41 @@ def cards(request_id: str, *, ports: dict[str, int], until: str | None, timeout_
     return 0
 
 
+PORTS_FILE = "chat-ports.json"  # written by `serve`: where `click` and `cards` find the running apps
+
+
+def write_ports(state_dir: Path, ports: dict[str, int]) -> None:
+    (Path(state_dir) / PORTS_FILE).write_text(json.dumps(ports))
+
+
 def _ports(args: argparse.Namespace) -> dict[str, int]:
-    return {flag: getattr(args, flag.lstrip("-").replace("-", "_")) for flag in CHAT_PORTS}
+    """The flags given, else the ports the running `serve` wrote, else the defaults."""
+    try:
+        running = json.loads((STATE_DIR / PORTS_FILE).read_text())
+    except (OSError, ValueError):
+        running = {}
+    out = {}
+    for flag, default in CHAT_PORTS.items():
+        given = getattr(args, flag.lstrip("-").replace("-", "_"))
+        out[flag] = int(given if given is not None else running.get(flag, default))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vending.local.chat", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def port_flags(p: argparse.ArgumentParser) -> None:
+    def port_flags(p: argparse.ArgumentParser, serving: bool = False) -> None:
         for flag, default in CHAT_PORTS.items():
-            p.add_argument(flag, type=int, default=default, help=f"(default {default})")
+            if serving:
+                p.add_argument(flag, type=int, default=default, help=f"(default {default})")
+            else:
+                p.add_argument(flag, type=int, help=f"(default: the running serve's, else {default})")
 
     serve_p = sub.add_parser("serve", help="vending serve with both chat apps, the notifier and the fakes")
     for flag, default in (("--port", 8080), ("--iam-port", 8081), ("--issuer-port", 8082), ("--pubsub-port", 8083)):
         serve_p.add_argument(flag, type=int, default=default, help=f"(default {default})")
-    port_flags(serve_p)
+    port_flags(serve_p, serving=True)
     click_p = sub.add_parser("click", help="a person clicks a button on their card")
     click_p.add_argument("platform", choices=("slack", "google-chat"))
     click_p.add_argument("email")

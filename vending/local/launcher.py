@@ -412,7 +412,7 @@ def _spawn_chat(launch: Launch, env: dict[str, str], chat_ports: dict[str, int],
 
 def _start_chat_parts(launch: Launch, chat_ports: dict[str, int]) -> None:
     """The fake chat workspace (with Chat's token keys) and the events file -> notifier delivery."""
-    from vending.local.chat import EventForwarder, FakeWorkspace, LocalChatIssuer, slack_bot_token
+    from vending.local.chat import EventForwarder, FakeWorkspace, LocalChatIssuer, slack_bot_token, write_ports
 
     workspace = FakeWorkspace(
         chat_ports["--workspace-port"], bot_token=slack_bot_token(STATE_DIR), jwks=LocalChatIssuer(STATE_DIR).jwks()
@@ -423,6 +423,7 @@ def _start_chat_parts(launch: Launch, chat_ports: dict[str, int]) -> None:
         port = chat_ports["--workspace-port"]
         raise LaunchError(busy_port_message("--workspace-port", port, {port})) from None
     launch.stoppers.append(workspace.stop)
+    write_ports(STATE_DIR, chat_ports)
     forwarder = EventForwarder(STATE_DIR / "events.jsonl", f"http://127.0.0.1:{chat_ports['--notifier-port']}/")
     forwarder.start()
     launch.stoppers.append(forwarder.stop)
