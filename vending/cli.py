@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         client = None  # type: ignore[assignment]
     if client is not None:
         client.register(sub)
+        from vending.client import policy as policy_tool
+
+        policy_tool.register(sub)  # vending policy check | explain | schema | reference
     return parser
 
 

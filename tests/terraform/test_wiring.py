@@ -635,11 +635,20 @@ def test_the_example_policy_is_valid_for_production() -> None:
     from vending.config import load_policy
 
     policy = load_policy(EXAMPLE_POLICY)
-    # THEN it pins GitHub Actions, has an entitlement, and no development issuer
-    assert [i.issuer for i in policy.issuers] == ["https://token.actions.githubusercontent.com"]
+    # THEN it pins GitHub Actions for CI and Google accounts for people, over https, no development issuer
+    assert [i.issuer for i in policy.issuers] == [
+        "https://token.actions.githubusercontent.com",
+        "https://accounts.google.com",
+    ]
     assert policy.issuers[0].jwks_uri == "https://token.actions.githubusercontent.com/.well-known/jwks"
-    assert policy.entitlements
+    assert all(i.jwks_uri.startswith("https://") for i in policy.issuers)
     assert not any(i.development for i in policy.issuers)
+    # AND it shows the production path (issue 17): approvals, break-glass, auditors, a bot, the kill switch
+    approvals = [e.approval for e in policy.entitlements if e.approval]
+    assert any(a.quorum >= 2 and not a.break_glass for a in approvals)
+    assert any(a.break_glass for a in approvals)
+    assert policy.auditors and policy.bots and policy.kill_switch
+    assert [e for e in policy.entitlements if not e.requires_approval]  # CI without approval
 
 
 def run_terraform_fmt(directory: Path) -> subprocess.CompletedProcess[str]:

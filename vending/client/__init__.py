@@ -28,6 +28,7 @@ from typing import Any
 from vending.client import bot, commands
 from vending.client.bot import approval_claims, publish_message, send_approval, sign_approval
 from vending.client.common import (
+    AUDIENCE_ENV,
     DEFAULT_TOKEN_FILE_HELP,
     EPILOG,
     GITLAB_DEFAULT_VAR,
@@ -90,7 +91,9 @@ def _identity_options(*, audience_alias: bool = True) -> argparse.ArgumentParser
         "--caller-audience",
         metavar="AUD",
         dest="caller_audience",
-        help="audience of the caller's own OIDC token (default: the service URL)",
+        default=os.environ.get(AUDIENCE_ENV) or None,
+        help=f"audience of the caller's own OIDC token: the policy issuer's `audience` (default ${AUDIENCE_ENV}, "
+        "else the service URL)",
     )
     if audience_alias:  # the old name, kept for scripts
         g.add_argument("--audience", dest="caller_audience", help=argparse.SUPPRESS)

@@ -47,6 +47,7 @@ errors print one line on stderr: "vending: STATUS REASON: MESSAGE"."""
 
 # -- environment: constants so tests can point them at local fakes -----------------
 URL_ENV = "VENDING_URL"
+AUDIENCE_ENV = "VENDING_AUDIENCE"  # the caller token's audience: the policy issuer's `audience` (docs/policy.md)
 ID_TOKEN_COMMAND_ENV = "VENDING_ID_TOKEN_COMMAND"
 GITHUB_REQUEST_URL_ENV = "ACTIONS_ID_TOKEN_REQUEST_URL"
 GITHUB_REQUEST_TOKEN_ENV = "ACTIONS_ID_TOKEN_REQUEST_TOKEN"
