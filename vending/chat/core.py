@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,13 +174,16 @@ class ApprovalPublisher:
         topic: str | None = None,
         deliver_to: str | None = None,
         ttl_s: int = 300,
+        sender: Callable[[str], str] | None = None,
     ) -> None:
-        if not topic and not deliver_to:
+        """``sender`` (tests): delivers the signed message instead of Pub/Sub; returns its message id."""
+        if not topic and not deliver_to and sender is None:
             raise BadRequestError("No approvals topic to publish to.", reason="approvals-topic-not-configured")
         self._iam, self.bot, self.audience = iam, bot, audience
         self._topic, self._deliver_to, self._ttl_s = topic, deliver_to, ttl_s
         self._client: Any = None
         self._lock = threading.Lock()
+        self._sender = sender
 
     def publish(self, click: Click) -> str:
         """The message id. Raises ``UnavailableError`` (retry the click) when signing or publishing failed."""
@@ -216,6 +220,8 @@ class ApprovalPublisher:
         return message_id
 
     def _send(self, signed: str) -> str:
+        if self._sender is not None:
+            return self._sender(signed)
         if self._deliver_to:
             from vending.client.bot import publish_message
 
