@@ -36,7 +36,7 @@ FIGURES = {
 
 
 @pytest.mark.emulator
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(330)
 def test_quick_bench_reports_every_figure(tmp_path: Path, firestore_emulator: object) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VENDING_")}
     proc = subprocess.run(
@@ -45,7 +45,7 @@ def test_quick_bench_reports_every_figure(tmp_path: Path, firestore_emulator: ob
         env=env,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=320,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
