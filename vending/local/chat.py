@@ -408,18 +408,38 @@ def click(platform: str, email: str, request_id: str, action: str, *, ports: dic
     return 0
 
 
+def _posted(request_id: str) -> int | None:
+    """The number of cards the notifier posted for a request (its record in the local store), or None."""
+    from vending.chat.core import CARDS
+    from vending.store.sqlite import SqliteStore
+
+    path = STATE_DIR / "vending.db"
+    if not path.exists():
+        return None
+    store = SqliteStore(str(path))
+    try:
+        doc = store.get(CARDS, request_id)
+    except ValueError:
+        return None
+    finally:
+        store.close()
+    if doc is None or doc.data.get("status") != "posted":
+        return None
+    return len(doc.data.get("messages") or [])
+
+
 def cards(request_id: str, *, ports: dict[str, int], until: str | None, timeout_s: float) -> int:
     """Print every card of ``request_id`` (waiting until each shows ``until``, when given)."""
     workspace = f"http://127.0.0.1:{ports['--workspace-port']}"
     deadline = time.monotonic() + timeout_s
-    seen = -1
     while True:
         found = _messages(workspace, request_id)
-        done = bool(found) and (until is None or all(until in (m.get("text") or "") for m in found))
-        if (done and len(found) == seen) or time.monotonic() > deadline:
-            break  # done, and no card was added since the last look (the notifier posts one by one)
-        seen = len(found)
-        time.sleep(0.5)
+        posted = _posted(request_id)  # how many cards the notifier posted, once it has posted them all
+        done = posted is not None and len(found) >= posted and bool(found)
+        done = done and (until is None or all(until in (m.get("text") or "") for m in found))
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     for m in sorted(found, key=lambda m: (m["platform"], str(m.get("person")))):
         print(f"--- {m['platform']} card to {m.get('person')}")
         print(m.get("text"))
