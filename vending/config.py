@@ -545,6 +545,12 @@ class Settings:
     # Required in production (VENDING_STORE=firestore); on the embedded default `make run` keeps a random
     # one in .vending-local; unset elsewhere, each instance draws its own (sessions then end with it).
     session_key: str | None = field(default=None, repr=False)
+    # VENDING_ENTRY_POINT: the one entry point this deployment serves (Terraform sets it per function);
+    # unset: all of them (the embedded default). The event functions need no console session key.
+    entry_point: str | None = None
+    # VENDING_TRACING: "off" (default) or "cloud-trace": OpenTelemetry spans of each vend exported to
+    # Cloud Trace (vending/tracing.py; the packages are imported only when it is on).
+    tracing: str = "off"
 
     @property
     def store_kind(self) -> str:
@@ -573,7 +579,12 @@ ENV_VARS = (
     "VENDING_LOG_LEVEL",
     "VENDING_IAM_ADMIN_ENDPOINT",
     "VENDING_SESSION_KEY",
+    "VENDING_ENTRY_POINT",
+    "VENDING_TRACING",
 )
+# Entry points that never serve the console: no session key is needed (nor given, in Terraform).
+EVENT_ENTRY_POINTS = frozenset({"handle_pubsub", "sweep_expired"})
+TRACING_MODES = ("off", "cloud-trace")
 SESSION_KEY_MIN_CHARS = 32
 IAM_ADMIN_ENDPOINT = "https://iam.googleapis.com"
 
@@ -645,7 +656,13 @@ def load_settings() -> Settings:
             _env("VENDING_IAM_ADMIN_ENDPOINT", iam_endpoint if _env("VENDING_IAM_TOKEN") else IAM_ADMIN_ENDPOINT) or "",
         ),
         session_key=_env("VENDING_SESSION_KEY"),
+        entry_point=_env("VENDING_ENTRY_POINT"),
+        tracing=(_env("VENDING_TRACING", "off") or "off").lower(),
     )
+    if settings.tracing not in TRACING_MODES:
+        raise ConfigError(f"VENDING_TRACING: {settings.tracing!r} must be one of {', '.join(TRACING_MODES)}")
+    if settings.entry_point is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", settings.entry_point):
+        raise ConfigError(f"VENDING_ENTRY_POINT: {settings.entry_point!r} is not an entry point name of main.py")
     if settings.session_key is not None and len(settings.session_key) < SESSION_KEY_MIN_CHARS:
         raise ConfigError(
             f"VENDING_SESSION_KEY: must be at least {SESSION_KEY_MIN_CHARS} characters "
@@ -665,7 +682,7 @@ def load_settings() -> Settings:
                 f"{config_path}: issuers: development issuer(s) {dev} only run with the embedded "
                 "SQLite store, never with VENDING_STORE=firestore"
             )
-        if settings.session_key is None:
+        if settings.session_key is None and settings.entry_point not in EVENT_ENTRY_POINTS:
             raise ConfigError(
                 "VENDING_SESSION_KEY: required with VENDING_STORE=firestore (production): the "
                 "secret that signs console sessions, shared by every instance (the Terraform "

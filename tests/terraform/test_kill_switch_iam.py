@@ -44,13 +44,21 @@ def check_kill_switch_iam(tf: Terraform) -> list[str]:
         return any(f"{r.type}.{r.name}" in block_text for r in kill_roles) or "var.kill_switch_role" in block_text
 
     bindings = [b for b in tf.of_type("google_service_account_iam_member") if uses_kill_role(json.dumps(b.body))]
-    if len(bindings) != 1:
-        problems.append(f"want one google_service_account_iam_member with the kill switch role, found {len(bindings)}")
+    # The vend function's account always; handle_pubsub's only for bots that may send `disable`
+    # (issue 17: one runtime account per function).
+    if not any("google_service_account.runtime." in tf.expand(b, b.body.get("member")) for b in bindings):
+        problems.append("the kill switch role is not bound to the vend function's (runtime) account")
+    if len(bindings) > 2:
+        problems.append(f"want at most two kill switch bindings (vend, events), found {len(bindings)}")
     for b in bindings:
         member = tf.expand(b, b.body.get("member"))
         if not any(f"google_service_account.{name}." in member for name in runtime):
-            problems.append(f"{b.address}: the kill switch role must go to the runtime account, got {member}")
-        if b.body.get("for_each") != "${local.kill_switch_targets}":
+            problems.append(f"{b.address}: the kill switch role must go to a function's account, got {member}")
+        for_each = str(b.body.get("for_each"))
+        if for_each not in (
+            "${local.kill_switch_targets}",
+            "${local.bots_may_disable ? local.kill_switch_targets : toset([])}",
+        ):
             problems.append(f"{b.address}: must be one binding per target (for_each = local.kill_switch_targets)")
         else:
             targets = str(tf.local(b, "kill_switch_targets"))

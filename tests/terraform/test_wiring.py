@@ -52,6 +52,11 @@ LOCAL_ONLY_ENV_VARS = {
     "VENDING_EVENTS_FILE",
 }
 
+# Read by config.py, set only where it applies: VENDING_ENTRY_POINT (unset = every entry point).
+OPTIONAL_ENV_VARS = {"VENDING_ENTRY_POINT"}
+# Entry points that serve no console (vending/config.py EVENT_ENTRY_POINTS): no session key.
+EVENT_ENTRY_POINTS = {"handle_pubsub", "sweep_expired"}
+
 PUBSUB_EVENT = "google.cloud.pubsub.topic.v1.messagePublished"
 # Which topic feeds which CloudEvent entry point (issues 3 and 4).
 EVENT_TOPICS = {"handle_pubsub": "approvals", "sweep_expired": "sweep"}
@@ -76,7 +81,7 @@ IMPERSONATION_ROLES = {
 # The only project-level roles the runtime account may hold: Firestore has no
 # per-database IAM resource (the binding carries a condition instead), and log
 # writing is harmless.
-RUNTIME_PROJECT_ROLES = {"roles/datastore.user", "roles/logging.logWriter"}
+RUNTIME_PROJECT_ROLES = {"roles/datastore.user", "roles/logging.logWriter", "roles/cloudtrace.agent"}
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 RESOURCE_LEVEL_IAM = re.compile(r"^google_(project|folder|organization)_iam_(member|binding|policy)$")
 RUN_INVOKER_TYPES = {
@@ -357,7 +362,7 @@ def check_environment(tf: Terraform, read: set[str], local_only: set[str] = LOCA
     wanted = read - local_only
     shipped = _shipped_filenames(tf)
     for fn in tf.of_type("google_cloudfunctions2_function"):
-        env = tf.resolve(fn, _first(fn.body.get("service_config")).get("environment_variables"))
+        env = resolve_environment(tf, fn, _first(fn.body.get("service_config")).get("environment_variables"))
         if not isinstance(env, dict):
             problems.append(f"{fn.address}: environment_variables is not a map the test can read: {env!r}")
             continue
@@ -367,7 +372,20 @@ def check_environment(tf: Terraform, read: set[str], local_only: set[str] = LOCA
         for block in secret_env if isinstance(secret_env, list) else [secret_env]:
             if isinstance(block, dict) and isinstance(block.get("key"), str):
                 env[block["key"]] = "${secret:" + str(block.get("secret")) + "}"
-        for name in sorted(wanted - env.keys()):
+        entry = _function_entry_point(fn)
+        needed = set(wanted) - OPTIONAL_ENV_VARS
+        if entry in EVENT_ENTRY_POINTS:
+            # Least privilege (issue 17): an event function serves no console, so it gets no session key.
+            needed.discard("VENDING_SESSION_KEY")
+            if "VENDING_SESSION_KEY" in env:
+                problems.append(f"{fn.address}: event function {entry} is given VENDING_SESSION_KEY (least privilege)")
+            if env.get("VENDING_ENTRY_POINT") != entry:
+                problems.append(f"{fn.address}: VENDING_ENTRY_POINT must be {entry!r} (no session key without it)")
+        if "VENDING_ENTRY_POINT" in env and env["VENDING_ENTRY_POINT"] != entry:
+            problems.append(
+                f"{fn.address}: VENDING_ENTRY_POINT={env['VENDING_ENTRY_POINT']!r}, its entry point is {entry!r}"
+            )
+        for name in sorted(needed - env.keys()):
             problems.append(f"{fn.address}: {name} (read by vending/config.py) is not set")
         for name in sorted(k for k in env if k.startswith("VENDING_") and k not in wanted):
             why = "local-only" if name in local_only else "not read by vending/config.py"
@@ -380,6 +398,18 @@ def check_environment(tf: Terraform, read: set[str], local_only: set[str] = LOCA
                 f"{fn.address}: VENDING_CONFIG={config!r} is not a file of the source archive {sorted(shipped)}"
             )
     return problems
+
+
+def resolve_environment(tf: Terraform, fn: Block, value: Any) -> Any:
+    """``local.X``, or ``merge(local.X, {K = "V", ...})`` -> the map (literal values only)."""
+    m = isinstance(value, str) and re.fullmatch(r"\$\{merge\(local\.(\w+), \{(.*)\}\)\}", value, re.S)
+    if not m:
+        return tf.resolve(fn, value)
+    base = tf.resolve(fn, "${local." + m.group(1) + "}")
+    if not isinstance(base, dict):
+        return base
+    extra = dict(re.findall(r'(\w+)\s*=\s*"([^"]*)"', m.group(2)))
+    return {**base, **extra}
 
 
 def _shipped_filenames(tf: Terraform) -> set[str]:

@@ -48,12 +48,15 @@ locals {
     VENDING_RETENTION_DAYS      = tostring(var.retention_days)
     VENDING_RESERVATION_TIMEOUT = tostring(var.reservation_timeout_seconds)
     VENDING_LOG_LEVEL           = upper(var.log_level)
+    VENDING_TRACING             = var.tracing
   }
 
   labels = merge({ app = "token-vending" }, var.labels)
 
   apis = toset([
     "artifactregistry.googleapis.com",
+    "cloudtrace.googleapis.com",
+    "monitoring.googleapis.com",
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
     "cloudscheduler.googleapis.com",
@@ -152,6 +155,9 @@ resource "google_cloudfunctions2_function" "vend_http" {
   build_config {
     runtime     = "python311"
     entry_point = "vend_http"
+    # Built by the module's build account into the module's repository (iam.tf).
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.functions.id
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
@@ -166,7 +172,7 @@ resource "google_cloudfunctions2_function" "vend_http" {
     max_instance_count             = var.max_instances
     all_traffic_on_latest_revision = true
     service_account_email          = google_service_account.runtime.email
-    environment_variables          = local.environment
+    environment_variables          = merge(local.environment, { VENDING_ENTRY_POINT = "vend_http" })
     # The key that signs web console sessions (vending/sessions.py), from Secret Manager (console.tf).
     secret_environment_variables {
       key        = "VENDING_SESSION_KEY"
@@ -201,6 +207,9 @@ resource "google_cloudfunctions2_function" "handle_pubsub" {
   build_config {
     runtime     = "python311"
     entry_point = "handle_pubsub"
+    # Built by the module's build account into the module's repository (iam.tf).
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.functions.id
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
@@ -214,15 +223,9 @@ resource "google_cloudfunctions2_function" "handle_pubsub" {
     timeout_seconds                = 60
     max_instance_count             = var.event_max_instances
     all_traffic_on_latest_revision = true
-    service_account_email          = google_service_account.runtime.email
-    environment_variables          = local.environment
-    # The key that signs web console sessions (vending/sessions.py), from Secret Manager (console.tf).
-    secret_environment_variables {
-      key        = "VENDING_SESSION_KEY"
-      project_id = var.project
-      secret     = google_secret_manager_secret.session_key.secret_id
-      version    = google_secret_manager_secret_version.session_key.version
-    }
+    service_account_email          = google_service_account.events.email
+    # No console session key: an event function serves no console (VENDING_ENTRY_POINT).
+    environment_variables = merge(local.environment, { VENDING_ENTRY_POINT = "handle_pubsub" })
     # Only Eventarc (Pub/Sub push, inside the project) calls it.
     ingress_settings = "ALLOW_INTERNAL_ONLY"
   }
@@ -250,6 +253,9 @@ resource "google_cloudfunctions2_function" "sweep_expired" {
   build_config {
     runtime     = "python311"
     entry_point = "sweep_expired"
+    # Built by the module's build account into the module's repository (iam.tf).
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.functions.id
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
@@ -263,16 +269,9 @@ resource "google_cloudfunctions2_function" "sweep_expired" {
     timeout_seconds                = 120
     max_instance_count             = 1
     all_traffic_on_latest_revision = true
-    service_account_email          = google_service_account.runtime.email
-    environment_variables          = local.environment
-    # The key that signs web console sessions (vending/sessions.py), from Secret Manager (console.tf).
-    secret_environment_variables {
-      key        = "VENDING_SESSION_KEY"
-      project_id = var.project
-      secret     = google_secret_manager_secret.session_key.secret_id
-      version    = google_secret_manager_secret_version.session_key.version
-    }
-    ingress_settings = "ALLOW_INTERNAL_ONLY"
+    service_account_email          = google_service_account.sweep.email
+    environment_variables          = merge(local.environment, { VENDING_ENTRY_POINT = "sweep_expired" })
+    ingress_settings               = "ALLOW_INTERNAL_ONLY"
   }
 
   event_trigger {

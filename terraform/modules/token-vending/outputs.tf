@@ -8,6 +8,25 @@ output "runtime_service_account_email" {
   value       = google_service_account.runtime.email
 }
 
+output "function_service_accounts" {
+  description = "One runtime account per function: only vend holds Token Creator (and the session key)."
+  value = {
+    vend   = google_service_account.runtime.email
+    events = google_service_account.events.email
+    sweep  = google_service_account.sweep.email
+  }
+}
+
+output "build_service_account_email" {
+  description = "Cloud Build's identity for the function builds."
+  value       = google_service_account.build.email
+}
+
+output "bot_service_accounts" {
+  description = "Bots allowed to publish on the approvals topic and to sign as themselves (signJwt)."
+  value       = sort(tolist(local.bot_service_accounts))
+}
+
 output "trigger_service_account_email" {
   description = "Identity Eventarc uses to invoke the event functions."
   value       = google_service_account.trigger.email

@@ -120,6 +120,40 @@ variable "manage_delegation_grants" {
   default     = true
 }
 
+variable "bot_service_accounts" {
+  description = <<-EOT
+    Chat-ops bot accounts that publish signed messages to the approvals topic and
+    sign them with their own key (IAM signJwt). null: the policy's `bots`.
+  EOT
+  type        = list(string)
+  default     = null
+}
+
+variable "bot_publish" {
+  description = "Grant each bot account roles/pubsub.publisher on the approvals topic."
+  type        = bool
+  default     = true
+}
+
+variable "bot_self_signing" {
+  description = <<-EOT
+    Grant each bot account iam.serviceAccounts.signJwt on itself (a custom role with
+    that one permission). Set false when the bots' owners manage it.
+  EOT
+  type        = bool
+  default     = true
+}
+
+variable "bot_signer_role" {
+  description = <<-EOT
+    Role with iam.serviceAccounts.signJwt bound to each bot on itself. null: the module
+    creates it as a custom role of var.project (which can only be granted on that
+    project's accounts; for bots of other projects pass an organization-level role).
+  EOT
+  type        = string
+  default     = null
+}
+
 variable "lifetime_extension_allowed" {
   description = <<-EOT
     Set true once the organization policy constraint
@@ -216,6 +250,22 @@ variable "log_level" {
   validation {
     condition     = contains(["DEBUG", "INFO", "WARNING", "ERROR"], upper(var.log_level))
     error_message = "log_level must be DEBUG, INFO, WARNING or ERROR."
+  }
+}
+
+variable "tracing" {
+  description = <<-EOT
+    VENDING_TRACING: "off" (default) or "cloud-trace" (OpenTelemetry spans of each vend
+    exported to Cloud Trace; the function then also needs the OpenTelemetry packages in
+    requirements.txt, see docs/observability.md). "cloud-trace" grants the vend
+    function's account roles/cloudtrace.agent.
+  EOT
+  type        = string
+  default     = "off"
+
+  validation {
+    condition     = contains(["off", "cloud-trace"], var.tracing)
+    error_message = "tracing must be \"off\" or \"cloud-trace\"."
   }
 }
 
