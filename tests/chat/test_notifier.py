@@ -104,6 +104,21 @@ def test_break_glass_goes_to_the_alerts_channel_and_space_not_to_approvers(rig: 
     ]
     assert len(alerts) == 2
     assert all("BREAK-GLASS activated by oncall@example.com" in m["text"] for m in alerts)
+    # AND each use is announced too (once, though the alerts topic carries a copy)
+    vend = rig.h.post(
+        "/v1/access-tokens",
+        {"service_account": "prod-admin@local-project.iam.gserviceaccount.com", "request_id": request_id},
+        subject="oncall@example.com",
+    )
+    assert vend.status_code == 200, vend.get_json()
+    rig.notify(times=2)
+    alerts = [
+        m
+        for m in rig.workspace.messages.values()
+        if m.get("channel") == "C0ALERTS" or m.get("space") == "spaces/alerts"
+    ]
+    assert sum("BREAK-GLASS used by oncall@example.com" in m["text"] for m in alerts) == 2
+    assert len(alerts) == 4
 
 
 def test_an_event_of_another_kind_or_garbage_is_acknowledged(rig: ChatRig) -> None:

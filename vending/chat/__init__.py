@@ -1,6 +1,6 @@
 """Chat-ops apps: approval cards in Google Chat and Slack, clicks turned into signed approvals.
 
-- ``settings``: the apps' own ``VENDING_CHAT_*`` settings (validated once, at first use).
+- ``settings``: the apps' own ``CHATOPS_*`` settings (validated once, at first use).
 - ``core``: platform-neutral: the card of an access request, a click turned into the existing
   signed approval message (IAM ``signJwt`` as the bot account), replay records, JSON errors.
 - ``google_chat``: verifies Chat's bearer token, maps the clicking user, renders Chat cards, posts

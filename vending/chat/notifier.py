@@ -4,7 +4,10 @@
   and ``credential.issued`` of a request: the request's card, rendered from the stored request, is
   posted to each approver (never the requester) the first time, and updated everywhere after.
 - ``approval.rejected`` sent by our bot: the person who clicked is told the reason.
-- ``break_glass.*`` (the alerts topic): an alert in the configured alerts space / channel.
+- break-glass (``request.created`` and ``credential.issued`` of a break-glass request, both on the
+  notifications topic): an alert in the configured alerts space / channel. The function listens to
+  the notifications topic only; the alerts topic's ``break_glass.*`` copies are ignored, so wiring
+  both never alerts twice.
 
 Each event is handled once: its id (the SHA-256 of the event itself; Pub/Sub's message id changes
 when a publisher retries) is created atomically in the store before anything is posted, and removed
@@ -41,7 +44,7 @@ CARD_EVENTS = frozenset(
         "credential.issued",
     }
 )
-ALERT_EVENTS = frozenset({"break_glass.activated", "break_glass.used"})
+ALERT_EVENTS = frozenset({"request.created", "credential.issued"})  # when the event says break_glass
 MAX_EVENT_BYTES = 64 * 1024
 
 
@@ -96,7 +99,7 @@ class Notifier:
 
     def handle_event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
-        if kind not in CARD_EVENTS and kind not in ALERT_EVENTS and kind != "approval.rejected":
+        if kind not in CARD_EVENTS and kind != "approval.rejected":
             return
         if kind == "credential.issued" and not event.get("request_id"):
             return
@@ -108,10 +111,10 @@ class Notifier:
             log.info("chat notification already handled", event_type=kind, event_id=key)
             return
         try:
+            if kind in ALERT_EVENTS and event.get("break_glass") is True:
+                self._alert(event)
             if kind in CARD_EVENTS:
                 self._refresh(str(event.get("request_id") or ""))
-            elif kind in ALERT_EVENTS:
-                self._alert(event)
             else:
                 self._tell(event)
         except VendingError as exc:
@@ -185,7 +188,7 @@ class Notifier:
 
     def _alert(self, event: dict[str, Any]) -> None:
         who = bare(str(event.get("principal") or event.get("requester") or "?"))
-        what = "used" if event["type"] == "break_glass.used" else "activated"
+        what = "used" if event["type"] == "credential.issued" else "activated"
         text = (
             f"BREAK-GLASS {what} by {who}: {event.get('entitlement')} on {event.get('service_account')}"
             f" (request {event.get('request_id')}, until {event.get('window_end') or event.get('expire_time')})"

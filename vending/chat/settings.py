@@ -1,7 +1,8 @@
-"""Settings of the chat-ops apps: ``VENDING_CHAT_*`` variables, validated once (pydantic).
+"""Settings of the chat-ops apps: ``CHATOPS_*`` variables, validated once (pydantic).
 
-They live apart from ``vending.config`` on purpose: the vending service never needs them, and the
-chat functions read the service's own settings (policy, store, IAM endpoint) from there as well.
+They live apart from ``vending.config`` on purpose, under their own prefix (``VENDING_*`` are the
+service's settings, read in ``vending/config.py`` only): the vending service never needs them, and
+the chat functions read the service's own settings (policy, store, IAM endpoint) from there too.
 Secrets (the Slack signing secret and bot token) arrive as environment variables that Cloud
 Functions fills from Secret Manager when an instance starts (``secret_environment_variables`` in
 ``terraform/modules/token-vending/chat.tf``); they are kept as ``SecretStr`` and never logged.
@@ -24,8 +25,8 @@ CHAT_API_ENDPOINT = "https://chat.googleapis.com"
 SLACK_API_URL = "https://slack.com/api/"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
-# VENDING_CHAT_<FIELD upper-cased> for each field below.
-PREFIX = "VENDING_CHAT_"
+# CHATOPS_<FIELD upper-cased> for each field below.
+PREFIX = "CHATOPS_"
 
 
 def _url(value: str, name: str) -> str:
@@ -39,7 +40,7 @@ def _url(value: str, name: str) -> str:
 
 
 class ChatSettings(BaseModel):
-    """Every field maps to ``VENDING_CHAT_<NAME>``; defaults sit next to their field."""
+    """Every field maps to ``CHATOPS_<NAME>``; defaults sit next to their field."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -108,7 +109,7 @@ _JSON_FIELDS = ("google_users", "slack_users")
 
 
 def load_chat_settings(environ: dict[str, str] | None = None) -> ChatSettings:
-    """Read ``VENDING_CHAT_*``; raise ``ConfigError`` naming the variable (never its secret value)."""
+    """Read ``CHATOPS_*``; raise ``ConfigError`` naming the variable (never its secret value)."""
     env = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
     known = set(ChatSettings.model_fields)

@@ -41,7 +41,7 @@ def store() -> Any:
 
 
 def chat_store() -> Any:
-    """The apps' own records: ``VENDING_CHAT_STORE``, else the service's store."""
+    """The apps' own records: ``CHATOPS_STORE``, else the service's store."""
 
     def build() -> Any:
         kind, _, where = (chat_settings().store or "").partition(":")

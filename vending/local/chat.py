@@ -324,20 +324,20 @@ class EventForwarder:
 
 # -- settings of the local chat apps --------------------------------------------------------------
 def local_chat_env(ports: dict[str, int], pubsub_port: int, state_dir: Path) -> dict[str, str]:
-    """The VENDING_CHAT_* settings (and the chat apps' own IAM caller) of the embedded default."""
+    """The CHATOPS_* settings (and the chat apps' own IAM caller) of the embedded default."""
     workspace = f"http://127.0.0.1:{ports['--workspace-port']}"
     return {
         "VENDING_IAM_TOKEN": LOCAL_CHAT_APPS_TOKEN,  # signJwt as the bot, nothing else (config/local-iam.yaml)
-        "VENDING_CHAT_DELIVER_TO": f"http://127.0.0.1:{pubsub_port}",
-        "VENDING_CHAT_GOOGLE_AUDIENCE": LOCAL_PROJECT_NUMBER,
-        "VENDING_CHAT_GOOGLE_JWKS_URI": workspace + JWKS_PATH,
-        "VENDING_CHAT_GOOGLE_API_ENDPOINT": workspace,
-        "VENDING_CHAT_GOOGLE_ANONYMOUS": "1",
-        "VENDING_CHAT_GOOGLE_ALERTS_SPACE": "spaces/alerts",
-        "VENDING_CHAT_SLACK_SIGNING_SECRET": slack_signing_secret(state_dir),
-        "VENDING_CHAT_SLACK_BOT_TOKEN": slack_bot_token(state_dir),
-        "VENDING_CHAT_SLACK_API_URL": workspace + "/slack/api/",
-        "VENDING_CHAT_SLACK_ALERTS_CHANNEL": "C0ALERTS",
+        "CHATOPS_DELIVER_TO": f"http://127.0.0.1:{pubsub_port}",
+        "CHATOPS_GOOGLE_AUDIENCE": LOCAL_PROJECT_NUMBER,
+        "CHATOPS_GOOGLE_JWKS_URI": workspace + JWKS_PATH,
+        "CHATOPS_GOOGLE_API_ENDPOINT": workspace,
+        "CHATOPS_GOOGLE_ANONYMOUS": "1",
+        "CHATOPS_GOOGLE_ALERTS_SPACE": "spaces/alerts",
+        "CHATOPS_SLACK_SIGNING_SECRET": slack_signing_secret(state_dir),
+        "CHATOPS_SLACK_BOT_TOKEN": slack_bot_token(state_dir),
+        "CHATOPS_SLACK_API_URL": workspace + "/slack/api/",
+        "CHATOPS_SLACK_ALERTS_CHANNEL": "C0ALERTS",
     }
 
 
