@@ -28,6 +28,7 @@ from vending.errors import (
     MethodNotAllowedError,
     NotFoundError,
     RateLimitedError,
+    UnavailableError,
     VendingError,
 )
 from vending.inputs import MAX_BLOB_BODY_BYTES, MAX_BODY_BYTES
@@ -38,6 +39,7 @@ _ID = r"(?P<id>[^/:]+)"
 _EMAIL = r"(?P<email>[^/:]+)"
 ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/healthz"), "healthz"),
+    ("GET", re.compile(r"/readyz"), "readyz"),
     ("POST", re.compile(r"/v1/access-tokens"), "access_token"),
     ("POST", re.compile(r"/v1/id-tokens"), "id_token"),
     ("POST", re.compile(r"/v1/signed-jwts"), "signed_jwt"),
@@ -229,8 +231,10 @@ class Handlers:
         request_list: Any = None,
         profile: Any = None,
         console: Any = None,
+        readiness: Any = None,
     ) -> None:
         self.vend = vend
+        self.readiness = readiness  # vending.readiness.Readiness: GET /readyz
         self.requests = requests
         self.issuances = issuances
         self.service_accounts = service_accounts
@@ -251,6 +255,13 @@ class Handlers:
 
     def healthz(self, request: Request, params: dict[str, str]) -> dict[str, Any]:
         return {"status": "ok"}
+
+    def readyz(self, request: Request, params: dict[str, str]) -> dict[str, Any]:
+        """The store and the IAM endpoint answer (cached per instance); 503 ``not-ready`` otherwise."""
+        if self.readiness is None:
+            raise UnavailableError("Not ready: no readiness checks are configured.", reason="not-ready")
+        result: dict[str, Any] = self.readiness.check()
+        return result
 
     def _vend(self, kind: str, request: Request, limit: int = MAX_BODY_BYTES) -> Any:
         return self.vend(kind, request.headers.get("Authorization"), _read_body(request, limit))

@@ -179,6 +179,7 @@ def handlers() -> Any:
     with _lock:
         if _handlers is None:
             from vending.api import Handlers
+            from vending.readiness import Readiness
 
             svc = service()
             _handlers = Handlers(
@@ -191,6 +192,7 @@ def handlers() -> Any:
                 request_list=svc.request_list,
                 profile=svc.profile,
                 console=svc.console,
+                readiness=Readiness(svc.store, svc.settings.iam_endpoint),
             )
         return _handlers
 

@@ -79,7 +79,7 @@ def test_every_operation_has_the_error_envelope_and_headers() -> None:
                 if status != "200":
                     schema = _deref(resp["content"]["application/json"]["schema"])
                     assert {"$ref": "#/components/schemas/Error"} in schema["allOf"], (method, path, status)
-            if path != "/healthz":
+            if path not in ("/healthz", "/readyz"):
                 assert "401" in op["responses"] and op.get("security", DOC["security"]), (method, path)
 
 
@@ -104,7 +104,7 @@ def _doc_operations() -> set[tuple[str, str]]:
 def test_routes_and_document_name_the_same_operations() -> None:
     routes, documented = _route_templates(), _doc_operations()
     assert routes == documented, {"undocumented": routes - documented, "not routed": documented - routes}
-    assert len(routes) == 19
+    assert len(routes) == 20
 
 
 @pytest.mark.parametrize("method,path", sorted(_doc_operations()))
@@ -902,6 +902,33 @@ def _healthz_500(c: Ctx) -> Any:
 
 
 scenario("healthz-500", "GET /healthz", 500)(_healthz_500)
+
+# GET /readyz (issue 17): the store and the IAM endpoint
+scenario("readyz-200", "GET /readyz", 200)(lambda c: c.h.client.get("/readyz"))
+
+
+def _readyz_503(c: Ctx) -> Any:
+    from vending.readiness import Readiness
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("refused")
+
+    c.mp.setattr(wiring.handlers(), "readiness", Readiness(c.h.store, "http://127.0.0.1:9", http_get=refused))
+    resp = c.h.client.get("/readyz")
+    assert resp.get_json()["error"]["reason"] == "not-ready"
+    assert "iam" in resp.get_json()["error"]["message"]
+    return resp
+
+
+scenario("readyz-503", "GET /readyz", 503)(_readyz_503)
+
+
+def _readyz_500(c: Ctx) -> Any:
+    c.boom(wiring.handlers(), "readyz")
+    return c.h.client.get("/readyz")
+
+
+scenario("readyz-500", "GET /readyz", 500)(_readyz_500)
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
