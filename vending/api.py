@@ -20,7 +20,7 @@ from typing import Any
 from flask import Request, Response
 from werkzeug.exceptions import HTTPException
 
-from vending import log
+from vending import log, tracing
 from vending.errors import (
     AuthenticationError,
     BadRequestError,
@@ -264,7 +264,16 @@ class Handlers:
         return result
 
     def _vend(self, kind: str, request: Request, limit: int = MAX_BODY_BYTES) -> Any:
-        return self.vend(kind, request.headers.get("Authorization"), _read_body(request, limit))
+        # One span per vend when VENDING_TRACING=cloud-trace (vending/tracing.py); a no-op otherwise.
+        with tracing.span(f"vend {kind}", **{"vending.kind": kind}) as span:
+            try:
+                result = self.vend(kind, request.headers.get("Authorization"), _read_body(request, limit))
+            except VendingError as exc:
+                span.set("http.status_code", exc.http_status)
+                span.set("vending.reason", exc.reason)
+                raise
+            span.set("http.status_code", 200)
+            return result
 
     def access_token(self, request: Request, params: dict[str, str]) -> Any:
         return self._vend("access_token", request)

@@ -178,10 +178,13 @@ def handlers() -> Any:
     global _handlers
     with _lock:
         if _handlers is None:
+            from vending import tracing
             from vending.api import Handlers
             from vending.readiness import Readiness
 
             svc = service()
+            if svc.settings.tracing != "off":  # off by default: nothing of OpenTelemetry is imported
+                tracing.configure(svc.settings.tracing, svc.settings.project)
             _handlers = Handlers(
                 svc.vend,
                 svc.requests,
