@@ -167,12 +167,29 @@ resource "google_cloudfunctions2_function" "vend_http" {
   }
 
   service_config {
-    available_memory               = "256M"
-    timeout_seconds                = 60
-    max_instance_count             = var.max_instances
-    all_traffic_on_latest_revision = true
-    service_account_email          = google_service_account.runtime.email
-    environment_variables          = merge(local.environment, { VENDING_ENTRY_POINT = "vend_http" })
+    available_memory = "256M"
+    # Concurrency (issue 18, `make bench`: server CPU per vend at 1, 8 and 32 concurrent requests,
+    # bench/README.md). A vend spends most of its time waiting on IAM and Firestore and ~5-10 ms of
+    # CPU, the same per vend at 1, 8 or 32 in flight, so one instance can overlap up to 8 vends at
+    # no extra CPU per vend; at 32 the CPU per vend does not fall, latency rises (queueing on the GIL
+    # of the one worker) and Google documents 8 as the Python runtime's limit. Concurrency above 1
+    # needs a whole vCPU. One gunicorn worker with one thread per concurrent request (THREADS,
+    # WORKERS: functions-framework's settings) so no request waits for a thread; peak RSS is
+    # ~90 MiB for the worker plus ~50 MiB for the arbiter, inside 256M.
+    available_cpu                    = "1"
+    max_instance_request_concurrency = 8
+    timeout_seconds                  = 60
+    max_instance_count               = var.max_instances
+    all_traffic_on_latest_revision   = true
+    service_account_email            = google_service_account.runtime.email
+    # PYDANTIC_DISABLE_PLUGINS: the service uses no pydantic plugin; without it every cold start
+    # scans the installed distributions' entry points for one (~10-20 ms, bench/README.md).
+    environment_variables = merge(local.environment, {
+      VENDING_ENTRY_POINT      = "vend_http"
+      THREADS                  = "8"
+      WORKERS                  = "1"
+      PYDANTIC_DISABLE_PLUGINS = "__all__"
+    })
     # The key that signs web console sessions (vending/sessions.py), from Secret Manager (console.tf).
     secret_environment_variables {
       key        = "VENDING_SESSION_KEY"
