@@ -115,6 +115,37 @@ _t1 = time.perf_counter()
 print("BENCH_RESULT " + json.dumps({"s": _t1 - _t0}), flush=True)
 """
 
+COLD_SPLIT = """\
+import json, time
+marks = {}
+_t = [time.perf_counter(), time.process_time()]
+def mark(name):
+    now = [time.perf_counter(), time.process_time()]
+    marks[name] = {"wall_s": now[0] - _t[0], "cpu_s": now[1] - _t[1]}
+    _t[:] = now
+import functions_framework, requests, google.cloud.firestore
+from cryptography.hazmat.primitives.asymmetric import rsa
+mark("libraries the floor imports too (functions_framework, requests, firestore, cryptography)")
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+mark("pydantic import")
+import yaml
+mark("yaml import")
+import jwt
+mark("jwt import (PyJWT)")
+import vending.config
+mark("vending.config: building the policy's pydantic models")
+from vending import wiring
+wiring.settings()
+mark("settings and policy file validated (pydantic)")
+from functions_framework import create_app
+create_app("vend_http", "main.py")
+mark("main and vending.api imported")
+wiring.service()
+mark("service built: vending modules imported, clients created")
+print("BENCH_RESULT " + json.dumps(marks), flush=True)
+"""
+
 COLD_FLOOR = """\
 import time
 _t0 = time.perf_counter()
@@ -307,10 +338,11 @@ class Bench:
             raise RuntimeError(f"{name}: {exc}\n{child.tail()}") from None
         return child, url
 
-    def serve_pair(self, backend: str, threads: int | None = None) -> tuple[tuple[Child, str], tuple[Child, str]]:
-        """The vend function and its floor function, both live, on the same backend and settings."""
+    def serve_pair(self, backend: str, threads: int = 8) -> tuple[tuple[Child, str], tuple[Child, str]]:
+        """The vend function and its floor function, both live, on the same backend and settings
+        (8 threads: the deployed THREADS, Terraform's max_instance_request_concurrency)."""
         env, floor_env = (self.env_fs, self.env_fs_floor) if backend == "firestore" else self.sqlite_envs()
-        suffix = f"-{backend}-t{threads or 8}"
+        suffix = f"-{backend}-t{threads}"
         ours = self.serve("server" + suffix, "vend_http", "main.py", env, "/healthz", threads=threads)
         floor = self.serve(
             "floor" + suffix, "floor_vend", "bench/floorapp.py", floor_env, "/", threads=threads, reset_iam=False
@@ -396,6 +428,8 @@ class Bench:
             GOOGLE_CLOUD_PROJECT=common.PROJECT,
             PYTHONPATH=str(ROOT),
             PYTHONPYCACHEPREFIX=str(self.run_dir / "pycache"),
+            # As deployed (terraform/modules/token-vending/main.tf): no pydantic plugin scan at start.
+            PYDANTIC_DISABLE_PLUGINS="__all__",
         )
 
         iam_port = free_port()
@@ -492,6 +526,9 @@ class Bench:
         body = common.vend_body().decode()
 
         def once(script: str, env: dict[str, str], *extra: str) -> float:
+            return float(once_json(script, env, *extra)["s"])
+
+        def once_json(script: str, env: dict[str, str], *extra: str) -> Any:
             proc = subprocess.run(
                 [PY, "-c", script, *extra],
                 env=env,
@@ -504,7 +541,7 @@ class Bench:
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
             if proc.returncode != 0 or not lines:
                 raise RuntimeError(f"cold start child failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-            return float(json.loads(lines[-1].split(" ", 1)[1])["s"])
+            return json.loads(lines[-1].split(" ", 1)[1])
 
         for backend in ("firestore", "sqlite"):
             env, floor_env = (self.env_fs, self.env_fs_floor) if backend == "firestore" else self.sqlite_envs()
@@ -517,6 +554,11 @@ class Bench:
                 ours.append(once(COLD_MAIN, env, next(tokens), body))
                 if backend == "firestore":
                     imports.append(once(COLD_IMPORT, env))
+            if backend == "firestore":  # where the difference goes: each step's CPU in a fresh process
+                splits = [once_json(COLD_SPLIT, env) for _ in range(max(1, reps // 2))]
+                self.raw["cold_split"] = {
+                    name: {k: median([sp[name][k] for sp in splits]) for k in ("wall_s", "cpu_s")} for name in splits[0]
+                }
             key = "cold_start" if backend == "firestore" else "cold_start_sqlite"
             self.raw[key] = {
                 "ours_s": ours,

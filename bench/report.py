@@ -126,8 +126,14 @@ def figures(data: dict[str, Any]) -> list[dict[str, Any]]:
         if cs.get("import_median_s"):
             note = (
                 f"import main and build the service (no request): {cs['import_median_s'] * 1000:.0f} ms; "
-                f"first vend: {(cs['ours_median_s'] - cs['import_median_s']) * 1000:.0f} ms"
+                f"first vend: {(cs['ours_median_s'] - cs['import_median_s']) * 1000:.0f} ms; floor "
+                f"{cs['floor_median_s'] * 1000:.0f} ms"
             )
+            split = raw.get("cold_split")
+            if split:
+                note += "; CPU ms of each step in a fresh process: " + "; ".join(
+                    f"{name} {v['cpu_s'] * 1000:.0f}" for name, v in split.items()
+                )
         out.append(
             _fig(
                 key,

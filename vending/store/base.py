@@ -240,6 +240,9 @@ def plan_query(query: Query) -> QueryPlan:
     )
 
 
+_PLAIN = frozenset({str, bool})  # exact types that _normalize returns as they are (not subclasses)
+
+
 def normalize_data(data: dict[str, Any]) -> dict[str, Any]:
     """Check a document (or an Update's changes) holds only the supported value types.
 
@@ -273,10 +276,11 @@ def _normalize(value: Any, path: str) -> Any:
         for k, v in value.items():
             if not isinstance(k, str) or not k or (k.startswith("__") and k.endswith("__")):
                 raise ValueError(f"{path or 'document'}: keys must be non-empty strings, not __x__, got {k!r}")
-            out[k] = _normalize(v, f"{path}.{k}" if path else k)
+            # Plain values (most fields) need no path: it is only built for a value that may fail.
+            out[k] = v if v is None or type(v) in _PLAIN else _normalize(v, f"{path}.{k}" if path else k)
         return out
     if isinstance(value, (list, tuple)):
         if any(isinstance(v, (list, tuple)) for v in value):
             raise ValueError(f"{path or 'value'}: a list cannot hold a list directly (Firestore rule)")
-        return [_normalize(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [v if type(v) in _PLAIN else _normalize(v, f"{path}[{i}]") for i, v in enumerate(value)]
     raise ValueError(f"{path or 'value'}: unsupported type {type(value).__name__}")
