@@ -340,3 +340,29 @@ variable "enable_apis" {
   type        = bool
   default     = true
 }
+
+# --- observability -------------------------------------------------------------
+
+variable "monitoring" {
+  description = "Create the log-based metrics, alert policies and dashboard (monitoring.tf)."
+  type        = bool
+  default     = true
+}
+
+variable "alert_notification_channels" {
+  description = "Cloud Monitoring notification channel ids (projects/P/notificationChannels/N) the alerts go to."
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_5xx_per_5m" {
+  description = "Alert when vend_http answers more than this many 5xx responses in 5 minutes."
+  type        = number
+  default     = 5
+}
+
+variable "alert_iam_errors_per_5m" {
+  description = "Alert when more than this many vends fail at the IAM Credentials API in 5 minutes."
+  type        = number
+  default     = 3
+}
