@@ -81,7 +81,12 @@ IMPERSONATION_ROLES = {
 # The only project-level roles the runtime account may hold: Firestore has no
 # per-database IAM resource (the binding carries a condition instead), and log
 # writing is harmless.
-RUNTIME_PROJECT_ROLES = {"roles/datastore.user", "roles/logging.logWriter", "roles/cloudtrace.agent"}
+RUNTIME_PROJECT_ROLES = {
+    "roles/datastore.user",
+    "roles/datastore.viewer",  # the chat apps read the access requests (chat.tf), conditioned to the database
+    "roles/logging.logWriter",
+    "roles/cloudtrace.agent",
+}
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 RESOURCE_LEVEL_IAM = re.compile(r"^google_(project|folder|organization)_iam_(member|binding|policy)$")
 RUN_INVOKER_TYPES = {
@@ -512,8 +517,8 @@ def check_iam(tf: Terraform) -> list[str]:
         return tf.expand(block, block.body.get("member", block.body.get("members", "")))
 
     def is_runtime(block: Block) -> bool:
-        text = members_text(block)
-        return any(f"google_service_account.{name}." in text for name in runtime)
+        text = members_text(block)  # google_service_account.NAME.email, or NAME[0].email (a count)
+        return any(re.search(rf"google_service_account\.{name}(\[\d+\])?\.", text) for name in runtime)
 
     for block in tf.resources:
         role = block.body.get("role")
