@@ -124,7 +124,7 @@ def notifier() -> Any:
 
         s, c = wiring.settings(), chat_settings()
         posters = []
-        if c.slack_enabled:
+        if c.slack_bot_token is not None:  # the notifier posts with the bot token alone (no signing secret)
             posters.append(slack_poster())
         if c.google_enabled:
             posters.append(google_poster())
