@@ -1,5 +1,8 @@
 """A minimal chat-ops bot handler: a button click becomes a signed approval.
 
+For Google Chat and Slack the project ships complete apps (``vending/chat/``, docs/chatops.md);
+this example is the smallest starting point for another platform.
+
 How it works
 ------------
 The service posts an access request to chat (its ``request.created`` event on
