@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import io
 import threading
+from typing import Any
+
+import pytest
+from freezegun import freeze_time
 
 import main
 from tests.chat.rig import BOT_TOKEN, SIGNING_SECRET, ChatRig, pubsub_event
-from vending import log
-from vending.errors import VendingError
+from vending import clock, log
+from vending.errors import UnavailableError, VendingError
 
 APPROVERS = {"alice@example.com", "bob@example.com", "carol@example.com"}
 
@@ -154,3 +158,69 @@ def test_no_secret_reaches_the_log(rig: ChatRig) -> None:
     assert "chat click published" in text
     for secret in (SIGNING_SECRET, BOT_TOKEN, token, token.split(".")[2]):
         assert secret not in text
+
+
+class FlakyPoster:
+    """A platform that fails once, after its first post (a rate limit, say)."""
+
+    platform = "flaky"
+
+    def __init__(self) -> None:
+        self.posted: list[str] = []
+        self.failed = False
+
+    def post_card(self, person: str, card: Any) -> dict[str, Any] | None:
+        if len(self.posted) == 1 and not self.failed:
+            self.failed = True
+            raise UnavailableError("rate limited")
+        self.posted.append(person)
+        return {"platform": self.platform, "person": person, "id": len(self.posted)}
+
+    def update_card(self, ref: dict[str, Any], card: Any) -> None:
+        return None
+
+    def tell(self, person: str, text: str) -> None:
+        return None
+
+    def alert(self, text: str) -> None:
+        return None
+
+
+def test_a_failure_half_way_is_resumed_without_posting_twice(rig: ChatRig) -> None:
+    from vending.chat.notifier import Notifier
+
+    rig.request()
+    created = next(e for e in rig.events() if e["type"] == "request.created")
+    poster = FlakyPoster()
+    notifier = Notifier(rig.h.policy, rig.h.store, rig.h.store, [poster], bot="chatops-bot")
+    # WHEN the first delivery fails after one card (retryable: Pub/Sub redelivers)
+    with pytest.raises(UnavailableError):
+        notifier.handle_event(dict(created))
+    # AND the redelivery goes through
+    notifier.handle_event(dict(created))
+    notifier.handle_event(dict(created))
+    # THEN each approver got one card
+    assert sorted(poster.posted) == sorted(APPROVERS)
+
+
+def test_a_card_left_posting_by_a_dead_delivery_is_taken_over_after_two_minutes(rig: ChatRig) -> None:
+    from vending.chat.core import CARDS
+    from vending.chat.notifier import Notifier
+    from vending.store import Create
+
+    with freeze_time("2026-11-28T10:00:00Z") as frozen:
+        request_id = rig.request()
+        created = next(e for e in rig.events() if e["type"] == "request.created")
+        rig.h.store.write([Create(CARDS, request_id, {"status": "posting", "messages": [], "at": clock.now()})])
+        poster = FlakyPoster()
+        poster.failed = True
+        notifier = Notifier(rig.h.policy, rig.h.store, rig.h.store, [poster], bot="chatops-bot")
+        # WHEN the claim is younger than two minutes: retry later
+        frozen.tick(119)
+        with pytest.raises(UnavailableError):
+            notifier.handle_event(dict(created))
+        assert poster.posted == []
+        # AND at two minutes it is taken over
+        frozen.tick(1)
+        notifier.handle_event(dict(created))
+    assert sorted(poster.posted) == sorted(APPROVERS)

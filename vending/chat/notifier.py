@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as _dt
 import json
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -46,6 +47,7 @@ CARD_EVENTS = frozenset(
 )
 ALERT_EVENTS = frozenset({"request.created", "credential.issued"})  # when the event says break_glass
 MAX_EVENT_BYTES = 64 * 1024
+POSTING_STALE = _dt.timedelta(seconds=120)  # a card "posting" this long was left by a delivery that died
 
 
 class Poster(Protocol):
@@ -137,36 +139,46 @@ class Notifier:
         except ValueError:
             return  # not a document id
         doc = self._store.get(CARDS, request_id)
+        if doc is not None and doc.data.get("status") == "posted":
+            for ref in doc.data.get("messages") or []:
+                poster = self._poster(ref.get("platform"))
+                if poster is not None:
+                    poster.update_card(ref, card)
+            log.info("chat card updated", access_request_id=request_id, state=card.state)
+            return
+        now = clock.now()
         if doc is None:
             if card.break_glass or card.state not in (AWAITED, ACTIVE):
                 return  # nothing to decide: break-glass goes to the alerts channel
-            self._post(card)
-            return
-        if doc.data.get("status") != "posted":
-            raise UnavailableError("The card is being posted; update it on redelivery.", reason="card-being-posted")
-        for ref in doc.data.get("messages") or []:
-            poster = self._poster(ref.get("platform"))
-            if poster is not None:
-                poster.update_card(ref, card)
-        log.info("chat card updated", access_request_id=request_id, state=card.state)
-
-    def _post(self, card: Card) -> None:
-        now = clock.now()
-        claim = {"request_id": card.request_id, "status": "posting", "messages": [], "at": now}
-        claim["purge_at"] = now + RECORD_RETENTION
+            claim = {"request_id": request_id, "status": "posting", "messages": [], "at": now}
+            write: Create | Update = Create(CARDS, request_id, {**claim, "purge_at": now + RECORD_RETENTION})
+            messages: list[dict[str, Any]] = []
+        else:
+            # Half posted (a failure stopped it), or being posted (by a delivery that may have died).
+            at = doc.data.get("at")
+            if doc.data.get("status") == "posting" and at is not None and now - at < POSTING_STALE:
+                raise UnavailableError("The card is being posted; update it on redelivery.", reason="card-being-posted")
+            write = Update(CARDS, request_id, {"status": "posting", "at": now}, expect_version=doc.version)
+            messages = list(doc.data.get("messages") or [])
         try:
-            self._store.write([Create(CARDS, card.request_id, claim)])
+            self._store.write([write])  # the claim: one delivery posts, the others are redelivered
         except StoreConflict:
             raise UnavailableError("Another delivery posts this card.", reason="card-being-posted") from None
-        messages: list[dict[str, Any]] = []
+        self._post(card, messages)
+
+    def _post(self, card: Card, messages: list[dict[str, Any]]) -> None:
+        """Post to every approver on every platform not yet posted to; progress is saved on failure."""
+        done = {(m.get("platform"), m.get("person")) for m in messages}
         try:
             for person in approvers_of(self._policy, card):
                 for poster in self._posters:
+                    if (poster.platform, person) in done:
+                        continue
                     ref = poster.post_card(person, card)
                     if ref is not None:
                         messages.append(ref)
         except BaseException:
-            self._store.write([Delete(CARDS, card.request_id)])
+            self._store.write([Update(CARDS, card.request_id, {"status": "partial", "messages": messages})])
             raise
         self._store.write([Update(CARDS, card.request_id, {"status": "posted", "messages": messages})])
         log.notice("chat card posted", access_request_id=card.request_id, messages=len(messages))
