@@ -4,6 +4,7 @@ step with the request, refusals told to the person who clicked, break-glass aler
 from __future__ import annotations
 
 import io
+import json
 import threading
 from typing import Any
 
@@ -12,6 +13,7 @@ from freezegun import freeze_time
 
 import main
 from tests.chat.rig import BOT_TOKEN, SIGNING_SECRET, ChatRig, pubsub_event
+from tests.support.audit import dump_store
 from vending import clock, log
 from vending.errors import UnavailableError, VendingError
 
@@ -158,6 +160,10 @@ def test_no_secret_reaches_the_log(rig: ChatRig) -> None:
     assert "chat click published" in text
     for secret in (SIGNING_SECRET, BOT_TOKEN, token, token.split(".")[2]):
         assert secret not in text
+    # AND none is in the store or in what the service published
+    stored = json.dumps(dump_store(rig.h.store), default=str) + json.dumps(rig.events(), default=str)
+    for secret in (SIGNING_SECRET, BOT_TOKEN, token.split(".")[1], token.split(".")[2]):
+        assert secret not in stored
 
 
 class FlakyPoster:

@@ -157,5 +157,6 @@ def respond(app: Any, request: Any) -> tuple[str, int, dict[str, str]]:
         return json.dumps(body), 200, headers
     except VendingError as exc:
         status, payload = error_body(exc)
-        log.warning("chat request refused", path=request.path, reason=exc.reason, detail=exc.detail)
+        emit = log.info if isinstance(exc, MethodNotAllowedError) else log.warning  # probes GET it
+        emit("chat request refused", path=request.path, reason=exc.reason, detail=exc.detail)
         return json.dumps(payload), status, headers
