@@ -279,8 +279,18 @@ def check_entry_points(tf: Terraform, eps: dict[str, str]) -> list[str]:
     problems: list[str] = []
     functions = tf.of_type("google_cloudfunctions2_function")
     by_entry: dict[str, list[Block]] = {}
+    replicas: list[Block] = []
     for fn in functions:
+        if fn.name.endswith("_regional") and "for_each" in fn.body:
+            replicas.append(fn)  # vend_http's copies in extra regions (regions.tf, issue 17): checked below
+            continue
         by_entry.setdefault(str(_function_entry_point(fn)), []).append(fn)
+    for fn in replicas:
+        entry = str(_function_entry_point(fn))
+        if eps.get(entry) != "http" or fn.body.get("event_trigger"):
+            problems.append(f"{fn.address}: only an HTTP entry point is replicated across regions, got {entry!r}")
+        elif not _public_invokers_of(tf, fn):
+            problems.append(f"{fn.address}: no roles/run.invoker for allUsers on {entry}'s regional services")
 
     for name, kind in sorted(eps.items()):
         deployed = by_entry.get(name, [])

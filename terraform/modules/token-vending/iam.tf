@@ -305,10 +305,13 @@ resource "google_service_account_iam_member" "bot_signs_itself" {
 
 # --- builds ----------------------------------------------------------------------
 
-# The functions' images go to a repository of the module, where only the build account writes.
+# The functions' images go to a repository of the module, where only the build account writes:
+# one per region a function runs in (a function's repository must be in its region).
 resource "google_artifact_registry_repository" "functions" {
+  for_each = toset(local.vend_regions)
+
   project       = var.project
-  location      = var.region
+  location      = each.value
   repository_id = "${var.name}-functions"
   description   = "Token vending function images (built by the module's build account)."
   format        = "DOCKER"
@@ -318,9 +321,11 @@ resource "google_artifact_registry_repository" "functions" {
 }
 
 resource "google_artifact_registry_repository_iam_member" "build_writes_images" {
+  for_each = google_artifact_registry_repository.functions
+
   project    = var.project
-  location   = google_artifact_registry_repository.functions.location
-  repository = google_artifact_registry_repository.functions.name
+  location   = each.value.location
+  repository = each.value.name
   role       = "roles/artifactregistry.writer"
   member     = "serviceAccount:${google_service_account.build.email}"
 }

@@ -56,6 +56,7 @@ locals {
   apis = toset([
     "artifactregistry.googleapis.com",
     "cloudtrace.googleapis.com",
+    "compute.googleapis.com",
     "monitoring.googleapis.com",
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
@@ -157,7 +158,7 @@ resource "google_cloudfunctions2_function" "vend_http" {
     entry_point = "vend_http"
     # Built by the module's build account into the module's repository (iam.tf).
     service_account   = google_service_account.build.id
-    docker_repository = google_artifact_registry_repository.functions.id
+    docker_repository = google_artifact_registry_repository.functions[var.region].id
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
@@ -226,7 +227,7 @@ resource "google_cloudfunctions2_function" "handle_pubsub" {
     entry_point = "handle_pubsub"
     # Built by the module's build account into the module's repository (iam.tf).
     service_account   = google_service_account.build.id
-    docker_repository = google_artifact_registry_repository.functions.id
+    docker_repository = google_artifact_registry_repository.functions[var.region].id
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
@@ -272,7 +273,7 @@ resource "google_cloudfunctions2_function" "sweep_expired" {
     entry_point = "sweep_expired"
     # Built by the module's build account into the module's repository (iam.tf).
     service_account   = google_service_account.build.id
-    docker_repository = google_artifact_registry_repository.functions.id
+    docker_repository = google_artifact_registry_repository.functions[var.region].id
     source {
       storage_source {
         bucket = google_storage_bucket.source.name

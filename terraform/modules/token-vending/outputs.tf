@@ -101,3 +101,18 @@ output "lifetime_extension_entitlements" {
   description = "Entitlements that need constraints/iam.allowServiceAccountCredentialLifetimeExtension (tokens over 1 h)."
   value       = local.extended_lifetime_entitlements
 }
+
+output "vend_regions" {
+  description = "Regions where vend_http runs."
+  value       = local.vend_regions
+}
+
+output "load_balancer_ip" {
+  description = "The load balancer's global IP address (point load_balancer_domains at it), or null."
+  value       = local.load_balancer ? google_compute_global_address.vend[0].address : null
+}
+
+output "service_url" {
+  description = "The URL callers use: the load balancer's first domain when there is one, else function_url."
+  value       = local.load_balancer ? "https://${var.load_balancer_domains[0]}" : google_cloudfunctions2_function.vend_http.service_config[0].uri
+}

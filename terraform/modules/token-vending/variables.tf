@@ -366,3 +366,30 @@ variable "alert_iam_errors_per_5m" {
   type        = number
   default     = 3
 }
+
+# --- regions and the load balancer ---------------------------------------------
+
+variable "extra_vend_regions" {
+  description = <<-EOT
+    Regions where vend_http also runs, behind one global external HTTPS load balancer
+    (regions.tf). Needs load_balancer_domains and a multi-region firestore_location
+    (nam5, eur3). The event functions and the scheduler stay in `region`.
+  EOT
+  type        = list(string)
+  default     = []
+}
+
+variable "load_balancer_domains" {
+  description = <<-EOT
+    Domains of a global external HTTPS load balancer in front of vend_http (a Google-managed
+    certificate; point their DNS A records at output load_balancer_ip). Empty: no load balancer.
+  EOT
+  type        = list(string)
+  default     = []
+}
+
+variable "load_balancer_security_policy" {
+  description = "Cloud Armor security policy (id) attached to the load balancer's backend, or null."
+  type        = string
+  default     = null
+}
