@@ -35,6 +35,31 @@ module "token_vending" {
 
   event_subscribers          = var.event_subscribers
   lifetime_extension_allowed = var.lifetime_extension_allowed
+
+  # Observability (monitoring.tf): where the alerts go.
+  alert_notification_channels = var.alert_notification_channels
+
+  # Several regions (regions.tf): off unless both are set, with a multi-region database.
+  extra_vend_regions    = var.extra_vend_regions
+  load_balancer_domains = var.load_balancer_domains
+  firestore_location    = var.firestore_location
+}
+
+output "service_url" {
+  description = "The URL callers use (VENDING_URL): the load balancer's domain, else the function's URL."
+  value       = module.token_vending.service_url
+}
+
+output "load_balancer_ip" {
+  value = module.token_vending.load_balancer_ip
+}
+
+output "function_service_accounts" {
+  value = module.token_vending.function_service_accounts
+}
+
+output "bot_service_accounts" {
+  value = module.token_vending.bot_service_accounts
 }
 
 output "function_url" {
