@@ -1,9 +1,12 @@
 """Platform-neutral chat-ops: the card of an access request, a click turned into the existing
 signed approval message, replay records and the apps' JSON errors.
 
+Nothing here (nor anywhere in ``vending/chat``) imports ``vending.client`` or ``vending.local``:
+neither ships in the functions' source archive.
+
 A card is rendered from the access request as the service stored it (``vending.approvals.view``):
 whatever order the notifications arrive in, a card shows the request as it is. A click becomes
-the message a chat-ops bot has always sent: claims from ``vending.client.bot.approval_claims``,
+the message a chat-ops bot has always sent (the claims of ``vending.client.bot.approval_claims``),
 signed by the bot's service account with IAM ``signJwt``, published to the approvals topic (or,
 on the embedded default, delivered to the local ``handle_pubsub``). The service verifies and
 decides it; nothing here decides who may approve.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -185,20 +189,24 @@ class ApprovalPublisher:
         self._lock = threading.Lock()
         self._sender = sender
 
+    def claims(self, click: Click) -> dict[str, Any]:
+        """The approval message (``vending.approvals.apply_bot_message``), as every chat-ops bot sends it."""
+        now = int(clock.epoch())
+        return {
+            "iss": self.bot,
+            "sub": self.bot,
+            "aud": self.audience,
+            "iat": now,
+            "exp": now + self._ttl_s,
+            "jti": uuid.uuid4().hex,
+            "action": click.action,
+            "actor": click.actor,
+            "request_id": click.request_id,
+        }
+
     def publish(self, click: Click) -> str:
         """The message id. Raises ``UnavailableError`` (retry the click) when signing or publishing failed."""
-        from vending.client.bot import approval_claims
-
-        claims = approval_claims(
-            bot=self.bot,
-            audience=self.audience,
-            action=click.action,
-            actor=click.actor,
-            request_id=click.request_id,
-            ttl_s=self._ttl_s,
-        )
-        claims["iat"] = int(clock.epoch())  # the service's clock, frozen in tests like everything else
-        claims["exp"] = claims["iat"] + self._ttl_s
+        claims = self.claims(click)
         signed = self._iam.sign_jwt(self.bot, claims, [], reason=f"chat-ops {click.platform} {click.action}").value
         try:
             message_id = self._send(signed)
@@ -223,15 +231,38 @@ class ApprovalPublisher:
         if self._sender is not None:
             return self._sender(signed)
         if self._deliver_to:
-            from vending.client.bot import publish_message
-
-            return publish_message(signed, deliver_to=self._deliver_to)
+            return self._deliver_local(signed, self._deliver_to)
         with self._lock:
             if self._client is None:
                 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
                 self._client = pubsub_v1.PublisherClient()
         return str(self._client.publish(self._topic, signed.encode("ascii")).result(timeout=30))
+
+    @staticmethod
+    def _deliver_local(signed: str, url: str) -> str:
+        """The embedded default's stand-in for Pub/Sub: the message as a CloudEvent POSTed to ``handle_pubsub``."""
+        import base64
+
+        import requests
+
+        message_id = str(uuid.uuid4().int)[:16]
+        topic = "projects/local-project/topics/approvals"
+        headers = {
+            "ce-id": message_id,
+            "ce-source": f"//pubsub.googleapis.com/{topic}",
+            "ce-specversion": "1.0",
+            "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+            "ce-time": clock.rfc3339(clock.now()),
+        }
+        body = {
+            "message": {"data": base64.b64encode(signed.encode()).decode(), "messageId": message_id},
+            "subscription": "projects/local-project/subscriptions/approvals",
+        }
+        resp = requests.post(url, json=body, headers=headers, timeout=30)
+        if not resp.ok:
+            raise UnavailableError("The approval could not be delivered; try again.", reason="publish-failed")
+        return message_id
 
 
 # -- replay records -------------------------------------------------------------------------------
