@@ -264,7 +264,9 @@ class Handlers:
         return result
 
     def _vend(self, kind: str, request: Request, limit: int = MAX_BODY_BYTES) -> Any:
-        # One span per vend when VENDING_TRACING=cloud-trace (vending/tracing.py); a no-op otherwise.
+        # One span per vend when VENDING_TRACING=cloud-trace (vending/tracing.py); off: not even a no-op span.
+        if not tracing.enabled():
+            return self.vend(kind, request.headers.get("Authorization"), _read_body(request, limit))
         with tracing.span(f"vend {kind}", **{"vending.kind": kind}) as span:
             try:
                 result = self.vend(kind, request.headers.get("Authorization"), _read_body(request, limit))
