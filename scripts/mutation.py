@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("vending/identity.py", "vending/policy.py", "vending/grant.py", "vending/ledger.py")
 NOTES = ROOT / "scripts" / "mutation_notes.toml"
 REPORT = ROOT / "tests" / "MUTATION.md"
+README = ROOT / "tests" / "README.md"  # its "## Mutation testing" section is rewritten after each run
 KILLED = ("killed", "timeout", "caught by type check")
 
 
@@ -268,6 +269,42 @@ def write_report(
     REPORT.write_text("\n".join(lines).rstrip() + "\n")
 
 
+def write_readme_section(mutants: list[Mutant], by: dict[str, Score], elapsed_s: float | None) -> None:
+    """Rewrite the "## Mutation testing" section of tests/README.md: how to run, the score per module,
+    and every mutant not killed, grouped by its explanation (the diffs are in tests/MUTATION.md)."""
+    left = [m for m in mutants if m.status not in KILLED]
+    groups: dict[str, list[Mutant]] = {}
+    for m in sorted(left, key=lambda m: (MODULES.index(m.path), m.line, m.name)):
+        groups.setdefault(m.why or "UNEXPLAINED", []).append(m)
+    section = [
+        "## Mutation testing",
+        "",
+        "`make test-long` ends with `bash scripts/mutation.sh`: mutmut over `vending/identity.py`,",
+        "`vending/policy.py`, `vending/grant.py` and `vending/ledger.py` (the modules that carry the",
+        "promise), judged by the SQLite test selection named in `pyproject.toml [tool.mutmut]`. It fails",
+        "below 85% overall. `--keep` reuses mutmut's cache; `--report-only` rewrites the reports. This",
+        "section and `tests/MUTATION.md` (every survivor with its diff) are written by the run; the",
+        "explanations live in `scripts/mutation_notes.toml`.",
+        "",
+        f"Last run: {clock_text()}" + (f", {elapsed_s / 60:.0f} min on {os.cpu_count()} cores." if elapsed_s else "."),
+        "",
+        *table(by),
+        "",
+        f"### Survivors ({len(left)}), by explanation",
+        "",
+    ]
+    if not left:
+        section.append("None.")
+    for why, ms in groups.items():
+        where = ", ".join(f"`{m.path.removeprefix('vending/')}:{m.line}`" for m in ms)
+        section.append(f"- **{len(ms)}** ({where}): {why}")
+    text = README.read_text()
+    start = text.index("## Mutation testing")
+    end = text.find("\n## ", start + 1)
+    tail = text[end + 1 :] if end != -1 else ""
+    README.write_text(text[:start] + "\n".join(section).rstrip() + "\n" + ("\n" + tail if tail else ""))
+
+
 def _one_line_change(m: Mutant) -> str:
     def clip(text: str) -> str:
         text = " ".join(text.split())
@@ -316,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join("    " + ln for ln in m.diff.splitlines()[2:]))
     unexplained = sum(1 for m in left if not m.why)
     write_report(mutants, by, history, elapsed, args.threshold)
+    write_readme_section(mutants, by, elapsed)
     overall = by["overall"].percent
     print(
         f"\nmutation score {overall:.1f}% (threshold {args.threshold:.0f}%); {unexplained} survivors unexplained; "
