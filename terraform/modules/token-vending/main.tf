@@ -169,14 +169,14 @@ resource "google_cloudfunctions2_function" "vend_http" {
 
   service_config {
     available_memory = "256M"
-    # Concurrency (issue 18, `make bench`: server CPU per vend at 1, 8 and 32 concurrent requests,
-    # bench/README.md). A vend spends most of its time waiting on IAM and Firestore and ~5-10 ms of
-    # CPU, the same per vend at 1, 8 or 32 in flight, so one instance can overlap up to 8 vends at
-    # no extra CPU per vend; at 32 the CPU per vend does not fall, latency rises (queueing on the GIL
-    # of the one worker) and Google documents 8 as the Python runtime's limit. Concurrency above 1
-    # needs a whole vCPU. One gunicorn worker with one thread per concurrent request (THREADS,
-    # WORKERS: functions-framework's settings) so no request waits for a thread; peak RSS is
-    # ~90 MiB for the worker plus ~50 MiB for the arbiter, inside 256M.
+    # Concurrency (issue 18, `make bench`: vends per server CPU-second at 1, 8 and 32 concurrent
+    # requests, bench/README.md). A vend mostly waits on IAM and Firestore; its CPU barely depends on
+    # how many are in flight (Firestore: 59 / 72 / 80 vends per CPU-second at 1 / 8 / 32, SQLite:
+    # 134 / 138 / 146), so 8 in flight gets most of the saving over 1 (+22%), while 32 adds ~10% more
+    # at ~3x the latency (queueing behind the one worker's GIL) and Google documents 8 as the Python
+    # runtime's limit. Concurrency above 1 needs a whole vCPU. One gunicorn worker with one thread
+    # per concurrent request (THREADS, WORKERS: functions-framework's settings) so no request waits
+    # for a thread; peak RSS ~82 MiB for the worker plus ~48 MiB for the arbiter, inside 256M.
     available_cpu                    = "1"
     max_instance_request_concurrency = 8
     timeout_seconds                  = 60
