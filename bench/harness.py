@@ -91,7 +91,7 @@ CONCURRENCY_LEVELS = (1, 8, 32)
 
 COLD_MAIN = """\
 import time
-_t0 = time.perf_counter()
+_t0, _c0 = time.perf_counter(), time.process_time()
 import json, sys
 from functions_framework import create_app
 client = create_app("vend_http", "main.py").test_client()
@@ -101,7 +101,7 @@ resp = client.post("/v1/access-tokens", data=sys.argv[2].encode(),
 _t1 = time.perf_counter()
 if resp.status_code != 200:
     raise SystemExit(f"cold vend answered {resp.status_code}: {resp.get_data(as_text=True)[:300]}")
-print("BENCH_RESULT " + json.dumps({"s": _t1 - _t0, "app_s": _ta - _t0}), flush=True)
+print("BENCH_RESULT " + json.dumps({"s": _t1 - _t0, "app_s": _ta - _t0, "cpu_s": time.process_time() - _c0}), flush=True)
 """
 
 COLD_SPLIT = """\
@@ -152,7 +152,7 @@ db.close()
 
 COLD_FLOOR = """\
 import time
-_t0 = time.perf_counter()
+_t0, _c0 = time.perf_counter(), time.process_time()
 import json, sys
 from functions_framework import create_app
 client = create_app("floor_vend", "bench/floorapp.py").test_client()
@@ -162,7 +162,7 @@ resp = client.post("/v1/access-tokens", data=sys.argv[2].encode(),
 _t1 = time.perf_counter()
 if resp.status_code != 200:
     raise SystemExit(f"cold floor answered {resp.status_code}: {resp.get_data(as_text=True)[:300]}")
-print("BENCH_RESULT " + json.dumps({"s": _t1 - _t0, "app_s": _ta - _t0}), flush=True)
+print("BENCH_RESULT " + json.dumps({"s": _t1 - _t0, "app_s": _ta - _t0, "cpu_s": time.process_time() - _c0}), flush=True)
 """
 
 
@@ -535,10 +535,12 @@ class Bench:
         body = common.vend_body().decode()
 
         apps: dict[str, list[float]] = {}
+        cpus: dict[str, list[float]] = {}
 
         def once(script: str, env: dict[str, str], *extra: str) -> float:
             result = once_json(script, env, *extra)
             apps.setdefault(script, []).append(float(result["app_s"]))
+            cpus.setdefault(script, []).append(float(result["cpu_s"]))
             return float(result["s"])
 
         def once_json(script: str, env: dict[str, str], *extra: str) -> Any:
@@ -562,6 +564,7 @@ class Bench:
                 once(COLD_FLOOR, floor_env, next(tokens), body)
                 once(COLD_MAIN, env, next(tokens), body)
                 apps.clear()
+                cpus.clear()
             ours, floor, imports, splits = [], [], [], []
             for i in range(reps):  # interleaved, so drift hits all alike
                 floor.append(once(COLD_FLOOR, floor_env, next(tokens), body))
@@ -584,6 +587,8 @@ class Bench:
                 "import_median_s": median(imports) if imports else None,
                 "ours_app_median_s": median(apps.pop(COLD_MAIN)),  # imports until the app exists
                 "floor_app_median_s": median(apps.pop(COLD_FLOOR)),
+                "ours_cpu_median_s": median(cpus.pop(COLD_MAIN)),  # the process's CPU, same span
+                "floor_cpu_median_s": median(cpus.pop(COLD_FLOOR)),
             }
 
     def fig_backend(self, backend: str) -> None:
