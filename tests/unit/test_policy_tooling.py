@@ -352,3 +352,20 @@ def test_the_client_asks_for_the_audience_the_policy_pins(
     args = build_parser().parse_args(["token", "--service-account", SA, "--url", "https://vending.example", *flag])
     # WHEN the client looks for the caller's token  THEN it asks for that audience
     assert Caller(args, args.url)._audience == expected
+
+
+def test_the_docs_explain_example_prints_what_it_shows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN docs/policy.md's explain example: its claims, its command and the output it shows
+    text = REFERENCE_FILE.read_text("utf-8")
+    block = next(b for b in re.findall(r"```console\n(.*?)```", text, re.S) if "policy explain" in b)
+    claims = re.search(r"<<'JSON'\n(.*?)\nJSON\n", block, re.S)
+    assert claims is not None
+    shown = block[block.index("--service-account") :].splitlines()[1:]
+    command = re.search(r"--config (\S+).*--service-account (\S+)", block.replace("\\\n", " "), re.S)
+    assert command is not None
+    claims_file = tmp_path / "claims.json"
+    claims_file.write_text(claims.group(1), "utf-8")
+    # WHEN run  THEN it prints exactly that and allows
+    argv = ["policy", "explain", "--config", str(REPO / command.group(1)), "--token-claims", str(claims_file)]
+    assert main([*argv, "--service-account", command.group(2)]) == 0
+    assert capsys.readouterr().out.splitlines() == shown
