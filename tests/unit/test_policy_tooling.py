@@ -369,3 +369,14 @@ def test_the_docs_explain_example_prints_what_it_shows(tmp_path: Path, capsys: p
     argv = ["policy", "explain", "--config", str(REPO / command.group(1)), "--token-claims", str(claims_file)]
     assert main([*argv, "--service-account", command.group(2)]) == 0
     assert capsys.readouterr().out.splitlines() == shown
+
+
+def test_the_docs_policy_snippets_load_and_lint_clean(tmp_path: Path) -> None:
+    # GIVEN every YAML block of docs/policy.md that is a policy (has issuers)
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", REFERENCE_FILE.read_text("utf-8"), re.S) if "issuers:" in b]
+    assert blocks
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"snippet{i}.yaml"
+        path.write_text(block, "utf-8")
+        # THEN it loads as the service loads it, with no lint error or warning
+        assert tool.check(str(path), strict=True) == tool.EXIT_OK, block
