@@ -19,7 +19,12 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell tool reports when its read
 def _serve(args: argparse.Namespace) -> int:
     from vending.local.launcher import serve
 
-    return serve(args.port, args.iam_port, args.issuer_port, args.pubsub_port)
+    chat_ports = None
+    if args.chat:  # the chat-ops apps on local fakes (docs/chatops.md); `make run-chat` is the same
+        from vending.local.chat import CHAT_PORTS
+
+        chat_ports = dict(CHAT_PORTS)
+    return serve(args.port, args.iam_port, args.issuer_port, args.pubsub_port, chat_ports=chat_ports)
 
 
 def _dev_token(args: argparse.Namespace) -> int:
@@ -66,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8083,
         help="handle_pubsub, where chat-ops messages are delivered (default %(default)s)",
+    )
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="also serve the Slack and Google Chat apps, the notifier and their local fakes on 8084-8087 "
+        "(docs/chatops.md; `make run ARGS=--chat` or `make run-chat`)",
     )
     p.set_defaults(func=_serve)
 
