@@ -171,9 +171,9 @@ resource "google_cloudfunctions2_function" "vend_http" {
     available_memory = "256M"
     # Concurrency (issue 18, `make bench`: vends per server CPU-second at 1, 8 and 32 concurrent
     # requests, bench/README.md). A vend mostly waits on IAM and Firestore; its CPU barely depends on
-    # how many are in flight (three runs, Firestore: +19-33% vends per CPU-second from 1 to 8, +2-11%
-    # from 8 to 32; SQLite: -1% to +15%, then -8% to -5%), while the latency at 32 is ~3.5x the one at
-    # 8 (queueing behind the one worker's GIL), and Google documents 8 as the Python runtime's limit.
+    # how many are in flight (four runs, Firestore: +12-33% vends per CPU-second from 1 to 8, -2% to
+    # +11% from 8 to 32; SQLite: -1% to +15%, then -10% to -5%), while the latency at 32 is ~3.5-4x the
+    # one at 8 (queueing behind the one worker's GIL); Google documents 8 as the Python runtime's limit.
     # Concurrency above 1 needs a whole vCPU. One gunicorn worker with one thread
     # per concurrent request (THREADS, WORKERS: functions-framework's settings) so no request waits
     # for a thread; peak RSS ~82 MiB for the worker plus ~48 MiB for the arbiter, inside 256M.
