@@ -43,6 +43,37 @@ def pytest_configure(config: pytest.Config) -> None:
     # Registered here too so the suite does not depend on pyproject's [tool.pytest].
     config.addinivalue_line("markers", "long: long-running variants (deselected by default)")
     config.addinivalue_line("markers", "emulator: needs the Firestore / Pub/Sub emulators")
+    _warm_x509_datetime()
+
+
+def _warm_x509_datetime() -> None:
+    """Build one X.509 certificate before any test can freeze time.
+
+    cryptography's Rust x509 code looks ``datetime.datetime`` up once and keeps it. If its first
+    certificate is built under freezegun (which swaps that name for ``FakeDatetime``), every later
+    certificate built with a real datetime fails ("'datetime' object is not an instance of
+    'FakeDatetime'"): the IAM stand-in's /oauth2/v1/certs then breaks, depending on test order.
+    """
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "warm-up")])
+    now = dt.datetime.now(dt.UTC)
+    (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
 
 
 # -- the emulator gate: fail, never skip; deselect only when asked, and say so -------------------------
