@@ -78,7 +78,8 @@ class Score:
 
     @property
     def tested(self) -> int:
-        return self.total - self.counts["skipped"]
+        """Mutants with a verdict: not skipped, and not left unchecked by a run stopped early."""
+        return self.total - self.counts["skipped"] - self.counts["not checked"]
 
     @property
     def killed(self) -> int:
@@ -214,16 +215,17 @@ def scores(mutants: list[Mutant]) -> dict[str, Score]:
 
 def table(by: dict[str, Score]) -> list[str]:
     rows = [
-        "| module | mutants | killed | timeout | survived | no tests | other | score |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| module | mutants | killed | timeout | survived | no tests | other | not checked | score |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for key in (*MODULES, "overall"):
         s = by.get(key, Score())
-        other = s.total - sum(s.counts[k] for k in ("killed", "timeout", "survived", "no tests", "skipped"))
+        named = ("killed", "timeout", "survived", "no tests", "skipped", "not checked")
+        other = s.total - sum(s.counts[k] for k in named)
         name = f"`{key}`" if key != "overall" else "**overall**"
         rows.append(
             f"| {name} | {s.tested} | {s.counts['killed']} | {s.counts['timeout']} | {s.counts['survived']} | "
-            f"{s.counts['no tests']} | {other} | {s.percent:.1f}% |"
+            f"{s.counts['no tests']} | {other} | {s.counts['not checked']} | {s.percent:.1f}% |"
         )
     return rows
 
@@ -232,7 +234,7 @@ def write_report(
     mutants: list[Mutant], by: dict[str, Score], history: str, elapsed_s: float | None, threshold: float
 ) -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
-    left = [m for m in mutants if m.status not in KILLED]
+    left = [m for m in mutants if m.status not in (*KILLED, "not checked")]
     lines = [
         "# Mutation testing: identity, policy, grant, ledger",
         "",
@@ -272,7 +274,7 @@ def write_report(
 def write_readme_section(mutants: list[Mutant], by: dict[str, Score], elapsed_s: float | None) -> None:
     """Rewrite the "## Mutation testing" section of tests/README.md: how to run, the score per module,
     and every mutant not killed, grouped by its explanation (the diffs are in tests/MUTATION.md)."""
-    left = [m for m in mutants if m.status not in KILLED]
+    left = [m for m in mutants if m.status not in (*KILLED, "not checked")]
     groups: dict[str, list[Mutant]] = {}
     for m in sorted(left, key=lambda m: (MODULES.index(m.path), m.line, m.name)):
         groups.setdefault(m.why or "UNEXPLAINED", []).append(m)
@@ -290,6 +292,15 @@ def write_readme_section(mutants: list[Mutant], by: dict[str, Score], elapsed_s:
         "",
         *table(by),
         "",
+    ]
+    unchecked = by["overall"].counts["not checked"]
+    if unchecked:
+        section += [
+            f"This run was stopped before {unchecked} mutants were checked (the `not checked` column); each score is",
+            "over the mutants that have a verdict. `bash scripts/mutation.sh --keep` finishes them.",
+            "",
+        ]
+    section += [
         f"### Survivors ({len(left)}), by explanation",
         "",
     ]
@@ -345,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print("\n".join(table(by)))
-    left = [m for m in mutants if m.status not in KILLED]
+    left = [m for m in mutants if m.status not in (*KILLED, "not checked")]
     print(f"\n{len(left)} mutants not killed:")
     for m in sorted(left, key=lambda m: (MODULES.index(m.path), m.line, m.name)):
         print(f"\n{m.path}:{m.line} {m.function} [{m.status}] {m.name}")
