@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -42,6 +43,7 @@ from vending.config import Bot
 from vending.errors import AuthenticationError, JwksUnavailableError
 from vending.identity import (
     MAX_EPOCH_S,
+    MAX_JWKS_BYTES,
     MAX_TOKEN_CHARS,
     BotVerifier,
     JwksCache,
@@ -903,3 +905,63 @@ def test_jwks_server_fixture_is_local(idp: TestIssuer) -> None:
     assert idp.jwks_uri.startswith("http://127.0.0.1:")
     assert isinstance(idp.server, JwksServer)
     assert cast(Any, idp).fetches == 0
+
+
+# ---------------------------------------------------------------------------
+# the JWKS fetch: a body read in several chunks, and what a refused fetch says
+
+
+def test_a_jwks_spanning_several_read_chunks_is_read_whole(
+    idp: TestIssuer, keys_doc: tuple[str, dict[str, Any]]
+) -> None:
+    """GIVEN a JWKS of about 200 KiB (many keys, the wanted one last), under the 512 KiB cap
+    WHEN its last key is asked for
+    THEN it is found: the body is the concatenation of every 64 KiB chunk, not the last one."""
+    url, doc = keys_doc
+    doc["keys"] = [{**_bare(idp.rsa, f"filler-{i:04d}"), "alg": "RS256"} for i in range(450)]
+    doc["keys"].append({**idp.rsa.public_jwk(), "kid": "wanted"})
+
+    key = JwksCache(timeout_s=2).key(url, "wanted", ttl_s=60, cooldown_s=30, algorithm="RS256")
+
+    assert key.key_id == "wanted"
+
+
+def test_a_jwks_above_the_cap_is_refused_and_says_so(keys_doc: tuple[str, dict[str, Any]]) -> None:
+    """GIVEN a JWKS body above MAX_JWKS_BYTES
+    WHEN a key is asked for
+    THEN it is refused as jwks-unavailable, and the detail names the cap."""
+    url, doc = keys_doc
+    doc["keys"] = [{"kty": "oct", "k": "x" * (MAX_JWKS_BYTES + 1)}]
+
+    exc = _key_refusal(url, "any", "RS256")
+
+    assert isinstance(exc, JwksUnavailableError)
+    assert exc.detail == f"JWKS {url} unavailable: GET {url}: response above {MAX_JWKS_BYTES} bytes"
+
+
+def test_a_jwks_without_keys_says_so(keys_doc: tuple[str, dict[str, Any]]) -> None:
+    """GIVEN a JWKS endpoint answering a JSON object without a keys member
+    WHEN a key is asked for
+    THEN it is refused as jwks-unavailable, and the detail says it is not a JWKS."""
+    url, doc = keys_doc
+    del doc["keys"]
+
+    exc = _key_refusal(url, "any", "RS256")
+
+    assert isinstance(exc, JwksUnavailableError)
+    assert exc.detail == f"JWKS {url} unavailable: GET {url}: not a JWKS (no 'keys' list)"
+
+
+def test_an_unreachable_jwks_names_the_connection_error() -> None:
+    """GIVEN a JWKS URL where nothing listens
+    WHEN a key is asked for
+    THEN it is refused as jwks-unavailable, naming the URL and the requests exception type."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/jwks"
+
+    exc = _key_refusal(url, "any", "RS256")
+
+    assert isinstance(exc, JwksUnavailableError)
+    assert exc.detail is not None and exc.detail.startswith(f"JWKS {url} unavailable: GET {url}: ConnectionError: ")
