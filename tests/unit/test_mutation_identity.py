@@ -965,3 +965,31 @@ def test_an_unreachable_jwks_names_the_connection_error() -> None:
 
     assert isinstance(exc, JwksUnavailableError)
     assert exc.detail is not None and exc.detail.startswith(f"JWKS {url} unavailable: GET {url}: ConnectionError: ")
+
+
+def test_a_published_key_without_kid_serves_a_token_without_kid(
+    idp: TestIssuer, keys_doc: tuple[str, dict[str, Any]]
+) -> None:
+    """GIVEN a JWKS whose one key has no kid member
+    WHEN a token without kid asks for it
+    THEN that key is used: a key without kid is usable (only a kid that is not a string is not)."""
+    url, doc = keys_doc
+    doc["keys"] = [{k: v for k, v in idp.rsa.public_jwk().items() if k != "kid"}]
+
+    key = JwksCache(timeout_s=2).key(url, None, ttl_s=60, cooldown_s=30, algorithm="RS256")
+
+    assert key.algorithm_name == "RS256"
+
+
+def test_a_published_key_whose_kid_is_not_a_string_is_dropped(
+    idp: TestIssuer, keys_doc: tuple[str, dict[str, Any]]
+) -> None:
+    """GIVEN a JWKS whose one key has kid 123 (a number)
+    WHEN a token without kid asks for the only key
+    THEN it is refused as unknown-key: that key was dropped, so the set holds none."""
+    url, doc = keys_doc
+    doc["keys"] = [{**idp.rsa.public_jwk(), "kid": 123}]
+
+    exc = _key_refusal(url, None, "RS256")
+
+    assert exc.reason == "unknown-key"
