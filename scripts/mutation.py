@@ -288,7 +288,12 @@ def write_readme_section(mutants: list[Mutant], by: dict[str, Score], elapsed_s:
         "section and `tests/MUTATION.md` (every survivor with its diff) are written by the run; the",
         "explanations live in `scripts/mutation_notes.toml`.",
         "",
-        f"Last run: {clock_text()}" + (f", {elapsed_s / 60:.0f} min on {os.cpu_count()} cores." if elapsed_s else "."),
+        f"Report written {clock_text()}"
+        + (
+            f" by a run of {elapsed_s / 60:.0f} min on {os.cpu_count()} cores."
+            if elapsed_s
+            else " from the last run's results."
+        ),
         "",
         *table(by),
         "",
