@@ -56,7 +56,10 @@ def test_firestore_stopped_mid_run_then_started(
     fs_harness: ServiceHarness, firestore_emulator: Any, suite_figures: Any
 ) -> None:
     if not firestore_emulator.owned:
-        pytest.skip("the Firestore emulator comes from FIRESTORE_EMULATOR_HOST: this run cannot stop it")
+        pytest.fail(
+            "this test stops and restarts the Firestore emulator, and the one in use comes from "
+            "FIRESTORE_EMULATOR_HOST: unset it so the suite starts its own (as .ci/run does)"
+        )
     h = fs_harness
     shadow = ShadowStore(h.store)
     use_store(h, shadow)

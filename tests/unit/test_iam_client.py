@@ -552,7 +552,7 @@ def test_a_bad_200_never_puts_the_body_in_the_error(iam: ScriptedIam, method: st
     """GIVEN IAM answering 200 with a credential in an otherwise malformed body
     WHEN the client calls the method
     THEN neither the message nor the detail (logged) holds any of the body."""
-    secret = "ya29.SECRET-MUST-NOT-BE-LOGGED-" + "q" * 40
+    secret = "ya29." + "fake-never-logged-" + "q" * 40  # the prefix log redaction looks for; not a real token
     broken = {k: (secret if isinstance(v, str) else v) for k, v in VALID[method].items()}
     broken[next(iter(broken))] = 12345  # the first field of the wrong type; the others hold the secret
     broken["extra"] = secret
