@@ -8,14 +8,14 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
+
+from tests.support.net import free_ports, read_until
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "chatops.md"
@@ -29,19 +29,6 @@ FLAGS = {
     "8086": "--notifier-port",
     "8087": "--workspace-port",
 }
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def doc_blocks(name: str) -> list[str]:
@@ -75,14 +62,8 @@ def test_the_offline_loop_runs_as_written(workdir: Path, tmp_path_factory: pytes
     proc = subprocess.Popen(
         argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
-    output = ""
     try:
-        deadline = time.monotonic() + 90
-        while "Press Ctrl-C to stop." not in output and time.monotonic() < deadline:
-            line = proc.stdout.readline() if proc.stdout else ""
-            if not line and proc.poll() is not None:
-                break
-            output += line
+        output = read_until(proc, "Press Ctrl-C to stop.", 90)
         assert "Press Ctrl-C to stop." in output, output
         assert f"Slack app (interactivity) http://127.0.0.1:{ports['8084']}" in output
         # WHEN the document's blocks run as written, in one shell (they share $ACCESS_REQUEST)

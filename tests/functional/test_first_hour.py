@@ -29,24 +29,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.support.net import free_ports
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PORTS = ("8080", "8081", "8082", "8083")
 FLAGS = {"8080": "--port", "8081": "--iam-port", "8082": "--issuer-port", "8083": "--pubsub-port"}
 CI_SUBJECT = "repo:example/app:ref:refs/heads/main"
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (held open together, so none is handed out twice)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def listening(port: int) -> bool:

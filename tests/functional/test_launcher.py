@@ -10,12 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
+from tests.support.net import read_until
 from vending import clock
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,14 +67,8 @@ def test_serve_prints_a_command_that_vends_and_ctrl_c_stops_everything(workdir: 
         text=True,
         start_new_session=True,
     )
-    output = ""
     try:
-        deadline = time.monotonic() + 60
-        while "Press Ctrl-C to stop." not in output and time.monotonic() < deadline:
-            line = proc.stdout.readline() if proc.stdout else ""
-            if not line and proc.poll() is not None:
-                break
-            output += line
+        output = read_until(proc, "Press Ctrl-C to stop.", 60)
         assert "Press Ctrl-C to stop." in output, output
         # WHEN the printed command is run as-is
         command = next(line.strip() for line in output.splitlines() if line.strip().startswith("curl "))
