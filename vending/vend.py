@@ -157,7 +157,9 @@ class Vend:
                     error=exc.reason,
                 )
         self._announce(issuance_id, grant, minted)
-        return dict(kind.response(minted, grant, issuance_id, clock.now()))
+        # Time left is counted from when IAM was asked (IAM counts the lifetime from then, in whole seconds),
+        # so a slow confirm never makes a 600 s token read 599.
+        return dict(kind.response(minted, grant, issuance_id, started))
 
     def _decide_and_reserve(
         self, kind: ModuleType, caller: VerifiedToken, ask: Any, issuance_id: str, audit: Audit
