@@ -7,9 +7,11 @@ the same client libraries, so that the measured vend and its floor both pay
 the HTTP hop (functions-framework, gunicorn, Flask) and the same remote work:
 
 1. read the caller's bearer token and the JSON body;
-2. check the token's RS256 signature with the issuer's key (``cryptography``),
-   the key fetched once from the issuer's JWKS with ``requests`` (the first
-   request of a process pays the fetch, as a cold vend does);
+2. check the token's RS256 signature with the issuer's key through the same
+   library call as ``vending.identity`` (PyJWT's ``PyJWS.decode_complete`` with
+   a ``PyJWK``, on ``cryptography``), the key fetched once from the issuer's
+   JWKS with ``requests`` (the first request of a process pays the fetch, as a
+   cold vend does); no claim checks;
 3. read the target's kill switch document (one get);
 4. one atomic write creating two documents: the caller token's ``jti`` and
    the issuance record (same shape as ``vending.ledger`` writes);
@@ -30,7 +32,6 @@ then reused. Settings: ``VENDING_IAM_ENDPOINT``, ``VENDING_IAM_TOKEN``,
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import json
@@ -40,9 +41,8 @@ import uuid
 from typing import Any
 
 import functions_framework
+import jwt
 import requests
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 STORE = os.environ.get("VENDING_STORE", "firestore")
 IAM = os.environ.get("VENDING_IAM_ENDPOINT", "")
@@ -54,14 +54,7 @@ RETENTION = dt.timedelta(days=90)
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
 _local = threading.local()
-
-
-def _b64(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def _int(segment: str) -> int:
-    return int.from_bytes(_b64(segment), "big")
+_JWS = jwt.PyJWS()
 
 
 def _setup() -> dict[str, Any]:
@@ -72,7 +65,7 @@ def _setup() -> dict[str, Any]:
         session = requests.Session()
         session.trust_env = False  # as vending.iam: proxy settings resolved once, not per request
         jwk = session.get(JWKS_URL, timeout=5).json()["keys"][0]
-        key = rsa.RSAPublicNumbers(_int(jwk["e"]), _int(jwk["n"])).public_key()
+        key = jwt.PyJWK(jwk, "RS256")
         state: dict[str, Any] = {"session": session, "key": key}
         if STORE == "firestore":
             from google.cloud import firestore
@@ -86,9 +79,7 @@ def _setup() -> dict[str, Any]:
 
 
 def _verify(token: str, key: Any) -> dict[str, Any]:
-    signing_input, _, signature = token.rpartition(".")
-    key.verify(_b64(signature), signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-    claims: dict[str, Any] = json.loads(_b64(signing_input.split(".", 1)[1]))
+    claims: dict[str, Any] = json.loads(_JWS.decode_complete(token, key=key, algorithms=["RS256"])["payload"])
     return claims
 
 

@@ -491,8 +491,7 @@ def load_policy(path: str | Path) -> Policy:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read policy file: {exc}") from exc
     try:
-        root = diagnostics.compose(text)
-        raw = yaml.safe_load(text)
+        root, raw = diagnostics.parse(text)
     except yaml.YAMLError as exc:
         raise ConfigError(diagnostics.yaml_error(path, exc)) from exc
     if not isinstance(raw, dict):

@@ -29,9 +29,22 @@ NAMED_ITEMS: dict[str, tuple[str, str]] = {
 Loc = tuple[int | str, ...]
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when the wheel has it: same nodes, same marks
+
+
 def compose(text: str) -> yaml.Node | None:
     """The YAML node tree of ``text`` (every node carries its start mark)."""
-    return yaml.compose(text, Loader=yaml.SafeLoader)
+    return parse(text)[0]
+
+
+def parse(text: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree of ``text`` and the data ``yaml.safe_load`` gives, from one pass of the parser."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
 
 
 def yaml_error(path: str, exc: yaml.YAMLError) -> str:

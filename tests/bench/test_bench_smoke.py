@@ -23,6 +23,7 @@ FIGURES = {
     "cold_start_sqlite",
     *(f"cpu_per_vend_{backend}_c{c}" for backend in ("firestore", "sqlite") for c in (1, 8, 32)),
     "peak_rss",
+    "peak_rss_firestore",
     "rss_growth_last_half",
     "iam_calls_per_vend",
     "store_ops_per_vend",
@@ -63,3 +64,8 @@ def test_quick_bench_reports_every_figure(tmp_path: Path, firestore_emulator: ob
     assert (tmp_path / "latency.png").stat().st_size > 10_000
     for fig in figures.values():
         assert fig["name"] in proc.stdout, fig["id"]  # a row of the printed table
+    # A missed cold start or sweep names, with this run's figures, what stands in its way.
+    for fid in ("cold_start", "cold_start_sqlite", "sweep"):
+        if figures[fid]["status"] == "MISS":
+            assert figures[fid]["in_the_way"], fid
+            assert f"  {fid}: {figures[fid]['in_the_way']}" in proc.stdout, fid
