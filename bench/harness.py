@@ -35,7 +35,8 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Plan:
-    latency_n: int  # measured sequential vends per latency series (split in interleaved blocks)
+    latency_n: int  # measured sequential vends per latency series on Firestore (split in interleaved blocks)
+    latency_n_sqlite: int  # the same on SQLite, whose vends take a third of the time: more samples, same cost
     warmup: int  # unmeasured requests before each block
     naive_n: int
     rss_half: int  # vends per half of the RSS run at concurrency 8 (target: 5,000 + 5,000), on RSS_BACKEND
@@ -56,17 +57,18 @@ class Plan:
 # SQLite (~115 vends/s at concurrency 8) and would be ~140 s on the Firestore emulator (~70 vends/s, the
 # server CPU-bound), hence RSS_BACKEND; the Firestore instance's own peak RSS is still measured and bounded.
 FULL = Plan(
-    latency_n=600,
-    warmup=25,
-    naive_n=150,
+    latency_n=400,
+    latency_n_sqlite=1000,
+    warmup=16,
+    naive_n=60,
     rss_half=5000,
-    floor_tp_n=500,
-    tp_n=500,
-    c32_n=400,
+    floor_tp_n=200,
+    tp_n=200,
+    c32_n=200,
     trivial_n=1000,
     concurrency=8,
     cold_reps=5,
-    roundtrip_n=100,
+    roundtrip_n=50,
     sweep_sizes=(1000, 10000),
     sweep_due=100,
     sweep_reps=3,
@@ -74,6 +76,7 @@ FULL = Plan(
 )
 QUICK = Plan(
     latency_n=30,
+    latency_n_sqlite=30,
     warmup=5,
     naive_n=10,
     rss_half=60,
@@ -278,6 +281,9 @@ class Bench:
     def blocks(self) -> int:
         """Interleaved blocks per latency comparison."""
         return 4 if self.plan.latency_n >= 400 else 2
+
+    def latency_n(self, backend: str) -> int:
+        return self.plan.latency_n_sqlite if backend == "sqlite" else self.plan.latency_n
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -570,7 +576,7 @@ class Bench:
             for i in range(reps):  # interleaved, so drift hits all alike
                 floor.append(once(COLD_FLOOR, floor_env, next(tokens), body))
                 ours.append(once(COLD_MAIN, env, next(tokens), body))
-                if i < 2:  # where the time goes: each step in a fresh process
+                if i < 2:  # where the time goes: each step in a fresh process (median of 2)
                     split = once_json(COLD_SPLIT, env)
                     splits.append(split)
                     imports.append(sum(v["wall_s"] for v in split.values()))
@@ -596,7 +602,7 @@ class Bench:
         """Warm latency (concurrency 1), then CPU per vend at concurrency 8 and 32: the vend function and
         its floor function on the same server settings, interleaved blocks, server CPU metered per block."""
         plan, c = self.plan, self.plan.concurrency
-        n = plan.latency_n
+        n = self.latency_n(backend)
         self.say(f"{backend}: warm latency, {n} sequential vends through the vend function and its floor function")
         (server, url), (fserver, furl) = self.serve_pair(backend)
         levels: dict[str, dict[str, list[dict[str, Any]]]] = {str(k): {"ours": [], "floor": []} for k in (1, c, 32)}
@@ -654,9 +660,12 @@ class Bench:
     def _throughput_with_rss(
         self, backend: str, server: Child, url: str, fserver: Child, furl: str, level: dict[str, list[dict[str, Any]]]
     ) -> dict[str, Any]:
-        """Concurrency 8: two halves of ``rss_half`` vends (RSS after each), floor blocks between."""
-        half, c = self.plan.rss_half, self.plan.concurrency
-        self.say(f"{backend}: concurrency {c}, {2 * half} vends (RSS sampled) and floor blocks between them")
+        """Concurrency 8: the instance brought to ``2 * rss_half`` vends in two runs, the second of ``rss_half``
+        (RSS after each), floor blocks between. The latency blocks it has served count toward the first."""
+        plan, c = self.plan, self.plan.concurrency
+        half, before = plan.rss_half, self.latency_n(backend) + self.blocks * plan.warmup
+        first = max(half // 10, 2 * half - before - 2 * plan.warmup - half)
+        self.say(f"{backend}: concurrency {c}, {first + half} vends (RSS sampled) and floor blocks between them")
         worker = self._worker(server)
         sampler = RssSampler(worker)
         idle = _proc_status(worker)["VmRSS"]
@@ -664,7 +673,7 @@ class Bench:
         for block in range(2):
             r = self.metered(f"floor-{backend}-c{c}-{block}", fserver, furl, self.plan.floor_tp_n, c)
             level["floor"].append(_block(r))
-            r = self.metered(f"throughput-{backend}-c{c}-{block}", server, url, half, c)
+            r = self.metered(f"throughput-{backend}-c{c}-{block}", server, url, first if block == 0 else half, c)
             level["ours"].append(_block(r))
             after.append(_proc_status(worker)["VmRSS"])
         status = _proc_status(worker)
@@ -679,7 +688,7 @@ class Bench:
             "peak_rss_sampled": sampler.peak,
             "arbiter_rss": _proc_status(server.pid)["VmRSS"],
             "vends_per_half": half,
-            "vends_before": self.plan.latency_n + self.blocks * self.plan.warmup,
+            "vends_total": before + first + half + 2 * plan.warmup,
             "samples": sampler.samples[:: max(1, len(sampler.samples) // 400)],
         }
 
