@@ -34,7 +34,7 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when the whee
 
 def compose(text: str) -> yaml.Node | None:
     """The YAML node tree of ``text`` (every node carries its start mark)."""
-    return parse(text)[0]
+    return yaml.compose(text, Loader=_Loader)
 
 
 def parse(text: str) -> tuple[yaml.Node | None, Any]:

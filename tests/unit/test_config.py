@@ -225,3 +225,23 @@ def test_process_refuses_to_start_with_a_bad_policy(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert str(path) in proc.stderr and "entitlement 'demo-deploy'" in proc.stderr and "max_lifetime" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_one_parse_gives_the_safe_load_data_and_the_marked_node_tree() -> None:
+    """The policy file is parsed once (libyaml when present): the same data as ``yaml.safe_load``
+    and the node tree whose marks the error messages cite."""
+    from vending import diagnostics
+
+    text = Path("config/example.yaml").read_text()
+    node, data = diagnostics.parse(text)
+    assert data == yaml.safe_load(text)
+    assert isinstance(node, yaml.MappingNode)
+    assert [k.value for k, _ in node.value] == list(data)
+    first_key = node.value[0][0]
+    assert (first_key.start_mark.line, first_key.start_mark.column) == next(
+        (i, line.index(first_key.value)) for i, line in enumerate(text.splitlines()) if line.startswith(first_key.value)
+    )
+    assert diagnostics.parse("") == (None, None)
+    with pytest.raises(yaml.MarkedYAMLError) as err:
+        diagnostics.parse("issuers: [\n")
+    assert err.value.problem_mark is not None
