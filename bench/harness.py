@@ -38,6 +38,7 @@ class Plan:
     latency_n: int  # measured sequential vends per latency series on Firestore (split in interleaved blocks)
     latency_n_sqlite: int  # the same on SQLite, whose vends take a third of the time: more samples, same cost
     warmup: int  # unmeasured requests before each block
+    warm_n: int  # unmeasured vends to each server before a backend's latency blocks
     naive_n: int
     rss_half: int  # vends per half of the RSS run at concurrency 8 (target: 5,000 + 5,000), on RSS_BACKEND
     floor_tp_n: int  # floor vends per block of the RSS run at concurrency 8 (two blocks, between ours)
@@ -60,6 +61,7 @@ FULL = Plan(
     latency_n=400,
     latency_n_sqlite=1000,
     warmup=16,
+    warm_n=150,
     naive_n=60,
     rss_half=5000,
     floor_tp_n=200,
@@ -78,6 +80,7 @@ QUICK = Plan(
     latency_n=30,
     latency_n_sqlite=30,
     warmup=5,
+    warm_n=10,
     naive_n=10,
     rss_half=60,
     floor_tp_n=40,
@@ -608,25 +611,38 @@ class Bench:
         levels: dict[str, dict[str, list[dict[str, Any]]]] = {str(k): {"ours": [], "floor": []} for k in (1, c, 32)}
         rss: dict[str, Any] = {}
         try:
-            ours_ms, floor_ms = [], []
-            for block in range(self.blocks):  # interleaved (floor, ours, floor, ours...): drift hits both alike
-                r = self.metered(f"floor-{backend}-c1-{block}", fserver, furl, n // self.blocks, 1)
-                floor_ms += r["latencies_ms"]
-                levels["1"]["floor"].append(_block(r))
-                r = self.metered(f"latency-{backend}-c1-{block}", server, url, n // self.blocks, 1)
-                ours_ms += r["latencies_ms"]
-                levels["1"]["ours"].append(_block(r))
+            ours_ms: list[float] = []
+            floor_ms: list[float] = []
+            # Unmeasured: both servers, their stores and the emulator's JIT past their first hundreds of
+            # requests, so the first measured blocks do not carry a start-up drift (seen: 35 ms -> 21 ms).
+            for target in (furl, url):
+                self.loadgen(f"warm-{backend}", target + common.VEND_PATH, plan.warm_n)
+            # Interleaved and counterbalanced (floor, ours, ours, floor, floor, ours...): both sides
+            # stand first equally often, so a drift over the phase (the stand-in's and the stores'
+            # tables grow with every vend) hits both alike instead of favouring whichever runs first.
+            for block in range(self.blocks):
+                for side in ("floor", "ours") if block % 2 == 0 else ("ours", "floor"):
+                    name = f"floor-{backend}-c1-{block}" if side == "floor" else f"latency-{backend}-c1-{block}"
+                    r = self.metered(
+                        name, *((fserver, furl) if side == "floor" else (server, url)), n // self.blocks, 1
+                    )
+                    (floor_ms if side == "floor" else ours_ms).extend(r["latencies_ms"])
+                    levels["1"][side].append(_block(r))
             self.raw[f"latency_{backend}"] = {"ours_ms": ours_ms, "floor_ms": floor_ms}
             if backend == RSS_BACKEND:
                 rss = self._throughput_with_rss(backend, server, url, fserver, furl, levels[str(c)])
             else:
                 self.say(f"{backend}: concurrency {c}, {2 * plan.tp_n} vends each, interleaved")
-                for block in range(2):
-                    r = self.metered(f"floor-{backend}-c{c}-{block}", fserver, furl, plan.tp_n, c)
-                    levels[str(c)]["floor"].append(_block(r))
-                    r = self.metered(f"throughput-{backend}-c{c}-{block}", server, url, plan.tp_n, c)
-                    levels[str(c)]["ours"].append(_block(r))
-                self.raw[f"rss_{backend}"] = self._peak_rss(server, n + (self.blocks + 2) * plan.warmup + 2 * plan.tp_n)
+                for block in range(2):  # counterbalanced, as above
+                    for side in ("floor", "ours") if block == 0 else ("ours", "floor"):
+                        name = (
+                            f"floor-{backend}-c{c}-{block}" if side == "floor" else f"throughput-{backend}-c{c}-{block}"
+                        )
+                        r = self.metered(name, *((fserver, furl) if side == "floor" else (server, url)), plan.tp_n, c)
+                        levels[str(c)][side].append(_block(r))
+                self.raw[f"rss_{backend}"] = self._peak_rss(
+                    server, plan.warm_n + n + (self.blocks + 3) * plan.warmup + 2 * plan.tp_n
+                )
         finally:
             self.stop_child(server)
             self.stop_child(fserver)
@@ -663,7 +679,7 @@ class Bench:
         """Concurrency 8: the instance brought to ``2 * rss_half`` vends in two runs, the second of ``rss_half``
         (RSS after each), floor blocks between. The latency blocks it has served count toward the first."""
         plan, c = self.plan, self.plan.concurrency
-        half, before = plan.rss_half, self.latency_n(backend) + self.blocks * plan.warmup
+        half, before = plan.rss_half, plan.warm_n + self.latency_n(backend) + (self.blocks + 1) * plan.warmup
         first = max(half // 10, 2 * half - before - 2 * plan.warmup - half)
         self.say(f"{backend}: concurrency {c}, {first + half} vends (RSS sampled) and floor blocks between them")
         worker = self._worker(server)
