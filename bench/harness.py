@@ -59,15 +59,15 @@ class Plan:
 # server CPU-bound), hence RSS_BACKEND; the Firestore instance's own peak RSS is still measured and bounded.
 FULL = Plan(
     latency_n=400,
-    latency_n_sqlite=1000,
+    latency_n_sqlite=800,
     warmup=16,
-    warm_n=150,
-    naive_n=60,
+    warm_n=100,
+    naive_n=40,
     rss_half=5000,
     floor_tp_n=200,
     tp_n=200,
     c32_n=200,
-    trivial_n=1000,
+    trivial_n=500,
     concurrency=8,
     cold_reps=5,
     roundtrip_n=50,
@@ -282,8 +282,8 @@ class Bench:
 
     @property
     def blocks(self) -> int:
-        """Interleaved blocks per latency comparison."""
-        return 4 if self.plan.latency_n >= 400 else 2
+        """Blocks per side in a latency comparison: two, counterbalanced (floor, ours, ours, floor)."""
+        return 2
 
     def latency_n(self, backend: str) -> int:
         return self.plan.latency_n_sqlite if backend == "sqlite" else self.plan.latency_n
@@ -617,7 +617,7 @@ class Bench:
             # requests, so the first measured blocks do not carry a start-up drift (seen: 35 ms -> 21 ms).
             for target in (furl, url):
                 self.loadgen(f"warm-{backend}", target + common.VEND_PATH, plan.warm_n)
-            # Interleaved and counterbalanced (floor, ours, ours, floor, floor, ours...): both sides
+            # Interleaved and counterbalanced (floor, ours, ours, floor): both sides
             # stand first equally often, so a drift over the phase (the stand-in's and the stores'
             # tables grow with every vend) hits both alike instead of favouring whichever runs first.
             for block in range(self.blocks):
