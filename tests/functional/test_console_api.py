@@ -285,10 +285,15 @@ def test_a_forged_session_is_refused(harness: ServiceHarness, tamper: str) -> No
 
 def test_a_session_ends_with_its_token_and_at_sign_out(harness: ServiceHarness) -> None:
     cookie, _ = cookie_of(sign_in(harness, ALICE))
-    csrf = with_session(harness, "GET", "/console/session", cookie).get_json()["csrf_token"]
-    with freeze_time(clock.now() + dt.timedelta(seconds=599)):
+    view = with_session(harness, "GET", "/console/session", cookie).get_json()
+    csrf = view["csrf_token"]
+    # The session ends when its ID token does (600 s, minted in whole seconds a moment ago): the
+    # boundary is read from the session, so a second passing before this line changes nothing.
+    expires = clock.parse_rfc3339(view["expires_at"])
+    assert dt.timedelta(seconds=590) <= expires - clock.now() <= dt.timedelta(seconds=600)
+    with freeze_time(expires - dt.timedelta(seconds=1)):
         assert with_session(harness, "GET", "/v1/whoami", cookie).status_code == 200
-    with freeze_time(clock.now() + dt.timedelta(seconds=601)):
+    with freeze_time(expires + dt.timedelta(seconds=1)):
         late = with_session(harness, "GET", "/v1/whoami", cookie)
         assert (late.status_code, reason(late)) == (401, "session-expired")
     # WHEN she signs out (with the CSRF token)
