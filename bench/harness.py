@@ -279,6 +279,7 @@ class Bench:
         self.emulator: Any = None
         self.children: list[Child] = []
         self._seq = 0
+        self.served: dict[str, int] = {}  # vends (and warm-up requests) each URL has been sent
 
     @property
     def blocks(self) -> int:
@@ -405,6 +406,7 @@ class Bench:
         if expect_token:
             argv.append("--expect-token")
         result: dict[str, Any] = self.run_json(name, argv, self.env_base)
+        self.served[url] = self.served.get(url, 0) + result["n"] + self.plan.warmup
         if result["errors"] or result["warmup_errors"]:
             raise RuntimeError(
                 f"{name}: {result['errors']} failed requests (+{result['warmup_errors']} in the "
@@ -617,15 +619,11 @@ class Bench:
             # requests, so the first measured blocks do not carry a start-up drift (seen: 35 ms -> 21 ms).
             for target in (furl, url):
                 self.loadgen(f"warm-{backend}", target + common.VEND_PATH, plan.warm_n)
-            # Interleaved and counterbalanced (floor, ours, ours, floor): both sides
-            # stand first equally often, so a drift over the phase (the stand-in's and the stores'
-            # tables grow with every vend) hits both alike instead of favouring whichever runs first.
+            # Interleaved and counterbalanced (floor, ours, ours, floor): see _pair.
             for block in range(self.blocks):
-                for side in ("floor", "ours") if block % 2 == 0 else ("ours", "floor"):
-                    name = f"floor-{backend}-c1-{block}" if side == "floor" else f"latency-{backend}-c1-{block}"
-                    r = self.metered(
-                        name, *((fserver, furl) if side == "floor" else (server, url)), n // self.blocks, 1
-                    )
+                for side, r in self._pair(
+                    backend, "latency", block, (server, url), (fserver, furl), n // self.blocks, 1
+                ):
                     (floor_ms if side == "floor" else ours_ms).extend(r["latencies_ms"])
                     levels["1"][side].append(_block(r))
             self.raw[f"latency_{backend}"] = {"ours_ms": ours_ms, "floor_ms": floor_ms}
@@ -633,16 +631,12 @@ class Bench:
                 rss = self._throughput_with_rss(backend, server, url, fserver, furl, levels[str(c)])
             else:
                 self.say(f"{backend}: concurrency {c}, {2 * plan.tp_n} vends each, interleaved")
-                for block in range(2):  # counterbalanced, as above
-                    for side in ("floor", "ours") if block == 0 else ("ours", "floor"):
-                        name = (
-                            f"floor-{backend}-c{c}-{block}" if side == "floor" else f"throughput-{backend}-c{c}-{block}"
-                        )
-                        r = self.metered(name, *((fserver, furl) if side == "floor" else (server, url)), plan.tp_n, c)
+                for block in range(2):
+                    for side, r in self._pair(
+                        backend, "throughput", block, (server, url), (fserver, furl), plan.tp_n, c
+                    ):
                         levels[str(c)][side].append(_block(r))
-                self.raw[f"rss_{backend}"] = self._peak_rss(
-                    server, plan.warm_n + n + (self.blocks + 3) * plan.warmup + 2 * plan.tp_n
-                )
+                self.raw[f"rss_{backend}"] = self._peak_rss(server, self.served[url + common.VEND_PATH])
         finally:
             self.stop_child(server)
             self.stop_child(fserver)
@@ -659,6 +653,16 @@ class Bench:
         self.raw[f"cpu_{backend}"] = levels
         if rss:
             self.raw["rss"] = rss
+
+    def _pair(
+        self, backend: str, what: str, block: int, ours: tuple[Child, str], floor: tuple[Child, str], n: int, c: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """One metered block on each side, counterbalanced: the floor first in even blocks, ours first in odd
+        ones, so a drift over the phase (the stand-in's and the stores' tables grow with every vend) hits both
+        alike instead of favouring whichever runs first."""
+        sides = {"floor": (f"floor-{backend}-c{c}-{block}", *floor), "ours": (f"{what}-{backend}-c{c}-{block}", *ours)}
+        order = ("floor", "ours") if block % 2 == 0 else ("ours", "floor")
+        return [(side, self.metered(sides[side][0], sides[side][1], sides[side][2], n, c)) for side in order]
 
     @staticmethod
     def _worker(server: Child) -> int:
@@ -679,7 +683,7 @@ class Bench:
         """Concurrency 8: the instance brought to ``2 * rss_half`` vends in two runs, the second of ``rss_half``
         (RSS after each), floor blocks between. The latency blocks it has served count toward the first."""
         plan, c = self.plan, self.plan.concurrency
-        half, before = plan.rss_half, plan.warm_n + self.latency_n(backend) + (self.blocks + 1) * plan.warmup
+        half, before = plan.rss_half, self.served[url + common.VEND_PATH]
         first = max(half // 10, 2 * half - before - 2 * plan.warmup - half)
         self.say(f"{backend}: concurrency {c}, {first + half} vends (RSS sampled) and floor blocks between them")
         worker = self._worker(server)
@@ -704,7 +708,7 @@ class Bench:
             "peak_rss_sampled": sampler.peak,
             "arbiter_rss": _proc_status(server.pid)["VmRSS"],
             "vends_per_half": half,
-            "vends_total": before + first + half + 2 * plan.warmup,
+            "vends_total": self.served[url + common.VEND_PATH],
             "samples": sampler.samples[:: max(1, len(sampler.samples) // 400)],
         }
 

@@ -10,6 +10,7 @@ from typing import Any
 from bench.common import percentile, summary
 
 MiB = 1024 * 1024
+STORES = {"firestore": "Firestore", "sqlite": "SQLite"}  # backend -> label
 RSS_GROWTH_TOLERANCE_MIB = 2.0  # allocator noise: "no growth" means under this over the last half
 
 
@@ -196,7 +197,7 @@ def figures(data: dict[str, Any]) -> list[dict[str, Any]]:
                 in_the_way=in_the_way,
             )
         )
-    for backend, label in (("firestore", "Firestore"), ("sqlite", "SQLite")):
+    for backend, label in STORES.items():
         levels = raw[f"cpu_{backend}"]
         for c in sorted(levels, key=int):
             ours_t, floor_t = _sum_blocks(levels[c]["ours"]), _sum_blocks(levels[c]["floor"])
@@ -221,14 +222,13 @@ def figures(data: dict[str, Any]) -> list[dict[str, Any]]:
     rss = raw["rss"]
     vends = rss["vends_total"]
     peak = max(rss["peak_rss_vmhwm"], rss["peak_rss_sampled"]) / MiB
-    stores = {"sqlite": "SQLite", "firestore": "Firestore"}
-    other = next((b for b in stores if f"rss_{b}" in raw), None)
+    other = next((b for b in STORES if f"rss_{b}" in raw), None)
     if other:  # the instance on the other store: its own peak, after its latency and concurrency-8 blocks
         op = raw[f"rss_{other}"]
         out.append(
             _fig(
                 f"peak_rss_{other}",
-                f"peak RSS of the instance after {op['vends']:,} vends ({stores[other]})",
+                f"peak RSS of the instance after {op['vends']:,} vends ({STORES[other]})",
                 op["peak_rss_vmhwm"] / MiB,
                 "MiB",
                 limit=160,
@@ -240,7 +240,7 @@ def figures(data: dict[str, Any]) -> list[dict[str, Any]]:
     out.append(
         _fig(
             "peak_rss",
-            f"peak RSS of the instance after {vends:,} vends ({stores[rss.get('backend', 'firestore')]})",
+            f"peak RSS of the instance after {vends:,} vends ({STORES[rss.get('backend', 'firestore')]})",
             peak,
             "MiB",
             limit=160,
@@ -501,8 +501,9 @@ def chart(data: dict[str, Any], path: Path) -> None:
     ax.axhline(160, color="tab:red", linestyle="--", label="target 160 MiB")
     ax.set_xlabel("seconds into the run")
     ax.set_ylabel("worker RSS (MiB)")
-    store = {"sqlite": "SQLite"}.get(rss.get("backend", ""), "Firestore")
-    ax.set_title(f"RSS up to the instance's {rss['vends_total']:,}th vend, concurrency 8 ({store})")
+    ax.set_title(
+        f"RSS up to the instance's {rss['vends_total']:,}th vend, concurrency 8 ({STORES[rss.get('backend', 'firestore')]})"
+    )
     ax.set_ylim(0, 180)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
