@@ -20,14 +20,17 @@ import flask
 import functions_framework
 from werkzeug.exceptions import HTTPException
 
-from vending import api, wiring
-from vending.errors import ConfigError
+from vending.startup import loading
 
-try:
-    wiring.settings()
-except ConfigError as _exc:
-    sys.stderr.write(f"token-vending: invalid configuration:\n{_exc.message}\n")
-    raise SystemExit(2) from None
+with loading():  # no garbage collection while the modules and the policy load (vending/startup.py)
+    from vending import api, wiring
+    from vending.errors import ConfigError
+
+    try:
+        wiring.settings()
+    except ConfigError as _exc:
+        sys.stderr.write(f"token-vending: invalid configuration:\n{_exc.message}\n")
+        raise SystemExit(2) from None
 
 
 @functions_framework.http

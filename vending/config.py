@@ -103,9 +103,13 @@ def secure_url(value: str) -> bool:
     return parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS)
 
 
-def _has_control(value: str) -> bool:
-    """C0 and C1 control characters (NEL among them), DEL, and the Unicode line / paragraph separators."""
-    return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in value)
+# Unicode categories Cc (C0 and C1 controls, DEL; NEL among them), Zl and Zp: each is exactly this set.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def has_control(value: str) -> bool:
+    """A control character (C0, DEL, C1) or a Unicode line / paragraph separator: one regex search."""
+    return _CONTROL_RE.search(value) is not None
 
 
 def matches(matcher: Matcher, value: Any) -> bool:
@@ -113,7 +117,7 @@ def matches(matcher: Matcher, value: Any) -> bool:
 
     A value holding a control character or a line separator never matches (not even ``(?s).*``).
     """
-    if not isinstance(value, str) or _has_control(value):
+    if not isinstance(value, str) or has_control(value):
         return False
     if isinstance(matcher, str):
         return value == matcher

@@ -41,6 +41,8 @@ _METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE"})
 
 @dataclass(frozen=True)
 class V4Request:
+    """A checked V4 signed-URL request: the bucket, object and method it allows, and when it was signed and expires."""
+
     bucket: str
     object_path: str
     method: str

@@ -84,12 +84,16 @@ BAD_RESPONSE = "The IAM Credentials API returned an unexpected response; retry l
 
 @dataclass(frozen=True)
 class AccessToken:
+    """``generateAccessToken``'s answer: the token and when it expires."""
+
     token: str
     expire_time: Any  # aware datetime
 
 
 @dataclass(frozen=True)
 class Signature:
+    """``signJwt`` / ``signBlob``'s answer: the signing key's id and the signature."""
+
     key_id: str
     value: str  # signed JWT, or base64 signature for signBlob
 

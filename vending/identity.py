@@ -38,7 +38,6 @@ import json
 import math
 import re
 import threading
-import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ import jwt
 import requests
 
 from vending import clock
-from vending.config import Bot, Issuer
+from vending.config import Bot, Issuer, has_control
 from vending.errors import AuthenticationError, JwksUnavailableError
 
 MAX_TOKEN_CHARS = 16 * 1024  # compact JWT, checked before any parsing
@@ -100,6 +99,8 @@ class Principal:
 
 @dataclass(frozen=True)
 class VerifiedToken:
+    """A caller token that passed every check: its principal, replay key and expiry."""
+
     principal: Principal
     replay_key: str | None  # see Verifier.verify
     expires_at: datetime  # the token's exp (aware UTC)
@@ -174,8 +175,11 @@ def _b64url_segment(segment: str, part: str) -> bytes:
 
 @dataclass(frozen=True)
 class _Parsed:
+    """A compact JWS split and strictly parsed, before any signature check."""
+
     header: dict[str, Any]
     unverified: dict[str, Any]  # payload claims, NOT verified: only to pick issuer and key
+    payload: bytes  # the payload segment's bytes, which ``unverified`` was parsed from (strictly)
     signature_empty: bool
 
 
@@ -195,7 +199,8 @@ def _parse_compact(token: Any) -> _Parsed:
     if not header_seg or not payload_seg:
         _fail("token has an empty header or payload segment", "malformed-token")
     header = _json_object(_b64url_segment(header_seg, "header"), "header")
-    unverified = _json_object(_b64url_segment(payload_seg, "payload"), "payload")
+    payload = _b64url_segment(payload_seg, "payload")
+    unverified = _json_object(payload, "payload")
     _b64url_segment(signature_seg, "signature")
     for name in _UNSUPPORTED_HEADERS:
         if name in header:
@@ -203,7 +208,7 @@ def _parse_compact(token: Any) -> _Parsed:
     kid = header.get("kid")
     if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS):
         _fail("header kid must be a non-empty string", "malformed-token")
-    return _Parsed(header, unverified, signature_empty=not signature_seg)
+    return _Parsed(header, unverified, payload, signature_empty=not signature_seg)
 
 
 def _check_algorithm(parsed: _Parsed, allowed: Sequence[str], who: str) -> str:
@@ -220,8 +225,9 @@ def _check_algorithm(parsed: _Parsed, allowed: Sequence[str], who: str) -> str:
 _JWS = jwt.PyJWS(options={"enforce_minimum_key_length": True})
 
 
-def _verified_payload(token: str, key: jwt.PyJWK, alg: str) -> dict[str, Any]:
-    """Check the signature with PyJWT, then parse the signed payload bytes strictly."""
+def _verified_payload(token: str, parsed: _Parsed, key: jwt.PyJWK, alg: str) -> dict[str, Any]:
+    """Check the signature with PyJWT; the claims are those ``_parse_compact`` parsed strictly from the
+    very bytes PyJWT verified (compared here, so no second parse: a difference fails closed)."""
     try:
         decoded = _JWS.decode_complete(token, key=key, algorithms=[alg])
     except jwt.InvalidSignatureError as exc:
@@ -232,10 +238,9 @@ def _verified_payload(token: str, key: jwt.PyJWK, alg: str) -> dict[str, Any]:
         _fail(f"key {key.key_id!r} is unusable: {exc}", "invalid-key")
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         _fail(f"signature check failed: {exc}", "invalid-signature")
-    payload = decoded["payload"]
-    if not isinstance(payload, bytes):
-        _fail("signed payload is not bytes", "malformed-token")
-    return _json_object(payload, "payload")
+    if decoded["payload"] != parsed.payload:
+        _fail("signed payload is not the parsed payload", "malformed-token")
+    return parsed.unverified
 
 
 # ---------------------------------------------------------------------------
@@ -255,10 +260,6 @@ def _numeric(claims: Mapping[str, Any], name: str, *, required: bool) -> float |
     return float(value)
 
 
-def _has_control(text: str) -> bool:
-    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
-
-
 def _clean_string(claims: Mapping[str, Any], name: str) -> str:
     """A required, non-empty string claim without control characters."""
     if name not in claims:
@@ -266,7 +267,7 @@ def _clean_string(claims: Mapping[str, Any], name: str) -> str:
     value = claims[name]
     if not isinstance(value, str) or not value:
         _fail(f"claim {name!r} must be a non-empty string", "invalid-claim")
-    if _has_control(value):
+    if has_control(value):
         _fail(f"claim {name!r} contains control characters", "invalid-claim")
     return value
 
@@ -284,6 +285,8 @@ def _audience_is(aud: Any, expected: str) -> bool:
 
 @dataclass
 class _Entry:
+    """The cache state of one JWKS URL."""
+
     keys: list[dict[str, Any]] | None = None  # usable JWKs of the last good fetch
     by_kid: dict[str, dict[str, Any]] = field(default_factory=dict)
     fetched_at: float = 0.0  # clock epoch of the last good fetch
@@ -499,7 +502,7 @@ class Verifier:
             cooldown_s=issuer.jwks_cooldown_seconds,
             algorithm=alg,
         )
-        claims = _verified_payload(token, key, alg)
+        claims = _verified_payload(token, parsed, key, alg)
         exp = self._check_claims(issuer, claims)
         if not issuer.replay_protection:
             replay_key = None
@@ -626,7 +629,7 @@ class BotVerifier:
             cooldown_s=self._jwks_cooldown_s,
             algorithm=alg,
         )
-        claims = _verified_payload(token, key, alg)
+        claims = _verified_payload(token, parsed, key, alg)
         self._check_claims(bot, claims)
         return bot, claims
 

@@ -164,6 +164,8 @@ def base64_payload(value: Any, field: str = "payload") -> bytes:
 
 @dataclass(frozen=True)
 class AccessTokenBody:
+    """A checked ``POST /v1/access-tokens`` body."""
+
     service_account: str
     scopes: tuple[str, ...] | None
     lifetime_s: int | None
@@ -186,6 +188,8 @@ def access_token_body(body: dict[str, Any]) -> AccessTokenBody:
 
 @dataclass(frozen=True)
 class IdTokenBody:
+    """A checked ``POST /v1/id-tokens`` body."""
+
     service_account: str
     audience: str
     include_email: bool
@@ -215,6 +219,8 @@ def id_token_body(body: dict[str, Any]) -> IdTokenBody:
 
 @dataclass(frozen=True)
 class SignedJwtBody:
+    """A checked ``POST /v1/signed-jwts`` body."""
+
     service_account: str
     claims: dict[str, Any]
     delegates: tuple[str, ...] | None
@@ -238,6 +244,8 @@ def signed_jwt_body(body: dict[str, Any]) -> SignedJwtBody:
 
 @dataclass(frozen=True)
 class SignedBlobBody:
+    """A checked ``POST /v1/signed-blobs`` body."""
+
     service_account: str
     payload: bytes
     canonical_request: str | None

@@ -61,6 +61,8 @@ class UsedMarks(Protocol):
 
 @dataclass(frozen=True)
 class Session:
+    """A console session, checked: whose it is and when it ends."""
+
     sid: str
     principal: Principal
     issued_at: _dt.datetime

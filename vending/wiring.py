@@ -16,6 +16,7 @@ from typing import Any
 
 from vending import config, log
 from vending.config import Settings
+from vending.startup import loading
 
 _lock = threading.RLock()
 _settings: Settings | None = None
@@ -25,6 +26,8 @@ _handlers: Any = None
 
 @dataclass
 class Service:
+    """The collaborators of one process, built once from the settings."""
+
     settings: Settings
     store: Any
     iam: Any
@@ -169,7 +172,8 @@ def service() -> Service:
     global _service
     with _lock:
         if _service is None:
-            _service = build_service(settings())
+            with loading():  # the first use builds the service: no garbage collection meanwhile
+                _service = build_service(settings())
         built: Service = _service
         return built
 
@@ -178,26 +182,31 @@ def handlers() -> Any:
     global _handlers
     with _lock:
         if _handlers is None:
-            from vending import tracing
-            from vending.api import Handlers
-            from vending.readiness import Readiness
-
-            svc = service()
-            if svc.settings.tracing != "off":  # off by default: nothing of OpenTelemetry is imported
-                tracing.configure(svc.settings.tracing, svc.settings.project)
-            _handlers = Handlers(
-                svc.vend,
-                svc.requests,
-                svc.issuances,
-                svc.events,
-                project=svc.settings.project,
-                service_accounts=svc.service_accounts,
-                request_list=svc.request_list,
-                profile=svc.profile,
-                console=svc.console,
-                readiness=Readiness(svc.store, svc.settings.iam_endpoint),
-            )
+            with loading():  # the first request builds them: no garbage collection meanwhile
+                _handlers = _build_handlers()
         return _handlers
+
+
+def _build_handlers() -> Any:
+    from vending import tracing
+    from vending.api import Handlers
+    from vending.readiness import Readiness
+
+    svc = service()
+    if svc.settings.tracing != "off":  # off by default: nothing of OpenTelemetry is imported
+        tracing.configure(svc.settings.tracing, svc.settings.project)
+    return Handlers(
+        svc.vend,
+        svc.requests,
+        svc.issuances,
+        svc.events,
+        project=svc.settings.project,
+        service_accounts=svc.service_accounts,
+        request_list=svc.request_list,
+        profile=svc.profile,
+        console=svc.console,
+        readiness=Readiness(svc.store, svc.settings.iam_endpoint),
+    )
 
 
 def install(service_obj: Any) -> None:

@@ -245,3 +245,15 @@ def test_one_parse_gives_the_safe_load_data_and_the_marked_node_tree() -> None:
     with pytest.raises(yaml.MarkedYAMLError) as err:
         diagnostics.parse("issuers: [\n")
     assert err.value.problem_mark is not None
+
+
+def test_has_control_is_exactly_the_unicode_control_and_separator_categories() -> None:
+    """The one regex every identity and claim check uses finds exactly Cc, Zl and Zp, over every code point."""
+    import unicodedata
+
+    for cp in range(0x110000):
+        c = chr(cp)
+        expected = unicodedata.category(c) in ("Cc", "Zl", "Zp")
+        if config.has_control(f"a{c}b") is not expected:
+            raise AssertionError(f"U+{cp:04X}: has_control says {not expected}, category {unicodedata.category(c)}")
+    assert not config.has_control("repo:org/app:ref:refs/heads/main")

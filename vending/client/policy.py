@@ -75,6 +75,8 @@ EXIT_DENIED = 4
 
 @dataclass(frozen=True)
 class Finding:
+    """One policy check result: its severity, rule, location and message."""
+
     severity: str  # "error" | "warning"
     rule: str
     loc: tuple[int | str, ...]

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from flask import Request, Response
 
 from vending import log
-from vending.config import Policy, _has_control
+from vending.config import Policy, has_control
 from vending.errors import (
     AuthenticationError,
     BadRequestError,
@@ -200,7 +200,7 @@ class Console:
         if (token is None) == (subject is None):
             raise BadRequestError("Give exactly one of id_token and dev_subject.", reason="invalid-sign-in")
         if subject is not None:
-            if not isinstance(subject, str) or not subject.strip() or len(subject) > 320 or _has_control(subject):
+            if not isinstance(subject, str) or not subject.strip() or len(subject) > 320 or has_control(subject):
                 raise BadRequestError("dev_subject must be an identity.", reason="invalid-sign-in")
             if self.dev_issuer is None:
                 raise PermissionDeniedError(

@@ -25,6 +25,8 @@ from vending.errors import UpstreamError
 
 @dataclass(frozen=True)
 class Minted:
+    """What IAM returned for one vend: the credential, when it expires, the signing key, and the ledger state it leaves."""
+
     credential: str
     expire_time: _dt.datetime | None
     key_id: str | None = None

@@ -29,6 +29,8 @@ Ask = inputs.AccessTokenBody
 
 @dataclass(frozen=True)
 class Terms:
+    """What the grant lets IAM mint: these scopes, for this many seconds."""
+
     scopes: tuple[str, ...]
     lifetime_s: int
 

@@ -29,6 +29,8 @@ Ask = inputs.IdTokenBody
 
 @dataclass(frozen=True)
 class Terms:
+    """What the grant lets IAM mint: an ID token for this audience."""
+
     audience: str
     include_email: bool
 

@@ -45,6 +45,8 @@ _V2_EXPIRY = re.compile(rb"[0-9]{1,12}")
 
 @dataclass(frozen=True)
 class Terms:
+    """What the grant lets IAM sign: these bytes (a checked V4 URL's, or a raw blob)."""
+
     payload: bytes
     url: gcs.V4Request | None  # a V4 signed URL, or None for a raw blob
 

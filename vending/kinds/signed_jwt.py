@@ -35,6 +35,8 @@ RESERVED_CLAIMS = frozenset({"iss", "sub", "iat"})
 
 @dataclass(frozen=True)
 class Terms:
+    """What the grant lets IAM sign: exactly these claims."""
+
     claims: dict[str, Any]  # exactly what IAM signs
 
     @property

@@ -57,6 +57,8 @@ class StoreUnavailable(UnavailableError):
 
 @dataclass(frozen=True)
 class Doc:
+    """A stored document: its id, data and version."""
+
     id: str
     data: dict[str, Any]
     version: str
@@ -64,6 +66,8 @@ class Doc:
 
 @dataclass(frozen=True)
 class Create:
+    """Write a new document; fails if the id exists."""
+
     kind: str
     id: str
     data: dict[str, Any]
@@ -81,6 +85,8 @@ class Update:
 
 @dataclass(frozen=True)
 class Delete:
+    """Delete a document, optionally only at an expected version."""
+
     kind: str
     id: str
     expect_version: str | None = None
@@ -91,6 +97,8 @@ Write = Create | Update | Delete
 
 @dataclass(frozen=True)
 class Filter:
+    """One query condition: ``field op value``."""
+
     field: str
     op: Op
     value: Any
@@ -98,6 +106,8 @@ class Filter:
 
 @dataclass(frozen=True)
 class Query:
+    """A query of one kind, in one of the declared shapes (``vending.store.indexes``)."""
+
     kind: str
     filters: tuple[Filter, ...] = ()
     order_by: str | None = None

@@ -22,6 +22,8 @@ KILL_SWITCHES = "kill_switches"  # one document per service account (id: its ema
 
 @dataclass(frozen=True)
 class IndexShape:
+    """A query shape the stores index: equality fields, then an optional order."""
+
     kind: str
     equality: tuple[str, ...]
     order: str | None

@@ -26,6 +26,8 @@ from vending.store.base import Doc, Filter, Query, Store
 
 @dataclass(frozen=True)
 class Part:
+    """One query of a merged listing, with an optional in-memory filter."""
+
     filters: tuple[Filter, ...]
     keep: Callable[[dict[str, Any]], bool] | None = None
     phase: int = 0
@@ -33,6 +35,8 @@ class Part:
 
 @dataclass(frozen=True)
 class Cursor:
+    """Where a merged listing resumes: the phase, order value and id of the last item."""
+
     phase: int
     value: _dt.datetime
     id: str
