@@ -55,7 +55,7 @@ class ChatTokenVerifier:
         key = self._jwks.key(
             self.jwks_uri, parsed.header.get("kid"), ttl_s=JWKS_TTL_S, cooldown_s=JWKS_COOLDOWN_S, algorithm=alg
         )
-        claims = _verified_payload(token, key, alg)
+        claims = _verified_payload(token, parsed, key, alg)
         now = clock.epoch()
         if claims.get("iss") != self.issuer:
             raise AuthenticationError("verified iss is not Google Chat's", reason="untrusted-issuer")
