@@ -43,6 +43,7 @@ SECRET_KEYS = frozenset(
 )
 # JWTs (three base64url segments starting with a JSON header) and Google OAuth access tokens.
 _SECRET_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*|ya29\.[A-Za-z0-9_.-]+")
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))  # stateless between calls: shared by threads
 
 
 def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
@@ -92,7 +93,7 @@ def emit(severity: str, message: str, **fields: Any) -> None:
         if key != "trace":
             entry.setdefault(key, value)
     entry.update(fields)
-    line = json.dumps(redact(entry), default=str, separators=(",", ":"))
+    line = _ENCODER.encode(redact(entry))
     stream = _stream or sys.stdout
     with _lock:
         stream.write(line + "\n")

@@ -75,15 +75,11 @@ def encode_datetime(value: _dt.datetime) -> str:
     return f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}Z"
 
 
-def _to_json(value: Any) -> Any:
-    """Normalized document value -> JSON-ready value (datetimes as text)."""
+def _datetime_text(value: Any) -> str:
+    """The JSON encoder's hook: a normalized document holds no other non-JSON value than datetimes."""
     if isinstance(value, _dt.datetime):
         return encode_datetime(value)
-    if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_to_json(v) for v in value]
-    return value
+    raise TypeError(f"{type(value).__name__} is not a document value")
 
 
 def _from_json(value: Any) -> Any:
@@ -103,7 +99,8 @@ def _from_json(value: Any) -> Any:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    """A normalized document as stored: JSON with datetimes as text (``encode_datetime``)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_datetime_text)
 
 
 def _param(value: Any) -> Any:
@@ -256,13 +253,14 @@ class SqliteStore:
         batch = prepare_writes(writes)
         if not batch:
             return
-        # Encode before taking any lock: a bad value is a ValueError, not a stuck writer.
+        # Checked (prepare_writes) before taking any lock: a bad value is a ValueError, not a stuck writer.
+        # Creates are encoded here; an update's changes once merged into the stored document (_apply).
         encoded: list[tuple[Write, Any]] = []
         for w in batch:
             if isinstance(w, Create):
-                encoded.append((w, _dumps(_to_json(w.data))))
+                encoded.append((w, _dumps(w.data)))
             elif isinstance(w, Update):
-                encoded.append((w, _to_json(w.changes)))
+                encoded.append((w, w.changes))
             else:
                 encoded.append((w, None))
         self._ensure_kinds({w.kind for w in batch})
