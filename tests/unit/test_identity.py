@@ -881,3 +881,21 @@ def test_jwks_cache_accepts_an_injected_session(idp: TestIssuer) -> None:
     # WHEN / THEN it is used for fetches
     assert _verifier(idp, cache).verify(idp.mint()).principal.issuer == "test"
     assert cache.fetches[idp.jwks_uri] == 1
+
+
+def test_claims_are_refused_when_the_verified_bytes_are_not_the_parsed_ones(
+    idp: TestIssuer, jwks: JwksCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claims come from the strict parse before the signature check: if the library ever verified other
+    bytes than those, the token is refused rather than the unverified claims used."""
+    import vending.identity as identity
+
+    token = idp.mint(sub="alice", jti="jti-other-bytes")
+    real = identity._JWS.decode_complete
+
+    def other_bytes(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        decoded: dict[str, Any] = real(*args, **kwargs)
+        return {**decoded, "payload": decoded["payload"] + b" "}
+
+    monkeypatch.setattr(identity._JWS, "decode_complete", other_bytes)
+    assert _reason(lambda: _verifier(idp, jwks).verify(token)) == "malformed-token"
