@@ -314,10 +314,11 @@ def figures(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "ms",
                 floor=small["median_s"] * 1000,
                 floor_name=f"{small['records']:,}-record ledger, {sw['due']} due",
-                limit=1.5 if fid == "sweep" else None,
-                target="<= 1.5x" if fid == "sweep" else "report",
+                limit=1.5,
+                target="<= 1.5x",
                 note=note,
-                in_the_way=_sweep_in_the_way(small, large, raw.get("sweep_sqlite")),
+                # The emulator has no indexes (its miss is named); SQLite builds the declared ones: no excuse.
+                in_the_way=_sweep_in_the_way(small, large, raw.get("sweep_sqlite")) if fid == "sweep" else "",
             )
         )
     vf = raw["verify"]
