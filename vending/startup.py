@@ -9,8 +9,9 @@ every cold start; see "The cold path" in ``bench/README.md``.
 Instead this follows the pattern in the documentation of Python's
 ``gc.freeze``: collection is off while the objects load, then the survivors
 are frozen (later full collections skip them) and collection resumes.
-``main.py`` loads the modules and the policy this way, and ``vending.wiring``
-builds the service on its first use the same way.
+``main.py`` loads the modules and the policy this way; ``vending.wiring`` builds
+the service, and ``vending.chat.wiring`` the chat-ops pieces, on first use the
+same way.
 """
 
 from __future__ import annotations

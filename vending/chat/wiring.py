@@ -15,6 +15,7 @@ from vending import log, wiring
 from vending.chat.core import ApprovalPublisher, ReplayGuard, bot_of, error_body
 from vending.chat.settings import ChatSettings, load_chat_settings
 from vending.errors import MethodNotAllowedError, NotFoundError, VendingError
+from vending.startup import loading
 
 _lock = threading.RLock()
 _parts: dict[str, Any] = {}
@@ -23,7 +24,8 @@ _parts: dict[str, Any] = {}
 def _cached(name: str, build: Any) -> Any:
     with _lock:
         if name not in _parts:
-            _parts[name] = build()
+            with loading():  # built on first use: no garbage collection meanwhile (vending/startup.py)
+                _parts[name] = build()
         return _parts[name]
 
 
