@@ -684,7 +684,7 @@ class Bench:
         (RSS after each), floor blocks between. The latency blocks it has served count toward the first."""
         plan, c = self.plan, self.plan.concurrency
         half, before = plan.rss_half, self.served[url + common.VEND_PATH]
-        first = max(half // 10, 2 * half - before - 2 * plan.warmup - half)
+        first = max(half // 10, half - before - 2 * plan.warmup)  # the two runs' warm-ups are vends too
         self.say(f"{backend}: concurrency {c}, {first + half} vends (RSS sampled) and floor blocks between them")
         worker = self._worker(server)
         sampler = RssSampler(worker)
